@@ -1,0 +1,1 @@
+//! Sample devices served by the `vfu-server` binary.

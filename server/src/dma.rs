@@ -1,0 +1,454 @@
+//! The client's DMA regions and bounds-checked device access to them.
+//!
+//! A region mapped with an fd is mmapped here and accessed directly; a region mapped without
+//! one is only a range, and the device reaches it through DMA_READ / DMA_WRITE messages that
+//! the session sends on its behalf ([`crate::device::DeviceContext`] splits an access between
+//! the two). The table is shared (`Arc<DmaSpace>`) so a device may run DMA on its own threads:
+//! each access holds the read lock for its copy, so once DMA_UNMAP returns no device access to
+//! that region is still in flight.
+
+use std::os::fd::OwnedFd;
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use nix::errno::Errno;
+
+use crate::mmap::{MapError, MappedRegion};
+
+/// Why a DMA table operation or a device access failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DmaError {
+    /// Size zero, or `iova + size` overflows.
+    #[error("DMA range {iova:#x}+{len:#x} is empty or wraps around")]
+    InvalidRange {
+        /// Start.
+        iova: u64,
+        /// Length.
+        len: u64,
+    },
+    /// The new region overlaps a mapped one.
+    #[error("DMA region {iova:#x}+{len:#x} overlaps {other_iova:#x}+{other_len:#x}")]
+    Overlap {
+        /// Start of the new region.
+        iova: u64,
+        /// Its length.
+        len: u64,
+        /// Start of the region it overlaps.
+        other_iova: u64,
+        /// That region's length.
+        other_len: u64,
+    },
+    /// The same range is already mapped.
+    #[error("DMA region {iova:#x}+{len:#x} is already mapped")]
+    AlreadyMapped {
+        /// Start.
+        iova: u64,
+        /// Length.
+        len: u64,
+    },
+    /// No region matches the unmap exactly.
+    #[error("no DMA region is mapped exactly at {iova:#x}+{len:#x}")]
+    NoExactMatch {
+        /// Start.
+        iova: u64,
+        /// Length.
+        len: u64,
+    },
+    /// The table is full.
+    #[error("already {max} DMA regions mapped")]
+    TooMany {
+        /// The limit.
+        max: usize,
+    },
+    /// Some of the range is not inside mapped memory.
+    #[error("DMA {iova:#x}+{len:#x} is not inside mapped guest memory")]
+    NotMapped {
+        /// Start of the access.
+        iova: u64,
+        /// Its length.
+        len: u64,
+    },
+    /// The region does not allow this direction of access.
+    #[error("DMA {iova:#x}+{len:#x} needs {need} permission")]
+    Protection {
+        /// Start of the access.
+        iova: u64,
+        /// Its length.
+        len: u64,
+        /// "read" or "write".
+        need: &'static str,
+    },
+    /// The region's fd could not be mapped.
+    #[error("mapping the DMA region's fd failed")]
+    Map(#[source] MapError),
+    /// A message-based access (DMA_READ / DMA_WRITE) failed.
+    #[error("message DMA {iova:#x}+{len:#x} failed: errno {errno}")]
+    Remote {
+        /// Start of the access.
+        iova: u64,
+        /// Its length.
+        len: u64,
+        /// What the client or the socket reported.
+        errno: Errno,
+    },
+}
+
+impl DmaError {
+    /// The errno a vfio-user reply carries for this failure.
+    pub fn errno(&self) -> Errno {
+        match self {
+            DmaError::AlreadyMapped { .. } => Errno::EEXIST,
+            DmaError::Overlap { .. } => Errno::EEXIST,
+            DmaError::NoExactMatch { .. } => Errno::ENOENT,
+            DmaError::TooMany { .. } => Errno::ENOSPC,
+            DmaError::NotMapped { .. } => Errno::EFAULT,
+            DmaError::Protection { .. } => Errno::EPERM,
+            DmaError::Map(m) => m.errno(),
+            DmaError::Remote { errno, .. } => *errno,
+            DmaError::InvalidRange { .. } => Errno::EINVAL,
+        }
+    }
+}
+
+/// One DMA region of the client's.
+#[derive(Debug)]
+pub struct DmaRegion {
+    /// Guest address of the region.
+    pub iova: u64,
+    /// Its length.
+    pub len: u64,
+    /// Whether the server may read it.
+    pub readable: bool,
+    /// Whether the server may write it.
+    pub writable: bool,
+    mapping: Option<Mapping>,
+}
+
+#[derive(Debug)]
+struct Mapping {
+    region: MappedRegion,
+    /// Bytes between the page-aligned mapping start and the region's first byte.
+    skip: u64,
+}
+
+impl DmaRegion {
+    /// Whether the region was mapped with an fd (accessed directly rather than by message).
+    pub fn has_fd(&self) -> bool {
+        self.mapping.is_some()
+    }
+
+    /// End of the region (exclusive); never overflows, as mapping checks it.
+    pub fn end(&self) -> u64 {
+        self.iova.saturating_add(self.len)
+    }
+
+    fn contains(&self, addr: u64) -> bool {
+        addr >= self.iova && addr < self.end()
+    }
+}
+
+/// Description of a mapped region, for listings and reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DmaRegionInfo {
+    /// Start.
+    pub iova: u64,
+    /// Length.
+    pub len: u64,
+    /// Readable by the server.
+    pub readable: bool,
+    /// Writable by the server.
+    pub writable: bool,
+    /// Mapped with an fd.
+    pub has_fd: bool,
+}
+
+/// A piece of an access that falls inside one region.
+#[derive(Debug)]
+pub enum Piece {
+    /// Done directly on mapped memory; `done` bytes of the caller's buffer were consumed.
+    Direct,
+    /// Must go by message: the range and the offset into the caller's buffer.
+    Remote {
+        /// Guest address.
+        iova: u64,
+        /// Offset into the caller's buffer.
+        buf_offset: usize,
+        /// Bytes.
+        len: usize,
+    },
+}
+
+/// The table of the client's DMA regions.
+#[derive(Debug, Default)]
+pub struct DmaSpace {
+    regions: RwLock<Vec<Arc<DmaRegion>>>,
+    max_regions: usize,
+}
+
+fn page_size() -> u64 {
+    4096
+}
+
+impl DmaSpace {
+    /// An empty table that holds at most `max_regions` regions.
+    pub fn new(max_regions: usize) -> Self {
+        Self { regions: RwLock::new(Vec::new()), max_regions }
+    }
+
+    fn read_lock(&self) -> RwLockReadGuard<'_, Vec<Arc<DmaRegion>>> {
+        self.regions.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write_lock(&self) -> RwLockWriteGuard<'_, Vec<Arc<DmaRegion>>> {
+        self.regions.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Adds a region; with an fd, maps `len` bytes of it from `file_offset`.
+    pub fn map(
+        &self,
+        iova: u64,
+        len: u64,
+        readable: bool,
+        writable: bool,
+        fd: Option<(&OwnedFd, u64)>,
+    ) -> Result<(), DmaError> {
+        let end = iova.checked_add(len).filter(|_| len > 0).ok_or(DmaError::InvalidRange { iova, len })?;
+        {
+            let regions = self.read_lock();
+            check_free(&regions, iova, len, end, self.max_regions)?;
+        }
+        let mapping = match fd {
+            Some((fd, file_offset)) => {
+                let skip = file_offset % page_size();
+                let total = len.checked_add(skip).ok_or(DmaError::InvalidRange { iova, len })?;
+                let region =
+                    MappedRegion::map_fd(fd, file_offset - skip, total, readable, writable).map_err(DmaError::Map)?;
+                Some(Mapping { region, skip })
+            }
+            None => None,
+        };
+        let mut regions = self.write_lock();
+        // Checked again: another thread may not map, but keep the table's invariant local.
+        check_free(&regions, iova, len, end, self.max_regions)?;
+        let at = regions.partition_point(|r| r.iova < iova);
+        regions.insert(at, Arc::new(DmaRegion { iova, len, readable, writable, mapping }));
+        Ok(())
+    }
+
+    /// Removes the region that is exactly `iova`+`len`.
+    pub fn unmap(&self, iova: u64, len: u64) -> Result<DmaRegionInfo, DmaError> {
+        let mut regions = self.write_lock();
+        let at =
+            regions.iter().position(|r| r.iova == iova && r.len == len).ok_or(DmaError::NoExactMatch { iova, len })?;
+        let r = regions.remove(at);
+        Ok(info(&r))
+    }
+
+    /// Removes every region; returns how many there were.
+    pub fn unmap_all(&self) -> usize {
+        let mut regions = self.write_lock();
+        let n = regions.len();
+        regions.clear();
+        n
+    }
+
+    /// Every region, in address order.
+    pub fn regions(&self) -> Vec<DmaRegionInfo> {
+        self.read_lock().iter().map(|r| info(r)).collect()
+    }
+
+    /// Reads guest memory at `iova` into `buf`. Parts in regions without an fd are not read
+    /// but returned as [`Piece::Remote`] for the caller to fetch by message.
+    pub fn read(&self, iova: u64, buf: &mut [u8]) -> Result<Vec<Piece>, DmaError> {
+        let regions = self.read_lock();
+        let len = buf.len();
+        let mut out = Vec::new();
+        walk(&regions, iova, len, false, |r, at, buf_offset, n| {
+            match &r.mapping {
+                Some(m) => {
+                    let dst =
+                        buf.get_mut(buf_offset..buf_offset + n).ok_or(DmaError::NotMapped { iova, len: len as u64 })?;
+                    m.region
+                        .read_at(m.skip + (at - r.iova), dst)
+                        .ok_or(DmaError::NotMapped { iova: at, len: n as u64 })?;
+                    out.push(Piece::Direct);
+                }
+                None => out.push(Piece::Remote { iova: at, buf_offset, len: n }),
+            }
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// Writes `data` to guest memory at `iova`. Parts in regions without an fd are returned as
+    /// [`Piece::Remote`] for the caller to send by message.
+    pub fn write(&self, iova: u64, data: &[u8]) -> Result<Vec<Piece>, DmaError> {
+        let regions = self.read_lock();
+        let len = data.len();
+        let mut out = Vec::new();
+        walk(&regions, iova, len, true, |r, at, buf_offset, n| {
+            match &r.mapping {
+                Some(m) => {
+                    let src =
+                        data.get(buf_offset..buf_offset + n).ok_or(DmaError::NotMapped { iova, len: len as u64 })?;
+                    m.region
+                        .write_at(m.skip + (at - r.iova), src)
+                        .ok_or(DmaError::NotMapped { iova: at, len: n as u64 })?;
+                    out.push(Piece::Direct);
+                }
+                None => out.push(Piece::Remote { iova: at, buf_offset, len: n }),
+            }
+            Ok(())
+        })?;
+        Ok(out)
+    }
+}
+
+fn info(r: &DmaRegion) -> DmaRegionInfo {
+    DmaRegionInfo { iova: r.iova, len: r.len, readable: r.readable, writable: r.writable, has_fd: r.has_fd() }
+}
+
+fn check_free(regions: &[Arc<DmaRegion>], iova: u64, len: u64, end: u64, max: usize) -> Result<(), DmaError> {
+    if let Some(r) = regions.iter().find(|r| r.iova < end && iova < r.end()) {
+        return Err(if r.iova == iova && r.len == len {
+            DmaError::AlreadyMapped { iova, len }
+        } else {
+            DmaError::Overlap { iova, len, other_iova: r.iova, other_len: r.len }
+        });
+    }
+    if regions.len() >= max {
+        return Err(DmaError::TooMany { max });
+    }
+    Ok(())
+}
+
+/// Splits `iova`+`len` over consecutive regions (checking every byte is mapped and permitted
+/// before touching any), then calls `f(region, addr, buf_offset, n)` for each piece.
+fn walk(
+    regions: &[Arc<DmaRegion>],
+    iova: u64,
+    len: usize,
+    write: bool,
+    mut f: impl FnMut(&DmaRegion, u64, usize, usize) -> Result<(), DmaError>,
+) -> Result<(), DmaError> {
+    let len64 = len as u64;
+    let not_mapped = DmaError::NotMapped { iova, len: len64 };
+    if len == 0 {
+        return Ok(());
+    }
+    let end = iova.checked_add(len64).ok_or(not_mapped.clone())?;
+    let mut pieces = Vec::new();
+    let mut at = iova;
+    let first = regions.partition_point(|r| r.end() <= iova);
+    for r in regions.get(first..).unwrap_or_default() {
+        if at >= end {
+            break;
+        }
+        if !r.contains(at) {
+            return Err(not_mapped);
+        }
+        if !(if write { r.writable } else { r.readable }) {
+            return Err(DmaError::Protection { iova, len: len64, need: if write { "write" } else { "read" } });
+        }
+        let n = r.end().min(end) - at;
+        pieces.push((r, at, n));
+        at += n;
+    }
+    if at < end {
+        return Err(not_mapped);
+    }
+    for (r, addr, n) in pieces {
+        f(r, addr, (addr - iova) as usize, n as usize)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rstest::rstest;
+
+    fn memfd(len: u64) -> OwnedFd {
+        MappedRegion::memfd(c"guest", len).unwrap().1
+    }
+
+    #[rstest]
+    #[case::identical(0x1000, 0x1000, Errno::EEXIST)]
+    #[case::overlaps_start(0x0, 0x2000, Errno::EEXIST)]
+    #[case::inside(0x1800, 0x100, Errno::EEXIST)]
+    #[case::zero_size(0x8000, 0, Errno::EINVAL)]
+    #[case::wraps(u64::MAX - 0xfff, 0x2000, Errno::EINVAL)]
+    fn conflicting_map_is_refused(#[case] iova: u64, #[case] len: u64, #[case] errno: Errno) {
+        let space = DmaSpace::new(16);
+        space.map(0x1000, 0x1000, true, true, None).unwrap();
+        assert_eq!(space.map(iova, len, true, true, None).unwrap_err().errno(), errno);
+    }
+
+    #[test]
+    fn unmap_needs_an_exact_match() {
+        let space = DmaSpace::new(16);
+        space.map(0x1000, 0x2000, true, true, None).unwrap();
+        assert_eq!(space.unmap(0x1000, 0x1000).unwrap_err().errno(), Errno::ENOENT);
+        space.unmap(0x1000, 0x2000).unwrap();
+        assert!(space.regions().is_empty());
+    }
+
+    #[test]
+    fn table_limit_is_enforced() {
+        let space = DmaSpace::new(2);
+        space.map(0, 0x1000, true, true, None).unwrap();
+        space.map(0x1000, 0x1000, true, true, None).unwrap();
+        assert_eq!(space.map(0x2000, 0x1000, true, true, None).unwrap_err(), DmaError::TooMany { max: 2 });
+    }
+
+    #[test]
+    fn access_spanning_two_adjacent_regions_is_split() {
+        let space = DmaSpace::new(16);
+        let fd = memfd(0x2000);
+        space.map(0x10000, 0x1000, true, true, Some((&fd, 0))).unwrap();
+        space.map(0x11000, 0x1000, true, true, Some((&fd, 0x1000))).unwrap();
+        let data: Vec<u8> = (0..32).collect();
+        space.write(0x10ff0, &data).unwrap();
+        let mut back = vec![0; 32];
+        space.read(0x10ff0, &mut back).unwrap();
+        assert_eq!(back, data);
+    }
+
+    #[test]
+    fn access_past_a_region_or_into_a_hole_touches_nothing() {
+        let space = DmaSpace::new(16);
+        let fd = memfd(0x1000);
+        space.map(0x10000, 0x1000, true, true, Some((&fd, 0))).unwrap();
+        space.map(0x12000, 0x1000, true, true, None).unwrap();
+        assert!(matches!(space.write(0x10fff, &[1, 2]), Err(DmaError::NotMapped { .. })));
+        assert!(matches!(space.write(0xffff, &[1, 2]), Err(DmaError::NotMapped { .. })));
+        let mut b = [0u8; 1];
+        space.read(0x10fff, &mut b).unwrap();
+        assert_eq!(b, [0], "the failed write must not have written its first byte");
+    }
+
+    #[test]
+    fn read_only_region_refuses_writes() {
+        let space = DmaSpace::new(16);
+        space.map(0, 0x1000, true, false, None).unwrap();
+        assert_eq!(space.write(0, &[1]).unwrap_err().errno(), Errno::EPERM);
+    }
+
+    #[test]
+    fn fdless_region_is_returned_as_remote_pieces() {
+        let space = DmaSpace::new(16);
+        space.map(0x5000, 0x1000, true, true, None).unwrap();
+        let pieces = space.write(0x5010, &[0; 8]).unwrap();
+        assert!(matches!(pieces.as_slice(), [Piece::Remote { iova: 0x5010, buf_offset: 0, len: 8 }]));
+    }
+
+    #[test]
+    fn unaligned_file_offset_is_honoured() {
+        let space = DmaSpace::new(16);
+        let (m, fd) = MappedRegion::memfd(c"g", 0x2000).unwrap();
+        m.write_at(0x1010, &[0xab]).unwrap();
+        space.map(0x0, 0x100, true, true, Some((&fd, 0x1010))).unwrap();
+        let mut b = [0u8; 1];
+        space.read(0, &mut b).unwrap();
+        assert_eq!(b, [0xab]);
+    }
+}

@@ -1,0 +1,150 @@
+//! The server: a listening UNIX socket, one client at a time, and the session that serves it.
+//!
+//! [`Server::serve_one`] accepts a client and serves it until it disconnects; on disconnect the
+//! client's DMA regions and eventfds are dropped and the device is told, so the next client
+//! starts from a clean slate. [`Server::serve_forever`] loops over clients.
+
+mod handlers;
+mod peer;
+mod session;
+
+use std::io;
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::device::{Device, DeviceSpec};
+use crate::dma::DmaSpace;
+use crate::irq::IrqTable;
+
+pub use session::SessionEnd;
+
+/// Limits and tunables of a server.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Largest REGION_READ/WRITE, DMA and migration data transfer accepted (advertised as
+    /// `max_data_xfer_size`).
+    pub max_data_xfer_size: u32,
+    /// Fds accepted with one message (advertised as `max_msg_fds`).
+    pub max_msg_fds: u32,
+    /// DMA regions accepted (advertised as `max_dma_maps`).
+    pub max_dma_maps: u32,
+    /// How long to wait for the client's reply to a DMA_READ / DMA_WRITE.
+    pub dma_reply_timeout: Duration,
+    /// Whether to offer twin-socket mode to a client that asks for it.
+    pub twin_socket: bool,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            max_data_xfer_size: 1 << 20,
+            max_msg_fds: 16,
+            max_dma_maps: 4096,
+            dma_reply_timeout: Duration::from_secs(10),
+            twin_socket: true,
+        }
+    }
+}
+
+impl ServerConfig {
+    /// Largest message accepted: the largest data transfer plus room for any command's fixed
+    /// part (and a full REGION_WRITE_MULTI).
+    pub fn max_msg_size(&self) -> usize {
+        (self.max_data_xfer_size as usize).max(64 * 1024) + 4096
+    }
+}
+
+/// Why the server could not start or serve.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The socket path is taken by something that is not a stale socket.
+    #[error("socket path {path} already exists")]
+    PathExists {
+        /// The path.
+        path: PathBuf,
+    },
+    /// Binding the socket failed.
+    #[error("binding {path} failed")]
+    Bind {
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// Accepting a client failed.
+    #[error("accepting a client failed")]
+    Accept(#[source] io::Error),
+}
+
+/// A vfio-user server for one device.
+pub struct Server {
+    listener: UnixListener,
+    path: PathBuf,
+    device: Box<dyn Device>,
+    spec: DeviceSpec,
+    dma: Arc<DmaSpace>,
+    irqs: IrqTable,
+    config: ServerConfig,
+}
+
+impl Server {
+    /// Binds `path` for `device`. A stale socket file at `path` (nothing listening) is replaced.
+    pub fn bind(path: impl AsRef<Path>, device: Box<dyn Device>, config: ServerConfig) -> Result<Self, ServerError> {
+        let path = path.as_ref().to_path_buf();
+        if path.exists() {
+            let stale = std::fs::symlink_metadata(&path)
+                .map(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()))
+                .unwrap_or(false)
+                && std::os::unix::net::UnixStream::connect(&path).is_err();
+            if !stale {
+                return Err(ServerError::PathExists { path });
+            }
+            let _ = std::fs::remove_file(&path);
+        }
+        let listener = UnixListener::bind(&path).map_err(|source| ServerError::Bind { path: path.clone(), source })?;
+        let spec = device.spec();
+        let irqs = IrqTable::new(spec.num_irqs, &spec.irqs);
+        let dma = Arc::new(DmaSpace::new(config.max_dma_maps as usize));
+        Ok(Self { listener, path, device, spec, dma, irqs, config })
+    }
+
+    /// The socket path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The device's declared spec.
+    pub fn spec(&self) -> &DeviceSpec {
+        &self.spec
+    }
+
+    /// Accepts one client and serves it until it disconnects.
+    pub fn serve_one(&mut self) -> Result<SessionEnd, ServerError> {
+        let (stream, _) = self.listener.accept().map_err(ServerError::Accept)?;
+        tracing::info!("client connected");
+        let end =
+            session::Session::new(stream, self.device.as_mut(), &self.spec, &self.dma, &mut self.irqs, &self.config)
+                .run();
+        let unmapped = self.dma.unmap_all();
+        self.irqs.clear();
+        self.device.disconnected();
+        tracing::info!(?end, unmapped, "client gone; DMA regions and eventfds dropped");
+        Ok(end)
+    }
+
+    /// Serves clients one after another, forever.
+    pub fn serve_forever(&mut self) -> Result<(), ServerError> {
+        loop {
+            self.serve_one()?;
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}

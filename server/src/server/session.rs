@@ -1,0 +1,199 @@
+//! One client's session: read a request, check it, dispatch it, answer it.
+//!
+//! Every failure of a request becomes an error reply with the specification's errno (or no
+//! reply at all when the client set NO_REPLY), and the session goes on. Only a broken socket
+//! ends it.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::sync::Arc;
+
+use nix::errno::Errno;
+
+use super::ServerConfig;
+use super::peer::Peer;
+use crate::codec::{CodecError, Connection, Malformed, Message};
+use crate::device::{Device, DeviceContext, DeviceSpec};
+use crate::dma::DmaSpace;
+use crate::irq::IrqTable;
+use crate::wire::{Capabilities, Command, TYPE_COMMAND};
+
+/// How a session ended.
+#[derive(Debug)]
+pub enum SessionEnd {
+    /// The client closed the connection between messages.
+    Disconnected,
+    /// The socket failed or closed mid-message.
+    SocketError(std::io::Error),
+    /// The server closed the connection, as the specification asks (unsupported major version).
+    ClosedByServer,
+}
+
+/// A successful reply: payload parts and the fds that go with it.
+#[derive(Default)]
+pub(super) struct Reply {
+    pub payload: Vec<u8>,
+    pub fds: Vec<Arc<OwnedFd>>,
+}
+
+impl Reply {
+    pub fn empty() -> Self {
+        Self::default()
+    }
+
+    pub fn bytes(payload: Vec<u8>) -> Self {
+        Self { payload, fds: Vec::new() }
+    }
+}
+
+/// What the client negotiated with VERSION.
+#[derive(Debug, Clone)]
+pub(super) struct Negotiated {
+    /// The client's capabilities.
+    #[allow(dead_code)]
+    pub client: Capabilities,
+}
+
+pub(super) struct Session<'s> {
+    pub peer: Peer,
+    pub device: &'s mut dyn Device,
+    pub spec: &'s DeviceSpec,
+    pub dma: &'s Arc<DmaSpace>,
+    pub irqs: &'s mut IrqTable,
+    pub config: &'s ServerConfig,
+    pub negotiated: Option<Negotiated>,
+    /// Set by a handler whose failure the specification answers by closing the connection.
+    pub close_after_reply: bool,
+}
+
+impl<'s> Session<'s> {
+    pub fn new(
+        stream: UnixStream,
+        device: &'s mut dyn Device,
+        spec: &'s DeviceSpec,
+        dma: &'s Arc<DmaSpace>,
+        irqs: &'s mut IrqTable,
+        config: &'s ServerConfig,
+    ) -> Self {
+        let conn = Connection::new(stream, config.max_msg_size(), config.max_msg_fds as usize);
+        Self {
+            peer: Peer::new(conn, config.dma_reply_timeout),
+            device,
+            spec,
+            dma,
+            irqs,
+            config,
+            negotiated: None,
+            close_after_reply: false,
+        }
+    }
+
+    /// Serves requests until the client goes away.
+    pub fn run(mut self) -> SessionEnd {
+        loop {
+            if self.peer.broken {
+                return SessionEnd::SocketError(std::io::Error::other("client stopped answering DMA requests"));
+            }
+            let msg = match self.peer.next_request() {
+                Ok(m) => m,
+                Err(CodecError::Closed) => return SessionEnd::Disconnected,
+                Err(CodecError::Io(e)) => return SessionEnd::SocketError(e),
+                Err(CodecError::Malformed { header, reason }) => {
+                    tracing::warn!(?header, ?reason, "malformed message");
+                    let errno = match reason {
+                        Malformed::TooLarge { .. } => Errno::E2BIG,
+                        Malformed::SizeBelowHeader | Malformed::TooManyFds { .. } => Errno::EINVAL,
+                    };
+                    if header.msg_type() == TYPE_COMMAND && !header.no_reply() {
+                        let mut h = header.error_reply(errno as i32);
+                        h.msg_size = crate::wire::HEADER_SIZE as u32;
+                        if let Err(e) = self.peer.reply(&h, &[], &[]) {
+                            return SessionEnd::SocketError(e);
+                        }
+                    }
+                    continue;
+                }
+            };
+            if let Err(e) = self.handle(msg) {
+                return SessionEnd::SocketError(e);
+            }
+            if self.close_after_reply {
+                return SessionEnd::ClosedByServer;
+            }
+        }
+    }
+
+    /// Handles one message; an error here is a socket failure.
+    fn handle(&mut self, msg: Message) -> std::io::Result<()> {
+        let header = msg.header;
+        if !header.is_request() {
+            tracing::warn!(?header, "dropping a reply that answers nothing outstanding");
+            return Ok(());
+        }
+        let cmd = header.command();
+        let span = tracing::debug_span!("request", id = header.msg_id, cmd = cmd.map_or("?", Command::name));
+        let _enter = span.enter();
+        let result = match cmd {
+            None => Err(Errno::ENOSYS),
+            Some(cmd) => self.dispatch(cmd, msg),
+        };
+        if header.no_reply() {
+            if let Err(errno) = result {
+                tracing::debug!(%errno, "request failed (NO_REPLY)");
+            }
+            return Ok(());
+        }
+        match result {
+            Ok(reply) => {
+                let fds: Vec<_> = reply.fds.iter().map(|f| f.as_fd()).collect();
+                self.peer.reply(&header.reply(reply.payload.len()), &[&reply.payload], &fds)
+            }
+            Err(errno) => {
+                tracing::debug!(%errno, "request refused");
+                self.peer.reply(&header.error_reply(errno as i32), &[], &[])
+            }
+        }
+    }
+
+    fn dispatch(&mut self, cmd: Command, msg: Message) -> Result<Reply, Errno> {
+        if self.negotiated.is_none() && cmd != Command::Version {
+            return Err(Errno::EINVAL);
+        }
+        let Message { payload, fds, .. } = msg;
+        if !cmd_takes_fds(cmd) && !fds.is_empty() {
+            return Err(Errno::EINVAL);
+        }
+        match cmd {
+            Command::Version => self.version(&payload, fds),
+            Command::DmaMap => self.dma_map(&payload, fds),
+            Command::DmaUnmap => self.dma_unmap(&payload),
+            Command::DeviceGetInfo => self.device_info(&payload),
+            Command::DeviceGetRegionInfo => self.region_info(&payload),
+            Command::DeviceGetRegionIoFds => self.region_io_fds(&payload),
+            Command::DeviceGetIrqInfo => self.irq_info(&payload),
+            Command::DeviceSetIrqs => self.set_irqs(&payload, fds),
+            Command::RegionRead => self.region_read(&payload),
+            Command::RegionWrite => self.region_write(&payload),
+            Command::RegionWriteMulti => self.region_write_multi(&payload),
+            Command::DeviceReset => self.device_reset(),
+            // Server-to-client only.
+            Command::DmaRead | Command::DmaWrite => Err(Errno::EINVAL),
+            // A device without migration: no feature is supported and no data can move.
+            // A device without migration: no feature is supported (ENOTTY, as the kernel answers
+            // an unknown feature and as QEMU reads "no migration") and no data can move.
+            Command::DeviceFeature => Err(Errno::ENOTTY),
+            Command::MigDataRead | Command::MigDataWrite => Err(Errno::EINVAL),
+        }
+    }
+
+    /// Runs `f` with the device and a context over guest memory and IRQs.
+    pub fn with_device<T>(&mut self, f: impl FnOnce(&mut dyn Device, &mut DeviceContext<'_>) -> T) -> T {
+        let mut ctx = DeviceContext::new(self.dma, Some(&mut self.peer), self.irqs);
+        f(self.device, &mut ctx)
+    }
+}
+
+/// Commands that may carry fds.
+fn cmd_takes_fds(cmd: Command) -> bool {
+    matches!(cmd, Command::DmaMap | Command::DeviceSetIrqs)
+}

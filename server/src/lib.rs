@@ -40,6 +40,7 @@ pub mod device;
 pub mod devices;
 pub mod dma;
 pub mod irq;
+pub mod migration;
 pub mod mmap;
 pub mod server;
 pub mod wire;

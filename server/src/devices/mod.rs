@@ -1,1 +1,2 @@
 //! Sample devices served by the `vfu-server` binary.
+pub mod dma_engine;

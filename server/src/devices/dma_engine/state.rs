@@ -1,0 +1,142 @@
+//! [`DmaEngineState`]: the device's whole guest-visible state as one plain value.
+//!
+//! Everything a migration must carry lives here, apart from the shared scratch memory (BAR4),
+//! which is memfd-backed memory shared with the client and read with
+//! [`DmaEngine::shared_memory`](super::DmaEngine::shared_memory). No fds, mappings or caches:
+//! two devices are in the same state exactly when their states compare equal (and their
+//! shared memory does), and [`DmaEngineState::differences`] names what differs.
+//!
+//! Device memory changes only through [`DmaEngineState::write_devmem`] and
+//! [`DmaEngineState::clear_devmem`], the single place a later change hooks dirty tracking into.
+
+use std::fmt;
+
+use super::pattern::fnv1a64;
+use super::pci_config::PciConfigState;
+use super::regs::Registers;
+
+/// The device's state: BAR0 registers, configuration space, and device memory (BAR2).
+#[derive(Clone, PartialEq, Eq)]
+pub struct DmaEngineState {
+    /// The BAR0 registers.
+    pub regs: Registers,
+    /// The writable part of configuration space.
+    pub pci: PciConfigState,
+    devmem: Vec<u8>,
+}
+
+impl DmaEngineState {
+    /// The power-on state with `devmem_size` bytes of zeroed device memory.
+    pub fn power_on(devmem_size: usize) -> Self {
+        Self { regs: Registers::default(), pci: PciConfigState::default(), devmem: vec![0; devmem_size] }
+    }
+
+    /// Size of the device memory in bytes.
+    pub fn devmem_size(&self) -> u64 {
+        self.devmem.len() as u64
+    }
+
+    /// The device memory (BAR2).
+    pub fn devmem(&self) -> &[u8] {
+        &self.devmem
+    }
+
+    /// `len` bytes of device memory at `offset`, if inside it.
+    pub fn devmem_range(&self, offset: u64, len: usize) -> Option<&[u8]> {
+        let start = usize::try_from(offset).ok()?;
+        self.devmem.get(start..start.checked_add(len)?)
+    }
+
+    /// Writes `data` to device memory at `offset`; `None` (and nothing written) if it does not
+    /// fit. The only way device memory changes apart from [`clear_devmem`](Self::clear_devmem).
+    pub fn write_devmem(&mut self, offset: u64, data: &[u8]) -> Option<()> {
+        let start = usize::try_from(offset).ok()?;
+        self.devmem.get_mut(start..start.checked_add(data.len())?)?.copy_from_slice(data);
+        Some(())
+    }
+
+    /// Zeroes the device memory (with a fresh zero allocation, so untouched pages stay
+    /// uncommitted).
+    pub fn clear_devmem(&mut self) {
+        self.devmem = vec![0; self.devmem.len()];
+    }
+
+    /// Resets registers and device memory, keeping configuration space (the guest's CTRL reset).
+    pub fn guest_reset(&mut self) {
+        self.regs = Registers::default();
+        self.clear_devmem();
+    }
+
+    /// Resets everything to power-on (the client's DEVICE_RESET).
+    pub fn power_on_reset(&mut self) {
+        self.guest_reset();
+        self.pci = PciConfigState::default();
+    }
+
+    /// Human-readable descriptions of every field that differs from `other`, empty when the
+    /// states are equal: `"REG: a != b"` per register or config field, and for device memory
+    /// its size or the first differing offset and the number of differing bytes.
+    pub fn differences(&self, other: &Self) -> Vec<String> {
+        let mut out = Vec::new();
+        let pairs = self.regs.fields().into_iter().zip(other.regs.fields());
+        let pci = self.pci.fields().into_iter().zip(other.pci.fields());
+        for ((name, a), (_, b)) in pairs.chain(pci) {
+            if a != b {
+                out.push(format!("{name}: {a:#x} != {b:#x}"));
+            }
+        }
+        if self.devmem.len() != other.devmem.len() {
+            out.push(format!("DEVMEM size: {:#x} != {:#x}", self.devmem.len(), other.devmem.len()));
+        } else if self.devmem != other.devmem {
+            let mut diff = self.devmem.iter().zip(&other.devmem).enumerate().filter(|(_, (a, b))| a != b);
+            let first = diff.next().map_or(0, |(i, _)| i);
+            out.push(format!("DEVMEM: {} bytes differ, first at {first:#x}", diff.count() + 1));
+        }
+        out
+    }
+}
+
+impl fmt::Debug for DmaEngineState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DmaEngineState")
+            .field("regs", &self.regs)
+            .field("pci", &self.pci)
+            .field("devmem", &format_args!("{} bytes, fnv1a64 {:#018x}", self.devmem.len(), fnv1a64(&self.devmem)))
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn devmem_writes_outside_the_memory_change_nothing() {
+        let mut s = DmaEngineState::power_on(4096);
+        assert_eq!(s.write_devmem(4095, &[1, 2]), None);
+        assert_eq!(s.write_devmem(u64::MAX, &[1]), None);
+        assert_eq!(s, DmaEngineState::power_on(4096));
+        assert_eq!(s.write_devmem(4094, &[1, 2]), Some(()));
+        assert_eq!(s.devmem_range(4094, 2), Some(&[1, 2][..]));
+    }
+
+    #[test]
+    fn differences_name_each_differing_field() {
+        let a = DmaEngineState::power_on(4096);
+        let mut b = a.clone();
+        assert!(a.differences(&b).is_empty());
+        b.regs.scratch = 5;
+        b.pci.interrupt_line = 9;
+        b.write_devmem(16, &[1, 1]).unwrap();
+        assert_eq!(
+            a.differences(&b),
+            ["SCRATCH: 0x0 != 0x5", "INTERRUPT_LINE: 0x0 != 0x9", "DEVMEM: 2 bytes differ, first at 0x10"]
+        );
+    }
+
+    #[test]
+    fn debug_summarizes_device_memory() {
+        let s = format!("{:?}", DmaEngineState::power_on(4096));
+        assert!(s.contains("4096 bytes, fnv1a64 0x"), "{s}");
+    }
+}

@@ -140,6 +140,8 @@ impl<'a> DeviceContext<'a> {
                 let remote = self.remote.as_deref_mut().ok_or(DmaError::NotMapped { iova: at, len: len as u64 })?;
                 let src = data.get(buf_offset..buf_offset + len).unwrap_or_default();
                 remote.dma_write(at, src).map_err(|errno| DmaError::Remote { iova: at, len: len as u64, errno })?;
+                // The client wrote its own memory for us; the page is dirty all the same.
+                self.dma.mark_dirty(at, len as u64);
             }
         }
         Ok(())
@@ -183,7 +185,8 @@ pub trait Device: Send {
     fn region_write(&mut self, ctx: &mut DeviceContext<'_>, region: u32, offset: u64, data: &[u8])
     -> Result<(), Errno>;
 
-    /// Resets the device to its power-on state (DEVICE_RESET). The default does nothing.
+    /// Resets the device to its power-on state (DEVICE_RESET). A migratable device is RUNNING
+    /// afterwards, with any migration stream ended. The default does nothing.
     fn reset(&mut self, _ctx: &mut DeviceContext<'_>) -> Result<(), Errno> {
         Ok(())
     }
@@ -199,4 +202,15 @@ pub trait Device: Send {
 
     /// Called when the client disconnects, after its DMA regions and eventfds are gone.
     fn disconnected(&mut self) {}
+
+    /// The device's migration callbacks, if it can be migrated. The default: it cannot.
+    fn migration(&mut self) -> Option<&mut dyn crate::migration::Migratable> {
+        None
+    }
+
+    /// Whether [`migration`](Device::migration) returns `Some`; asked once, when the server is
+    /// built, to decide what VERSION and DEVICE_FEATURE advertise.
+    fn is_migratable(&mut self) -> bool {
+        self.migration().is_some()
+    }
 }

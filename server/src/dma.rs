@@ -6,12 +6,17 @@
 //! the two). The table is shared (`Arc<DmaSpace>`) so a device may run DMA on its own threads:
 //! each access holds the read lock for its copy, so once DMA_UNMAP returns no device access to
 //! that region is still in flight.
+//!
+//! The table also owns the dirty log ([`DirtyLog`]) while logging is on: every device write
+//! marks its pages after the bytes are in memory, so a report can never clear a mark whose data
+//! it has not seen. Locks are always taken table first, log second.
 
 use std::os::fd::OwnedFd;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use nix::errno::Errno;
 
+use crate::migration::dirty::{DirtyLog, LogError};
 use crate::mmap::{MapError, MappedRegion};
 
 /// Why a DMA table operation or a device access failed.
@@ -182,6 +187,7 @@ pub enum Piece {
 pub struct DmaSpace {
     regions: RwLock<Vec<Arc<DmaRegion>>>,
     max_regions: usize,
+    log: RwLock<Option<DirtyLog>>,
 }
 
 fn page_size() -> u64 {
@@ -191,7 +197,68 @@ fn page_size() -> u64 {
 impl DmaSpace {
     /// An empty table that holds at most `max_regions` regions.
     pub fn new(max_regions: usize) -> Self {
-        Self { regions: RwLock::new(Vec::new()), max_regions }
+        Self { regions: RwLock::new(Vec::new()), max_regions, log: RwLock::new(None) }
+    }
+
+    fn log_read(&self) -> RwLockReadGuard<'_, Option<DirtyLog>> {
+        self.log.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn log_write(&self) -> RwLockWriteGuard<'_, Option<DirtyLog>> {
+        self.log.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts dirty-page logging; returns the page size chosen. A second start with the same
+    /// parameters is a no-op that keeps the bits; with other parameters it is refused.
+    pub fn start_logging(&self, page_size_hint: u64, ranges: &[(u64, u64)]) -> Result<u64, LogError> {
+        let regions = self.read_lock();
+        let mut log = self.log_write();
+        if let Some(l) = log.as_ref() {
+            return if l.same_request(page_size_hint, ranges) { Ok(l.page_size()) } else { Err(LogError::Busy) };
+        }
+        let mapped: Vec<(u64, u64)> = regions.iter().map(|r| (r.iova, r.len)).collect();
+        let new = DirtyLog::start(page_size_hint, ranges, &mapped)?;
+        let page = new.page_size();
+        tracing::info!(page_size = page, ranges = new.range_count(), bytes = new.bitmap_bytes(), "dirty logging on");
+        *log = Some(new);
+        Ok(page)
+    }
+
+    /// Stops dirty-page logging and frees the log; returns whether it was on.
+    pub fn stop_logging(&self) -> bool {
+        let was_on = self.log_write().take().is_some();
+        if was_on {
+            tracing::info!("dirty logging off");
+        }
+        was_on
+    }
+
+    /// Whether dirty-page logging is on.
+    pub fn is_logging(&self) -> bool {
+        self.log_read().is_some()
+    }
+
+    /// Reports and clears the dirty pages of `[iova, iova + length)` at `page_size`, in a bitmap
+    /// of at most `room` bytes.
+    pub fn report_dirty(&self, iova: u64, length: u64, page_size: u64, room: u64) -> Result<Vec<u64>, LogError> {
+        let bits = {
+            let log = self.log_read();
+            log.as_ref().ok_or(LogError::NotLogging)?.report(iova, length, page_size, room)?
+        };
+        // Ranges of unmapped regions that this report left clean are no longer needed.
+        let regions = self.read_lock();
+        if let Some(log) = self.log_write().as_mut() {
+            let mapped: Vec<(u64, u64)> = regions.iter().map(|r| (r.iova, r.len)).collect();
+            log.drop_clean_unmapped(&mapped);
+        }
+        Ok(bits)
+    }
+
+    /// Marks `[iova, iova + len)` dirty if logging is on (for writes done by message).
+    pub fn mark_dirty(&self, iova: u64, len: u64) {
+        if let Some(log) = self.log_read().as_ref() {
+            log.mark(iova, len);
+        }
     }
 
     fn read_lock(&self) -> RwLockReadGuard<'_, Vec<Arc<DmaRegion>>> {
@@ -231,6 +298,10 @@ impl DmaSpace {
         check_free(&regions, iova, len, end, self.max_regions)?;
         let at = regions.partition_point(|r| r.iova < iova);
         regions.insert(at, Arc::new(DmaRegion { iova, len, readable, writable, mapping }));
+        // Under the table's write lock, so no write to the new region can precede its log.
+        if let Some(log) = self.log_write().as_mut() {
+            log.region_mapped(iova, len);
+        }
         Ok(())
     }
 
@@ -240,6 +311,10 @@ impl DmaSpace {
         let at =
             regions.iter().position(|r| r.iova == iova && r.len == len).ok_or(DmaError::NoExactMatch { iova, len })?;
         let r = regions.remove(at);
+        if let Some(log) = self.log_write().as_mut() {
+            let mapped: Vec<(u64, u64)> = regions.iter().map(|r| (r.iova, r.len)).collect();
+            log.region_unmapped(iova, len, &mapped);
+        }
         Ok(info(&r))
     }
 
@@ -247,7 +322,12 @@ impl DmaSpace {
     pub fn unmap_all(&self) -> usize {
         let mut regions = self.write_lock();
         let n = regions.len();
-        regions.clear();
+        let removed: Vec<_> = regions.drain(..).collect();
+        if let Some(log) = self.log_write().as_mut() {
+            for r in removed {
+                log.region_unmapped(r.iova, r.len, &[]);
+            }
+        }
         n
     }
 
@@ -283,6 +363,7 @@ impl DmaSpace {
     /// [`Piece::Remote`] for the caller to send by message.
     pub fn write(&self, iova: u64, data: &[u8]) -> Result<Vec<Piece>, DmaError> {
         let regions = self.read_lock();
+        let log = self.log_read();
         let len = data.len();
         let mut out = Vec::new();
         walk(&regions, iova, len, true, |r, at, buf_offset, n| {
@@ -293,6 +374,10 @@ impl DmaSpace {
                     m.region
                         .write_at(m.skip + (at - r.iova), src)
                         .ok_or(DmaError::NotMapped { iova: at, len: n as u64 })?;
+                    // Marked after the bytes are written (see the module doc).
+                    if let Some(log) = log.as_ref() {
+                        log.mark(at, n as u64);
+                    }
                     out.push(Piece::Direct);
                 }
                 None => out.push(Piece::Remote { iova: at, buf_offset, len: n }),

@@ -242,6 +242,11 @@ impl DirtyLog {
         });
     }
 
+    /// Drops the "everything" ranges that are clean and back no mapped region any more.
+    pub fn drop_clean_unmapped(&mut self, mapped: &[(u64, u64)]) {
+        self.ranges.retain(|r| !r.auto || r.bits.any() || overlaps_any(r, mapped));
+    }
+
     fn covered(&self, mut iova: u64, end: u64) -> bool {
         for r in &self.ranges {
             if r.end <= iova {

@@ -1,6 +1,68 @@
-//! Live migration (protocol v2): the state machine, device callbacks, data streams and
+//! Live migration (protocol v2): the state machine, the device's migration callbacks, and
 //! dirty-page logging.
+//!
+//! A device opts in by returning `Some` from [`crate::Device::migration`]; the server then
+//! advertises migration in VERSION, serves DEVICE_FEATURE (MIGRATION, MIG_DEVICE_STATE,
+//! DMA_LOGGING_*) and MIG_DATA_READ / MIG_DATA_WRITE, walks the next-hop table of [`fsm`]
+//! calling [`Migratable::transition`] once per direct arc, and keeps the dirty log of
+//! [`dirty`].
 
 pub mod bitmap;
+pub mod control;
 pub mod dirty;
 pub mod fsm;
+
+use nix::errno::Errno;
+
+use crate::device::DeviceContext;
+pub use crate::wire::MigState;
+
+/// Why a device could not take a migration arc.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ArcError {
+    /// The arc failed and the device is still in the state it started from.
+    Refused(Errno),
+    /// The arc failed and the device could not restore any valid state: the server moves it
+    /// to ERROR, which only DEVICE_RESET leaves.
+    Broken(Errno),
+}
+
+impl ArcError {
+    /// The errno the client is told.
+    pub fn errno(self) -> Errno {
+        match self {
+            ArcError::Refused(e) | ArcError::Broken(e) => e,
+        }
+    }
+}
+
+/// The migration side of a device.
+///
+/// The server guarantees the call order the specification implies: `transition` is only
+/// called with direct arcs of the state machine, `read_data` only in PRE_COPY and STOP_COPY,
+/// `write_data` only in RESUMING. A device's data stream for one migration starts when it
+/// enters PRE_COPY (or STOP_COPY from STOP) and ends with the short read in STOP_COPY; the
+/// destination receives exactly those bytes in RESUMING and validates them on RESUMING→STOP.
+///
+/// While the device is in STOP, STOP_COPY or RESUMING the server refuses region writes other
+/// than to PCI configuration space (EBUSY), so the device is neither driven nor DMAs; a device
+/// that runs DMA on threads of its own must stop them on the arc that leaves RUNNING or
+/// PRE_COPY for STOP or STOP_COPY.
+pub trait Migratable {
+    /// Whether the device supports PRE_COPY (a device that does not loses every arc that
+    /// touches it).
+    fn supports_pre_copy(&self) -> bool {
+        true
+    }
+
+    /// Takes the direct arc `from → to`.
+    fn transition(&mut self, ctx: &mut DeviceContext<'_>, from: MigState, to: MigState) -> Result<(), ArcError>;
+
+    /// Fills `buf` with the next bytes of the migration stream and returns how many it wrote.
+    /// Fewer than `buf.len()` means no more data for now: the end of this pre-copy round in
+    /// PRE_COPY, the end of the stream in STOP_COPY.
+    fn read_data(&mut self, buf: &mut [u8]) -> Result<usize, Errno>;
+
+    /// Takes the next bytes of the stream in RESUMING.
+    fn write_data(&mut self, data: &[u8]) -> Result<(), Errno>;
+}

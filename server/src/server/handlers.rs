@@ -11,12 +11,13 @@ use nix::errno::Errno;
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use super::session::{Negotiated, Reply, Session};
+use crate::migration::MigState;
 use crate::wire::{
     CapHeader, Capabilities, DEVICE_FLAGS_PCI, DEVICE_FLAGS_RESET, DMA_MAP_READ, DMA_MAP_WRITE, DMA_UNMAP_ALL,
-    DeviceInfo, DmaMap, DmaUnmap, IO_FD_FLAG_DATAMATCH, IO_FD_TYPE_IOEVENTFD, IRQ_INFO_EVENTFD, IrqInfo,
-    REGION_FLAG_CAPS, REGION_FLAG_READ, REGION_FLAG_WRITE, REGION_INFO_CAP_SPARSE_MMAP, RegionAccess, RegionInfo,
-    RegionIoFds, SetIrqs, SparseArea, SparseMmapHead, SubRegionIoEventFd, TwinSocket, Version, WRITE_MULTI_DATA_SIZE,
-    WRITE_MULTI_MAX_ENTRIES, WriteMultiEntry, WriteMultiHead, parse_prefix,
+    DeviceInfo, DmaMap, DmaUnmap, IO_FD_FLAG_DATAMATCH, IO_FD_TYPE_IOEVENTFD, IRQ_INFO_EVENTFD, IrqInfo, MigrationCap,
+    PCI_CONFIG_REGION_INDEX, REGION_FLAG_CAPS, REGION_FLAG_READ, REGION_FLAG_WRITE, REGION_INFO_CAP_SPARSE_MMAP,
+    RegionAccess, RegionInfo, RegionIoFds, SetIrqs, SparseArea, SparseMmapHead, SubRegionIoEventFd, TwinSocket,
+    Version, WRITE_MULTI_DATA_SIZE, WRITE_MULTI_MAX_ENTRIES, WriteMultiEntry, WriteMultiHead, parse_prefix,
 };
 
 /// Parses the fixed part `T`, returning it and the tail; EINVAL when the payload is shorter.
@@ -56,6 +57,7 @@ impl Session<'_> {
             max_dma_maps: Some(self.config.max_dma_maps),
             pgsizes: Some(crate::wire::DEFAULT_PGSIZES),
             write_multiple: Some(true),
+            migration: self.mig.is_some().then_some(MigrationCap { pgsize: crate::migration::dirty::MIN_PAGE_SIZE }),
             ..Capabilities::default()
         };
         let mut reply_fds = Vec::new();
@@ -231,10 +233,21 @@ impl Session<'_> {
         Ok(Reply::empty())
     }
 
-    /// Checks a region access against the spec and the transfer limit.
+    /// Checks a region access against the spec, the transfer limit and the migration state:
+    /// in ERROR no region is accessed (EIO); in STOP, STOP_COPY and RESUMING only PCI
+    /// configuration space may be written (EBUSY), so a stopped device is never driven.
     fn check_access(&self, region: u32, offset: u64, count: u64, write: bool) -> Result<(), Errno> {
         if region >= self.spec.num_regions || count > u64::from(self.config.max_data_xfer_size) {
             return Err(Errno::EINVAL);
+        }
+        match self.mig.as_ref().map(|m| m.state()) {
+            Some(MigState::Error) => return Err(Errno::EIO),
+            Some(MigState::Stop | MigState::StopCopy | MigState::Resuming)
+                if write && !(self.spec.pci && region == PCI_CONFIG_REGION_INDEX) =>
+            {
+                return Err(Errno::EBUSY);
+            }
+            _ => {}
         }
         let r = self.spec.region(region).ok_or(Errno::EINVAL)?;
         let need = if write { REGION_FLAG_WRITE } else { REGION_FLAG_READ };
@@ -293,6 +306,11 @@ impl Session<'_> {
         }
         self.irqs.reset();
         self.with_device(|d, ctx| d.reset(ctx))?;
+        // As the kernel's VFIO: a reset returns the migration state to RUNNING from any state
+        // (ERROR included) and ends any data stream (the device's reset does that).
+        if let Some(m) = self.mig.as_deref_mut() {
+            m.reset();
+        }
         tracing::info!("device reset");
         Ok(Reply::empty())
     }

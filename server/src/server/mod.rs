@@ -4,7 +4,9 @@
 //! client's DMA regions and eventfds are dropped and the device is told, so the next client
 //! starts from a clean slate. [`Server::serve_forever`] loops over clients.
 
+mod feature;
 mod handlers;
+mod mig_data;
 mod peer;
 mod session;
 
@@ -14,9 +16,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::device::{Device, DeviceSpec};
+use crate::device::{Device, DeviceContext, DeviceSpec};
 use crate::dma::DmaSpace;
 use crate::irq::IrqTable;
+use crate::migration::MigState;
+use crate::migration::control::MigrationCtl;
 
 pub use session::SessionEnd;
 
@@ -88,6 +92,7 @@ pub struct Server {
     dma: Arc<DmaSpace>,
     irqs: IrqTable,
     config: ServerConfig,
+    mig: Option<MigrationCtl>,
 }
 
 impl Server {
@@ -105,10 +110,12 @@ impl Server {
             let _ = std::fs::remove_file(&path);
         }
         let listener = UnixListener::bind(&path).map_err(|source| ServerError::Bind { path: path.clone(), source })?;
+        let mut device = device;
         let spec = device.spec();
+        let mig = device.migration().map(|m| MigrationCtl::new(m.supports_pre_copy()));
         let irqs = IrqTable::new(spec.num_irqs, &spec.irqs);
         let dma = Arc::new(DmaSpace::new(config.max_dma_maps as usize));
-        Ok(Self { listener, path, device, spec, dma, irqs, config })
+        Ok(Self { listener, path, device, spec, dma, irqs, config, mig })
     }
 
     /// The socket path.
@@ -125,14 +132,44 @@ impl Server {
     pub fn serve_one(&mut self) -> Result<SessionEnd, ServerError> {
         let (stream, _) = self.listener.accept().map_err(ServerError::Accept)?;
         tracing::info!("client connected");
-        let end =
-            session::Session::new(stream, self.device.as_mut(), &self.spec, &self.dma, &mut self.irqs, &self.config)
-                .run();
+        let end = session::Session::new(
+            stream,
+            self.device.as_mut(),
+            &self.spec,
+            &self.dma,
+            &mut self.irqs,
+            &self.config,
+            self.mig.as_mut(),
+        )
+        .run();
+        self.client_gone();
+        tracing::info!(?end, "client gone");
+        Ok(end)
+    }
+
+    /// What a disconnect undoes: logging stops, the client's DMA regions and eventfds go, and
+    /// a device caught anywhere but RUNNING (mid-migration, stopped, in ERROR) is reset to
+    /// RUNNING, so a client that reconnects after a failed migration can migrate again. A
+    /// device left RUNNING keeps its state (a client may look at a device and go).
+    fn client_gone(&mut self) {
+        let was_logging = self.dma.stop_logging();
         let unmapped = self.dma.unmap_all();
         self.irqs.clear();
+        if let Some(mig) = self.mig.as_mut().filter(|m| m.state() != MigState::Running) {
+            let mut ctx = DeviceContext::new(&self.dma, None, &mut self.irqs);
+            if let Err(errno) = self.device.reset(&mut ctx) {
+                tracing::error!(%errno, "device reset after disconnect failed");
+            }
+            tracing::info!(from = ?mig.state(), "device reset to RUNNING after disconnect");
+            mig.reset();
+        }
         self.device.disconnected();
-        tracing::info!(?end, unmapped, "client gone; DMA regions and eventfds dropped");
-        Ok(end)
+        tracing::debug!(was_logging, unmapped, "client's logging, DMA regions and eventfds dropped");
+    }
+
+    /// The device's migration state, if it is migratable.
+    pub fn migration_state(&self) -> Option<MigState> {
+        self.mig.as_ref().map(MigrationCtl::state)
     }
 
     /// Serves clients one after another, forever.

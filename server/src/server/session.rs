@@ -16,6 +16,7 @@ use crate::codec::{CodecError, Connection, Malformed, Message};
 use crate::device::{Device, DeviceContext, DeviceSpec};
 use crate::dma::DmaSpace;
 use crate::irq::IrqTable;
+use crate::migration::control::MigrationCtl;
 use crate::wire::{Capabilities, Command, TYPE_COMMAND};
 
 /// How a session ended.
@@ -64,6 +65,8 @@ pub(super) struct Session<'s> {
     pub negotiated: Option<Negotiated>,
     /// Set by a handler whose failure the specification answers by closing the connection.
     pub close_after_reply: bool,
+    /// The migration state, for a migratable device.
+    pub mig: Option<&'s mut MigrationCtl>,
 }
 
 impl<'s> Session<'s> {
@@ -74,6 +77,7 @@ impl<'s> Session<'s> {
         dma: &'s Arc<DmaSpace>,
         irqs: &'s mut IrqTable,
         config: &'s ServerConfig,
+        mig: Option<&'s mut MigrationCtl>,
     ) -> Self {
         let conn = Connection::new(stream, config.max_msg_size(), config.max_msg_fds as usize);
         Self {
@@ -85,6 +89,7 @@ impl<'s> Session<'s> {
             config,
             negotiated: None,
             close_after_reply: false,
+            mig,
         }
     }
 
@@ -178,11 +183,9 @@ impl<'s> Session<'s> {
             Command::DeviceReset => self.device_reset(),
             // Server-to-client only.
             Command::DmaRead | Command::DmaWrite => Err(Errno::EINVAL),
-            // A device without migration: no feature is supported and no data can move.
-            // A device without migration: no feature is supported (ENOTTY, as the kernel answers
-            // an unknown feature and as QEMU reads "no migration") and no data can move.
-            Command::DeviceFeature => Err(Errno::ENOTTY),
-            Command::MigDataRead | Command::MigDataWrite => Err(Errno::EINVAL),
+            Command::DeviceFeature => self.device_feature(&payload),
+            Command::MigDataRead => self.mig_data_read(&payload),
+            Command::MigDataWrite => self.mig_data_write(&payload),
         }
     }
 

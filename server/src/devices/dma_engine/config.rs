@@ -1,5 +1,6 @@
 //! The device's configuration, its validation, and the size parser for command-line flags.
 
+use crate::migration::MigState;
 use crate::mmap::MapError;
 
 /// Default size of the device memory (BAR2): 8 MiB.
@@ -27,11 +28,19 @@ pub struct DmaEngineConfig {
     /// [`MIN_CHUNK_SIZE`]..=[`MAX_CHUNK_SIZE`]. Not guest-visible, except that a command that
     /// faults midway has completed a whole number of chunks.
     pub chunk_size: usize,
+    /// Fault injection for tests: the migration arc `(from, to)` is refused with EIO (the
+    /// device stays where it was). `None` (the default) injects nothing.
+    pub fail_arc: Option<(MigState, MigState)>,
+    /// Fault injection for tests: once this many bytes of an outgoing migration stream have
+    /// been read, `read_data` fails with EIO; a read that would go past the mark fails as a
+    /// whole, and so does every later read of that stream. `None` (the default) injects
+    /// nothing.
+    pub fail_read_after: Option<u64>,
 }
 
 impl Default for DmaEngineConfig {
     fn default() -> Self {
-        Self { devmem_size: DEFAULT_DEVMEM_SIZE, chunk_size: DEFAULT_CHUNK_SIZE }
+        Self { devmem_size: DEFAULT_DEVMEM_SIZE, chunk_size: DEFAULT_CHUNK_SIZE, fail_arc: None, fail_read_after: None }
     }
 }
 

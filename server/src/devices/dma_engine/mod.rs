@@ -75,15 +75,33 @@
 //! - DEVICE_RESET ([`Device::reset`]): the same, plus configuration space to its defaults.
 //!
 //! The command register's memory space and bus master bits are stored but not enforced.
+//!
+//! # Migration
+//!
+//! The device is migratable with PRE_COPY ([`Device::migration`] returns it; see
+//! [`migration`] for the arcs, the errnos and the design, [`stream`] for the versioned,
+//! checksummed stream format). Device memory is pre-copied in rounds with the device's own
+//! dirty tracking at 4 KiB pages ([`pages`]): the first round sends all of it, later rounds
+//! what was written since. Registers, configuration space and the whole shared scratch memory
+//! (mmappable, so untrackable) go in STOP_COPY with the pages still dirty. While stopped (STOP,
+//! STOP_COPY, RESUMING) the device refuses writes to BAR0, BAR2 and BAR4 with EBUSY, so it
+//! never DMAs then; configuration space stays writable. DEVICE_RESET ends any migration and
+//! returns it to RUNNING; a guest reset (CTRL) leaves the migration state alone. For tests,
+//! [`DmaEngineConfig::fail_arc`] and [`DmaEngineConfig::fail_read_after`] inject failures.
 
 mod access;
 pub mod config;
 pub mod engine;
+pub mod migration;
+pub mod pages;
 pub mod pattern;
 pub mod pci_config;
 pub mod regs;
 pub mod state;
+pub mod stream;
 
+#[cfg(test)]
+mod migration_tests;
 #[cfg(test)]
 mod tests;
 
@@ -94,6 +112,7 @@ use nix::errno::Errno;
 
 use crate::device::{Device, DeviceContext, DeviceSpec, RegionMmap, RegionSpec};
 use crate::irq::IrqSpec;
+use crate::migration::Migratable;
 use crate::mmap::MappedRegion;
 use crate::wire::{
     IRQ_INDEX_ERR, IRQ_INDEX_INTX, IRQ_INDEX_MSI, IRQ_INDEX_MSIX, IRQ_INDEX_REQ, IRQ_INFO_AUTOMASKED, IRQ_INFO_EVENTFD,
@@ -125,6 +144,8 @@ pub struct DmaEngine {
     /// The shared scratch memory (BAR4), mapped here and offered to the client.
     scratch: MappedRegion,
     scratch_fd: Arc<OwnedFd>,
+    /// Migration state and streams.
+    mig: migration::Migration,
 }
 
 /// Everything observable about a device at one moment, for comparing two devices.
@@ -144,7 +165,8 @@ impl DmaEngine {
             .map_err(|_| ConfigError::DevmemOutOfRange { size: config.devmem_size })?;
         let (scratch, fd) =
             MappedRegion::memfd(c"dma-engine-scratch", SCRATCH_SIZE).map_err(ConfigError::SharedMemory)?;
-        Ok(Self { config, state: DmaEngineState::power_on(devmem_size), scratch, scratch_fd: Arc::new(fd) })
+        let state = DmaEngineState::power_on(devmem_size);
+        Ok(Self { config, state, scratch, scratch_fd: Arc::new(fd), mig: migration::Migration::default() })
     }
 
     /// The configuration the device was built with.
@@ -249,6 +271,9 @@ impl Device for DmaEngine {
         offset: u64,
         data: &[u8],
     ) -> Result<(), Errno> {
+        if region != REGION_CONFIG && self.mig.is_frozen() {
+            return Err(Errno::EBUSY); // stopped: no state change, no DMA (see `migration`)
+        }
         match region {
             REGION_REGS => self.write_regs(ctx, offset, data),
             REGION_DEVMEM => errno_einval(self.state.write_devmem(offset, data))?,
@@ -263,8 +288,13 @@ impl Device for DmaEngine {
     }
 
     fn reset(&mut self, _ctx: &mut DeviceContext<'_>) -> Result<(), Errno> {
+        self.reset_migration();
         self.state.power_on_reset();
         Self::zero_scratch(&self.scratch);
         Ok(())
+    }
+
+    fn migration(&mut self) -> Option<&mut dyn Migratable> {
+        Some(self)
     }
 }

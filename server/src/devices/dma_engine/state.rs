@@ -7,28 +7,42 @@
 //! shared memory does), and [`DmaEngineState::differences`] names what differs.
 //!
 //! Device memory changes only through [`DmaEngineState::write_devmem`] and
-//! [`DmaEngineState::clear_devmem`], the single place a later change hooks dirty tracking into.
+//! [`DmaEngineState::clear_devmem`], which is where the device's own dirty tracking for
+//! migration hooks in: while a [`PageSet`] is attached (PRE_COPY and STOP_COPY, see
+//! [`migration`](super::migration)), every page they change is put in it. The tracking is
+//! bookkeeping, not state: equality ignores it.
 
 use std::fmt;
 
+use super::pages::PageSet;
 use super::pattern::fnv1a64;
 use super::pci_config::PciConfigState;
 use super::regs::Registers;
 
 /// The device's state: BAR0 registers, configuration space, and device memory (BAR2).
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct DmaEngineState {
     /// The BAR0 registers.
     pub regs: Registers,
     /// The writable part of configuration space.
     pub pci: PciConfigState,
     devmem: Vec<u8>,
+    /// The device memory pages changed since they were last sent, while tracking.
+    dirty: Option<PageSet>,
 }
+
+impl PartialEq for DmaEngineState {
+    fn eq(&self, other: &Self) -> bool {
+        self.regs == other.regs && self.pci == other.pci && self.devmem == other.devmem
+    }
+}
+
+impl Eq for DmaEngineState {}
 
 impl DmaEngineState {
     /// The power-on state with `devmem_size` bytes of zeroed device memory.
     pub fn power_on(devmem_size: usize) -> Self {
-        Self { regs: Registers::default(), pci: PciConfigState::default(), devmem: vec![0; devmem_size] }
+        Self { regs: Registers::default(), pci: PciConfigState::default(), devmem: vec![0; devmem_size], dirty: None }
     }
 
     /// Size of the device memory in bytes.
@@ -52,6 +66,9 @@ impl DmaEngineState {
     pub fn write_devmem(&mut self, offset: u64, data: &[u8]) -> Option<()> {
         let start = usize::try_from(offset).ok()?;
         self.devmem.get_mut(start..start.checked_add(data.len())?)?.copy_from_slice(data);
+        if let Some(dirty) = &mut self.dirty {
+            dirty.insert_bytes(offset, data.len() as u64);
+        }
         Some(())
     }
 
@@ -59,6 +76,24 @@ impl DmaEngineState {
     /// uncommitted).
     pub fn clear_devmem(&mut self) {
         self.devmem = vec![0; self.devmem.len()];
+        if let Some(dirty) = &mut self.dirty {
+            dirty.insert_all();
+        }
+    }
+
+    /// Starts tracking changed device memory pages, with every page dirty when `all_dirty`.
+    pub(super) fn start_dirty_tracking(&mut self, all_dirty: bool) {
+        self.dirty = Some(PageSet::for_bytes(self.devmem_size(), all_dirty));
+    }
+
+    /// Stops tracking changed device memory pages and forgets the dirty ones.
+    pub(super) fn stop_dirty_tracking(&mut self) {
+        self.dirty = None;
+    }
+
+    /// The dirty pages, while tracking.
+    pub(super) fn dirty_pages(&mut self) -> Option<&mut PageSet> {
+        self.dirty.as_mut()
     }
 
     /// Resets registers and device memory, keeping configuration space (the guest's CTRL reset).
@@ -102,6 +137,7 @@ impl fmt::Debug for DmaEngineState {
             .field("regs", &self.regs)
             .field("pci", &self.pci)
             .field("devmem", &format_args!("{} bytes, fnv1a64 {:#018x}", self.devmem.len(), fnv1a64(&self.devmem)))
+            .field("dirty_pages", &self.dirty.as_ref().map(PageSet::count))
             .finish()
     }
 }
@@ -132,6 +168,21 @@ mod tests {
             a.differences(&b),
             ["SCRATCH: 0x0 != 0x5", "INTERRUPT_LINE: 0x0 != 0x9", "DEVMEM: 2 bytes differ, first at 0x10"]
         );
+    }
+
+    #[test]
+    fn tracked_changes_mark_pages_dirty_and_do_not_count_as_state() {
+        let mut s = DmaEngineState::power_on(4 * 4096);
+        s.write_devmem(0, &[1]).unwrap();
+        s.start_dirty_tracking(false);
+        s.write_devmem(4095, &[1, 2]).unwrap();
+        let dirty = s.dirty_pages().unwrap();
+        assert_eq!((dirty.contains(0), dirty.contains(1), dirty.count()), (true, true, 2));
+        s.clear_devmem();
+        assert!(s.dirty_pages().unwrap().is_full());
+        let mut untracked = s.clone();
+        untracked.stop_dirty_tracking();
+        assert_eq!(s, untracked);
     }
 
     #[test]

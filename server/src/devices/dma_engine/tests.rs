@@ -374,7 +374,8 @@ fn states_of_two_devices_diff_field_by_field() {
 #[test]
 fn a_smaller_chunk_size_moves_the_same_bytes_and_faults_on_its_boundary() {
     let mut rig = Rig::new();
-    rig.dev = DmaEngine::new(DmaEngineConfig { devmem_size: DEVMEM, chunk_size: 4096 }).unwrap();
+    rig.dev = DmaEngine::new(DmaEngineConfig { devmem_size: DEVMEM, chunk_size: 4096, ..DmaEngineConfig::default() })
+        .unwrap();
     rig.space.map(GUEST + GUEST_LEN, 1 << 20, true, true, None).unwrap();
     let at = GUEST + GUEST_LEN - 3 * 4096;
     assert_eq!(rig.run(OP_FILL, at, 0, 3 * 4096, 9, 0), Status::Ok);

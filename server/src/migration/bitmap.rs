@@ -85,21 +85,100 @@ impl AtomicBitmap {
             } else {
                 word.fetch_and(!clear, Ordering::AcqRel)
             } & want;
-            if value == 0 {
+            place(out, base, start, value);
+        }
+    }
+
+    /// Like [`take`](Self::take), for a bitmap no one else writes meanwhile: every bit of the
+    /// whole bitmap is moved out with plain loads and stores (no atomic read-modify-write, so
+    /// it runs at memory speed). Bits in `start..start+count` go to `out`; every bit not in the
+    /// clearing window `clear_from..clear_to` is also ORed into `carry`. Afterwards this bitmap
+    /// is all zero.
+    pub fn drain_exclusive(
+        &self,
+        start: u64,
+        count: u64,
+        clear_from: u64,
+        clear_to: u64,
+        out: &mut [u64],
+        carry: &AtomicBitmap,
+    ) {
+        let end = start.saturating_add(count).min(self.len);
+        for (w, word) in self.words.iter().enumerate() {
+            let v = word.load(Ordering::Relaxed);
+            if v == 0 {
                 continue;
             }
-            // Place `value` (bits relative to `base`) at output bit (base - start).
-            let rel = i128::from(base) - i128::from(start);
-            if rel >= 0 {
-                let rel = rel as u64;
-                or_at(out, rel / 64, value << (rel % 64));
-                if rel % 64 != 0 {
-                    or_at(out, rel / 64 + 1, value >> (64 - rel % 64));
+            word.store(0, Ordering::Relaxed);
+            let base = w as u64 * 64;
+            let want = span_mask(base, start, end);
+            let kept = v & !(want & span_mask(base, clear_from, clear_to));
+            if kept != 0 {
+                if let Some(c) = carry.word(w as u64) {
+                    c.fetch_or(kept, Ordering::Release);
                 }
-            } else {
-                or_at(out, 0, value >> ((-rel) as u64));
+            }
+            place(out, base, start, v & want);
+        }
+    }
+}
+
+impl AtomicBitmap {
+    /// The fused fast path of a report at a page size `64 * words_per_group` times the
+    /// tracked one, for a bitmap no one else writes meanwhile: words `first..first + n` are
+    /// drained and each group of `words_per_group` sets one output bit (from bit `o` of `out`)
+    /// if any of its bits is set; every other word's bits move to `carry`. Afterwards this
+    /// bitmap is all zero. One pass, plain loads and stores.
+    pub fn drain_groups_exclusive(
+        &self,
+        first: usize,
+        n: usize,
+        words_per_group: usize,
+        o: u64,
+        out: &mut [u64],
+        carry: &AtomicBitmap,
+    ) {
+        let per = words_per_group.max(1);
+        let inside = self.words.get(first..first.saturating_add(n).min(self.words.len())).unwrap_or_default();
+        for (g, group) in inside.chunks(per).enumerate() {
+            // Branch-free: a store of zero per word costs less than mispredicting which words
+            // of a sparse log were dirty.
+            let mut any = 0;
+            for word in group {
+                any |= word.load(Ordering::Relaxed);
+                word.store(0, Ordering::Relaxed);
+            }
+            if any != 0 {
+                let bit = o + g as u64;
+                or_at(out, bit / 64, 1 << (bit % 64));
             }
         }
+        let outside = self.words.iter().enumerate().filter(|(i, _)| *i < first || *i >= first + n);
+        for (i, word) in outside {
+            let v = word.load(Ordering::Relaxed);
+            if v != 0 {
+                word.store(0, Ordering::Relaxed);
+                if let Some(c) = carry.words.get(i) {
+                    c.fetch_or(v, Ordering::Release);
+                }
+            }
+        }
+    }
+}
+
+/// ORs `value` (bits of the word at bit `base`) into `out`, whose bit 0 is bit `start`.
+fn place(out: &mut [u64], base: u64, start: u64, value: u64) {
+    if value == 0 {
+        return;
+    }
+    if base >= start {
+        let rel = base - start;
+        or_at(out, rel / 64, value << (rel % 64));
+        if rel % 64 != 0 {
+            or_at(out, rel / 64 + 1, value >> (64 - rel % 64));
+        }
+    } else {
+        or_at(out, 0, value >> (start - base));
     }
 }
 

@@ -17,6 +17,9 @@
 //!   cleared; a tracked page the report only partly covers is reported but kept, so a report
 //!   of its other part still sees it. Bits past `length` are always zero.
 
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use nix::errno::Errno;
 
 use super::bitmap::{AtomicBitmap, mask};
@@ -101,15 +104,121 @@ impl LogError {
     }
 }
 
+/// One logged IOVA range, double-buffered.
+///
+/// Markers set bits in the active buffer, announcing themselves in that buffer's in-flight
+/// count first (and retrying if the buffer stopped being active meanwhile). A report of (most
+/// of) the range flips the active buffer, waits for the old one's in-flight markers to finish,
+/// then owns it alone and drains it with plain loads and stores — the atomic read-modify-write
+/// per word that a shared bitmap needs is what makes a report slow. A small report takes its
+/// bits from the active buffer with atomic swaps instead. Either way no mark is lost: a mark
+/// lands in a buffer that some report drains later, and a report never clears a bit it has not
+/// returned.
 #[derive(Debug)]
 struct LogRange {
     /// Start, aligned down to the page size.
     iova: u64,
     /// Exclusive end, aligned up to the page size.
     end: u64,
-    bits: AtomicBitmap,
+    bufs: [AtomicBitmap; 2],
+    active: AtomicUsize,
+    inflight: [AtomicUsize; 2],
+    /// Serialises reports of this range.
+    reporting: Mutex<()>,
     /// Created for a mapped region in "everything" mode (and dropped with it).
     auto: bool,
+}
+
+impl LogRange {
+    fn new(iova: u64, end: u64, pages: u64, auto: bool) -> Self {
+        Self {
+            iova,
+            end,
+            bufs: [AtomicBitmap::new(pages), AtomicBitmap::new(pages)],
+            active: AtomicUsize::new(0),
+            inflight: [AtomicUsize::new(0), AtomicUsize::new(0)],
+            reporting: Mutex::new(()),
+            auto,
+        }
+    }
+
+    fn buf(&self, i: usize) -> &AtomicBitmap {
+        &self.bufs[i & 1]
+    }
+
+    fn count(&self, i: usize) -> &AtomicUsize {
+        &self.inflight[i & 1]
+    }
+
+    fn mark(&self, first: u64, last: u64) {
+        loop {
+            let a = self.active.load(Ordering::SeqCst);
+            self.count(a).fetch_add(1, Ordering::SeqCst);
+            if self.active.load(Ordering::SeqCst) == a {
+                self.buf(a).set_range(first, last);
+                self.count(a).fetch_sub(1, Ordering::SeqCst);
+                return;
+            }
+            // A report flipped the buffers under us: mark the new active one instead.
+            self.count(a).fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    fn any(&self) -> bool {
+        self.bufs.iter().any(AtomicBitmap::any)
+    }
+
+    fn pages(&self) -> u64 {
+        self.bufs[0].len()
+    }
+
+    /// Whether a report of `count` tracked pages is worth flipping the buffers for: a small
+    /// part of a large range is cheaper to take with atomic swaps than to drain whole.
+    fn worth_flipping(&self, count: u64) -> bool {
+        count.saturating_mul(4) >= self.pages()
+    }
+
+    /// Flips the buffers and waits until the old one has no marker in flight; returns the old
+    /// (now exclusively owned) buffer's index.
+    fn flip(&self) -> usize {
+        let old = self.active.load(Ordering::SeqCst);
+        self.active.store(old ^ 1, Ordering::SeqCst);
+        while self.count(old).load(Ordering::SeqCst) != 0 {
+            std::hint::spin_loop();
+        }
+        old
+    }
+
+    /// Moves tracked bits `t0..t0+count` into `out`, clearing those in `clear_from..clear_to`.
+    fn take(&self, t0: u64, count: u64, clear_from: u64, clear_to: u64, out: &mut [u64]) {
+        let _serial = self.reporting.lock().unwrap_or_else(|p| p.into_inner());
+        if !self.worth_flipping(count) {
+            let active = self.active.load(Ordering::SeqCst);
+            self.buf(active).take(t0, count, clear_from, clear_to, out);
+            return;
+        }
+        let old = self.flip();
+        self.buf(old).drain_exclusive(t0, count, clear_from, clear_to, out, self.buf(old ^ 1));
+    }
+
+    /// The fused path of [`take`](Self::take) when each output bit covers `k` tracked pages,
+    /// `k` a multiple of 64, and the report covers whole words: returns false (doing nothing)
+    /// when those conditions do not hold.
+    fn take_grouped(&self, t0: u64, count: u64, k: u64, o: u64, out: &mut [u64]) -> bool {
+        let ends_on_word = (t0 + count) % 64 == 0 || t0 + count == self.pages();
+        if t0 % 64 != 0 || k % 64 != 0 || !ends_on_word || !self.worth_flipping(count) {
+            return false;
+        }
+        let (Ok(first), Ok(n), Ok(per)) =
+            (usize::try_from(t0 / 64), usize::try_from(count.div_ceil(64)), usize::try_from(k / 64))
+        else {
+            return false;
+        };
+        let _serial = self.reporting.lock().unwrap_or_else(|p| p.into_inner());
+        let old = self.flip();
+        self.buf(old).drain_groups_exclusive(first, n, per, o, out, self.buf(old ^ 1));
+        true
+    }
 }
 
 /// The dirty log while logging is on.
@@ -170,7 +279,7 @@ impl DirtyLog {
         let end = end.checked_next_multiple_of(p).unwrap_or(align_down(u64::MAX, p));
         let pages = (end - start) / p;
         let at = self.ranges.partition_point(|r| r.iova < start);
-        self.ranges.insert(at, LogRange { iova: start, end, bits: AtomicBitmap::new(pages), auto });
+        self.ranges.insert(at, LogRange::new(start, end, pages, auto));
     }
 
     /// The page size logging chose.
@@ -180,7 +289,7 @@ impl DirtyLog {
 
     /// Bytes the bitmaps take.
     pub fn bitmap_bytes(&self) -> usize {
-        self.ranges.iter().map(|r| r.bits.bytes()).sum()
+        self.ranges.iter().map(|r| r.bufs.iter().map(AtomicBitmap::bytes).sum::<usize>()).sum()
     }
 
     /// Number of ranges logged.
@@ -201,7 +310,7 @@ impl DirtyLog {
             }
             let a = iova.max(r.iova);
             let b = last.min(r.end - 1);
-            r.bits.set_range((a - r.iova) / self.page_size, (b - r.iova) / self.page_size);
+            r.mark((a - r.iova) / self.page_size, (b - r.iova) / self.page_size);
         }
     }
 
@@ -238,13 +347,13 @@ impl DirtyLog {
         let end = iova.saturating_add(len);
         self.ranges.retain(|r| {
             let touched = r.iova < end && r.end > iova;
-            !r.auto || !touched || r.bits.any() || overlaps_any(r, still_mapped)
+            !r.auto || !touched || r.any() || overlaps_any(r, still_mapped)
         });
     }
 
     /// Drops the "everything" ranges that are clean and back no mapped region any more.
     pub fn drop_clean_unmapped(&mut self, mapped: &[(u64, u64)]) {
-        self.ranges.retain(|r| !r.auto || r.bits.any() || overlaps_any(r, mapped));
+        self.ranges.retain(|r| !r.auto || r.any() || overlaps_any(r, mapped));
     }
 
     fn covered(&self, mut iova: u64, end: u64) -> bool {
@@ -301,9 +410,14 @@ impl DirtyLog {
         // Only pages wholly inside the report are cleared.
         let clear_from = if r.iova + t0 * l < iova { t0 + 1 } else { t0 };
         let clear_to = if r.iova + (t1 + 1) * l > end { t1 } else { t1 + 1 };
+        let s0 = r.iova + t0 * l; // byte address of tracked page t0
+        let aligned = s0 >= iova && (s0 - iova) % page_size == 0 && page_size >= l;
+        let whole_pages = clear_from == t0 && clear_to == t1 + 1;
+        if aligned && whole_pages && r.take_grouped(t0, count, page_size / l, (s0 - iova) / page_size, out) {
+            return;
+        }
         let mut taken = vec![0u64; usize::try_from(count.div_ceil(64)).unwrap_or(0)];
-        r.bits.take(t0, count, clear_from, clear_to, &mut taken);
-        let s0 = r.iova + t0 * l; // byte address of tracked bit 0 of `taken`
+        r.take(t0, count, clear_from, clear_to, &mut taken);
         if s0 >= iova && (s0 - iova) % page_size == 0 && page_size >= l {
             // Each output bit ORs k = page_size / l consecutive tracked bits.
             let k = page_size / l;
@@ -332,7 +446,8 @@ fn overlaps_any(r: &LogRange, mapped: &[(u64, u64)]) -> bool {
 }
 
 fn bitmap_bytes(spans: &[(u64, u64)], page_size: u64) -> u64 {
-    spans.iter().map(|(a, b)| (b - align_down(*a, page_size)).div_ceil(page_size).div_ceil(64) * 8).sum()
+    // Two buffers per range (see LogRange).
+    spans.iter().map(|(a, b)| (b - align_down(*a, page_size)).div_ceil(page_size).div_ceil(64) * 16).sum()
 }
 
 /// Sets output bits `first..=last`.

@@ -18,7 +18,9 @@ use vfu_server::wire::{
 use zerocopy::IntoBytes;
 
 mod info;
+mod migration;
 pub use info::{DeviceInfo, IrqInfo, RegionInfo};
+pub use migration::report_bitmap_words;
 
 /// Why a request failed.
 #[derive(Debug, thiserror::Error)]

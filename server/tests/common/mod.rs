@@ -7,7 +7,11 @@
 //! - [`ServerProcess::connect`] gives a negotiated [`mock_qemu::Client`].
 //! - [`RawConn`] and the [`msg`] builder send arbitrary bytes (and fds) and read replies without
 //!   any of the server's own code, so tests can send what no well-behaved client would.
+//! - [`dmae`] drives the dma-engine device and its guest memory (memfd RAM, message-served RAM,
+//!   commands, a whole-device snapshot) for the migration tests.
 #![allow(dead_code, unreachable_pub)] // every test crate uses its own subset
+
+pub mod dmae;
 
 use std::fmt;
 use std::fs::File;

@@ -9,7 +9,7 @@ test:
 
 # Benchmarks: each prints a ratio against a baseline measured in the same run.
 bench:
-    cargo bench -p vfu-server --bench region_read_rtt --locked
+    cargo bench -p vfu-server --locked
 
 # Serve a device on a UNIX socket (Ctrl-C stops it and removes the socket).
 serve socket="/tmp/miglab.sock" device="dma-engine" *args="":

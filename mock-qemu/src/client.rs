@@ -145,6 +145,11 @@ impl Client {
         self.conn.send(header, payload, fds).map_err(|e| ClientError::Socket { cmd, source: CodecError::Io(e) })
     }
 
+    /// Gives a reply's payload buffer back for the next reply to reuse.
+    pub fn recycle(&mut self, buf: Vec<u8>) {
+        self.conn.recycle(buf);
+    }
+
     /// The next msg_id.
     pub fn next_msg_id(&mut self) -> u16 {
         self.next_id = self.next_id.wrapping_add(1);

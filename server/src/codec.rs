@@ -75,12 +75,20 @@ pub struct Connection {
     stream: UnixStream,
     max_msg_size: usize,
     max_fds: usize,
+    /// A payload buffer handed back with [`Connection::recycle`], reused by the next `recv` so
+    /// a stream of large messages does not allocate (and fault in) fresh memory for each.
+    spare: Vec<u8>,
 }
 
 impl Connection {
     /// Wraps `stream`, accepting messages of at most `max_msg_size` bytes and `max_fds` fds.
     pub fn new(stream: UnixStream, max_msg_size: usize, max_fds: usize) -> Self {
-        Self { stream, max_msg_size: max_msg_size.max(HEADER_SIZE), max_fds: max_fds.min(SCM_MAX_FDS) }
+        Self {
+            stream,
+            max_msg_size: max_msg_size.max(HEADER_SIZE),
+            max_fds: max_fds.min(SCM_MAX_FDS),
+            spare: Vec::new(),
+        }
     }
 
     /// The underlying socket (for timeouts and shutdown).
@@ -125,7 +133,9 @@ impl Connection {
             self.skip(size - HEADER_SIZE, &mut fds, &mut fds_truncated)?;
             return Err(CodecError::Malformed { header, reason: Malformed::TooLarge { max: self.max_msg_size } });
         }
-        let mut payload = vec![0u8; size - HEADER_SIZE];
+        // A recycled buffer is not zeroed first: every byte is overwritten by the read below.
+        let mut payload = std::mem::take(&mut self.spare);
+        payload.resize(size - HEADER_SIZE, 0);
         let mut filled = 0;
         while filled < payload.len() {
             let rest = payload.get_mut(filled..).unwrap_or_default();
@@ -142,6 +152,13 @@ impl Connection {
             });
         }
         Ok(Message { header, payload, fds })
+    }
+
+    /// Gives a message's payload buffer back for the next `recv` to reuse.
+    pub fn recycle(&mut self, buf: Vec<u8>) {
+        if buf.capacity() > self.spare.capacity() {
+            self.spare = buf;
+        }
     }
 
     /// Reads and discards `len` bytes without buffering them (fds that come along are closed).

@@ -157,6 +157,23 @@ impl Client {
     /// short read (PRE_COPY: no more data this round; STOP_COPY: end of stream). A reply padded
     /// to the requested size (the reference server's way) is cut to its `size`.
     pub fn mig_data_read(&mut self, size: u32) -> Result<Vec<u8>, ClientError> {
+        let mut out = Vec::new();
+        self.mig_data_read_into(size, &mut out)?;
+        Ok(out)
+    }
+
+    /// [`mig_data_read`](Self::mig_data_read) appending to `out`; returns the bytes added. A
+    /// loop that reuses `out` moves a long stream without allocating per read.
+    pub fn mig_data_read_into(&mut self, size: u32, out: &mut Vec<u8>) -> Result<usize, ClientError> {
+        self.mig_data_read_with(size, |data| {
+            out.extend_from_slice(data);
+            data.len()
+        })
+    }
+
+    /// [`mig_data_read`](Self::mig_data_read) handing the bytes to `f` where they arrived,
+    /// without a copy; returns what `f` returns.
+    pub fn mig_data_read_with<R>(&mut self, size: u32, f: impl FnOnce(&[u8]) -> R) -> Result<R, ClientError> {
         let cmd = Command::MigDataRead;
         let argsz = size.checked_add(size_of::<MigData>() as u32).ok_or_else(|| too_big(cmd))?;
         let req = MigData { argsz, size };
@@ -168,7 +185,9 @@ impl Client {
         let data = data.get(..head.size as usize).ok_or_else(|| {
             bad_reply(cmd, format!("the reply claims {} bytes but carries {}", head.size, data.len()))
         })?;
-        Ok(data.to_vec())
+        let r = f(data);
+        self.recycle(m.payload);
+        Ok(r)
     }
 
     /// MIG_DATA_WRITE of `data`.

@@ -263,7 +263,9 @@ impl Session<'_> {
     pub(super) fn region_read(&mut self, payload: &[u8]) -> Result<Reply, Errno> {
         let (req, _) = fixed::<RegionAccess>(payload)?;
         self.check_access(req.region, req.offset, u64::from(req.count), false)?;
-        let mut out = vec![0u8; size_of::<RegionAccess>() + req.count as usize];
+        let mut out = self.reply_buf(size_of::<RegionAccess>() + req.count as usize);
+        // A device must fill all of `data`; zero it so one that does not leaks nothing.
+        out.fill(0);
         let (head, data) = out.split_at_mut(size_of::<RegionAccess>());
         head.copy_from_slice(req.as_bytes());
         self.with_device(|d, ctx| d.region_read(ctx, req.region, req.offset, data))?;

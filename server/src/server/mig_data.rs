@@ -30,7 +30,7 @@ impl Session<'_> {
         if req.size == 0 || req.size > max || (req.argsz as usize) < head + req.size as usize {
             return Err(Errno::EINVAL);
         }
-        let mut out = vec![0u8; head + req.size as usize];
+        let mut out = self.reply_buf(head + req.size as usize);
         let dev = self.device.migration().ok_or(Errno::EINVAL)?;
         let n = dev.read_data(out.get_mut(head..).unwrap_or_default())?.min(req.size as usize);
         out.truncate(head + n);

@@ -67,6 +67,8 @@ pub(super) struct Session<'s> {
     pub close_after_reply: bool,
     /// The migration state, for a migratable device.
     pub mig: Option<&'s mut MigrationCtl>,
+    /// The buffer of the last large reply, reused by the next (see [`Session::reply_buf`]).
+    pub reply_spare: Vec<u8>,
 }
 
 impl<'s> Session<'s> {
@@ -90,6 +92,7 @@ impl<'s> Session<'s> {
             negotiated: None,
             close_after_reply: false,
             mig,
+            reply_spare: Vec::new(),
         }
     }
 
@@ -142,6 +145,12 @@ impl<'s> Session<'s> {
             None => Err(Errno::ENOSYS),
             Some(cmd) => self.dispatch(cmd, msg),
         };
+        self.send_reply(header, result)
+    }
+
+    /// Answers `header` with `result` (nothing for NO_REPLY), then keeps the reply's buffer for
+    /// the next large reply.
+    fn send_reply(&mut self, header: crate::wire::Header, result: Result<Reply, Errno>) -> std::io::Result<()> {
         if header.no_reply() {
             if let Err(errno) = result {
                 tracing::debug!(%errno, "request failed (NO_REPLY)");
@@ -151,7 +160,11 @@ impl<'s> Session<'s> {
         match result {
             Ok(reply) => {
                 let fds: Vec<_> = reply.fds.iter().map(|f| f.as_fd()).collect();
-                self.peer.reply(&header.reply(reply.payload.len()), &[&reply.payload], &fds)
+                let sent = self.peer.reply(&header.reply(reply.payload.len()), &[&reply.payload], &fds);
+                if reply.payload.capacity() > self.reply_spare.capacity() {
+                    self.reply_spare = reply.payload;
+                }
+                sent
             }
             Err(errno) => {
                 tracing::debug!(%errno, "request refused");
@@ -168,25 +181,40 @@ impl<'s> Session<'s> {
         if !cmd_takes_fds(cmd) && !fds.is_empty() {
             return Err(Errno::EINVAL);
         }
+        let reply = self.run_command(cmd, &payload, fds);
+        self.peer.conn.recycle(payload);
+        reply
+    }
+
+    fn run_command(&mut self, cmd: Command, payload: &[u8], fds: Vec<OwnedFd>) -> Result<Reply, Errno> {
         match cmd {
-            Command::Version => self.version(&payload, fds),
-            Command::DmaMap => self.dma_map(&payload, fds),
-            Command::DmaUnmap => self.dma_unmap(&payload),
-            Command::DeviceGetInfo => self.device_info(&payload),
-            Command::DeviceGetRegionInfo => self.region_info(&payload),
-            Command::DeviceGetRegionIoFds => self.region_io_fds(&payload),
-            Command::DeviceGetIrqInfo => self.irq_info(&payload),
-            Command::DeviceSetIrqs => self.set_irqs(&payload, fds),
-            Command::RegionRead => self.region_read(&payload),
-            Command::RegionWrite => self.region_write(&payload),
-            Command::RegionWriteMulti => self.region_write_multi(&payload),
+            Command::Version => self.version(payload, fds),
+            Command::DmaMap => self.dma_map(payload, fds),
+            Command::DmaUnmap => self.dma_unmap(payload),
+            Command::DeviceGetInfo => self.device_info(payload),
+            Command::DeviceGetRegionInfo => self.region_info(payload),
+            Command::DeviceGetRegionIoFds => self.region_io_fds(payload),
+            Command::DeviceGetIrqInfo => self.irq_info(payload),
+            Command::DeviceSetIrqs => self.set_irqs(payload, fds),
+            Command::RegionRead => self.region_read(payload),
+            Command::RegionWrite => self.region_write(payload),
+            Command::RegionWriteMulti => self.region_write_multi(payload),
             Command::DeviceReset => self.device_reset(),
             // Server-to-client only.
             Command::DmaRead | Command::DmaWrite => Err(Errno::EINVAL),
-            Command::DeviceFeature => self.device_feature(&payload),
-            Command::MigDataRead => self.mig_data_read(&payload),
-            Command::MigDataWrite => self.mig_data_write(&payload),
+            Command::DeviceFeature => self.device_feature(payload),
+            Command::MigDataRead => self.mig_data_read(payload),
+            Command::MigDataWrite => self.mig_data_write(payload),
         }
+    }
+
+    /// A reply buffer of `len` bytes, reusing the last large reply's memory. Bytes the caller
+    /// does not overwrite hold what an earlier reply to this same client carried, never anything
+    /// else; callers overwrite or truncate.
+    pub fn reply_buf(&mut self, len: usize) -> Vec<u8> {
+        let mut buf = std::mem::take(&mut self.reply_spare);
+        buf.resize(len, 0);
+        buf
     }
 
     /// Runs `f` with the device and a context over guest memory and IRQs.

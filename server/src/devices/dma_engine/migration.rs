@@ -70,7 +70,7 @@ use super::pci_config::{PciConfigState, SCRATCH_SIZE};
 use super::regs::Registers;
 use super::state::DmaEngineState;
 use super::stream::{
-    Decoder, FORMAT_VERSION, Record, RecordType, StreamWriter, header_payload, page_payload, pci_config_payload,
+    Decoder, FORMAT_VERSION, MAX_RECORD_LEN, Record, RecordType, StreamWriter, header_payload, pci_config_payload,
     registers_payload,
 };
 use crate::device::DeviceContext;
@@ -155,30 +155,32 @@ impl Outgoing {
         }
     }
 
-    /// The next record, or `None` at the end of a pre-copy round or of the stream.
-    fn next_record(&mut self, state: &mut DmaEngineState) -> Option<Vec<u8>> {
+    /// Encodes the next record at the start of `out` (at least [`MAX_RECORD_LEN`] bytes) and
+    /// returns its length, or `None` at the end of a pre-copy round or of the stream.
+    fn next_record(&mut self, state: &mut DmaEngineState, out: &mut [u8]) -> Option<usize> {
         loop {
             let frozen = self.frozen.as_ref();
+            let w = &mut self.writer;
             match self.step {
                 Step::Header => {
                     self.step = if frozen.is_some() { Step::Registers } else { Step::Pages };
                     let payload = header_payload(FORMAT_VERSION, state.devmem_size());
-                    return Some(self.writer.record(RecordType::Header, &payload));
+                    return w.record_into(RecordType::Header, &[&payload], out);
                 }
                 Step::Registers => {
                     self.step = Step::PciConfig;
-                    return Some(self.writer.record(RecordType::Registers, &registers_payload(&frozen?.regs)));
+                    return w.record_into(RecordType::Registers, &[&registers_payload(&frozen?.regs)], out);
                 }
                 Step::PciConfig => {
                     self.step = Step::Scratch(0);
-                    return Some(self.writer.record(RecordType::PciConfig, &pci_config_payload(&frozen?.pci)));
+                    return w.record_into(RecordType::PciConfig, &[&pci_config_payload(&frozen?.pci)], out);
                 }
                 Step::Scratch(offset) if offset >= SCRATCH_SIZE => self.step = Step::Pages,
                 Step::Scratch(offset) => {
                     self.step = Step::Scratch(offset + PAGE_SIZE);
                     let start = usize::try_from(offset).ok()?;
                     let page = frozen?.scratch.get(start..start + PAGE_SIZE as usize)?;
-                    return Some(self.writer.record(RecordType::ScratchPage, &page_payload(offset, page)));
+                    return w.record_into(RecordType::ScratchPage, &[&offset.to_le_bytes(), page], out);
                 }
                 Step::Pages => {
                     let Some(page) = state.dirty_pages().and_then(|d| d.take_next(self.cursor)) else {
@@ -191,35 +193,51 @@ impl Outgoing {
                     self.cursor = page + 1;
                     let offset = page as u64 * PAGE_SIZE;
                     let data = state.devmem_range(offset, PAGE_SIZE as usize)?;
-                    return Some(self.writer.record(RecordType::DevmemPage, &page_payload(offset, data)));
+                    return w.record_into(RecordType::DevmemPage, &[&offset.to_le_bytes(), data], out);
                 }
                 Step::Trailer => {
                     self.step = Step::End;
-                    return Some(self.writer.trailer());
+                    let payload = w.trailer_payload();
+                    return w.record_into(RecordType::Trailer, &[&payload], out);
                 }
                 Step::End => return None,
             }
         }
     }
 
-    /// Fills `buf` from the stream; returns how many bytes it wrote.
+    /// Fills `buf` from the stream; returns how many bytes it wrote. Whole records are encoded
+    /// straight into `buf`; only a record that straddles the end of `buf` goes through the
+    /// internal record buffer, to be delivered by the next read.
     fn fill(&mut self, state: &mut DmaEngineState, buf: &mut [u8]) -> usize {
         let mut n = 0;
         while n < buf.len() {
-            if self.pos >= self.record.len() {
-                match self.next_record(state) {
-                    Some(r) => (self.record, self.pos) = (r, 0),
+            if self.pos < self.record.len() {
+                let src = self.record.get(self.pos..).unwrap_or_default();
+                let dst = buf.get_mut(n..).unwrap_or_default();
+                let k = src.len().min(dst.len());
+                if let (Some(d), Some(s)) = (dst.get_mut(..k), src.get(..k)) {
+                    d.copy_from_slice(s);
+                }
+                self.pos += k;
+                n += k;
+                continue;
+            }
+            let dst = buf.get_mut(n..).unwrap_or_default();
+            if dst.len() >= MAX_RECORD_LEN {
+                match self.next_record(state, dst) {
+                    Some(k) => n += k,
                     None => break,
                 }
+                continue;
             }
-            let src = self.record.get(self.pos..).unwrap_or_default();
-            let dst = buf.get_mut(n..).unwrap_or_default();
-            let k = src.len().min(dst.len());
-            if let (Some(d), Some(s)) = (dst.get_mut(..k), src.get(..k)) {
-                d.copy_from_slice(s);
+            let mut record = std::mem::take(&mut self.record);
+            record.resize(MAX_RECORD_LEN, 0);
+            let k = self.next_record(state, &mut record);
+            record.truncate(k.unwrap_or(0));
+            (self.record, self.pos) = (record, 0);
+            if k.is_none() {
+                break;
             }
-            self.pos += k;
-            n += k;
         }
         n
     }

@@ -10,7 +10,7 @@
 //! |---|---|---|
 //! | 0..4 | type | [`RecordType`] |
 //! | 4..8 | length | payload length; each type has one fixed length, any other is corruption |
-//! | 8..16 | checksum | FNV-1a 64 of the type, length and payload bytes |
+//! | 8..16 | checksum | XXH3-64 of the payload, seeded with `type << 32 \| length` |
 //! | 16.. | payload | below |
 //!
 //! | type | record | length | payload | sent |
@@ -20,7 +20,7 @@
 //! | 3 | PCI_CONFIG | 32 | command u32, interrupt line u32, the address bits of BAR0-BAR5 u32 each | STOP_COPY, once |
 //! | 4 | DEVMEM_PAGE | 4104 | page-aligned offset u64, then the 4096 bytes of device memory there | PRE_COPY rounds and STOP_COPY; a page may come several times, the last copy wins |
 //! | 5 | SCRATCH_PAGE | 4104 | page-aligned offset u64, then the 4096 bytes of shared scratch memory there | STOP_COPY, each of the 16 pages once |
-//! | 6 | TRAILER | 16 | record count u64 (records before the trailer, header included), stream checksum u64 (FNV-1a 64 of every stream byte before the trailer record) | last |
+//! | 6 | TRAILER | 16 | record count u64 (records before the trailer, header included), stream checksum u64 (the chain `c = XXH3-64(record checksum, seed c)` over every record before the trailer, from `c = 0`) | last |
 //!
 //! The HEADER record keeps this framing and payload layout in every format version, so a
 //! destination can always tell another version (EPROTO) from garbage (EBADMSG). A complete
@@ -41,9 +41,9 @@
 use nix::errno::Errno;
 
 use super::pages::PAGE_SIZE;
-use super::pattern::Fnv1a64;
 use super::pci_config::{COMMAND_WRITABLE, PciConfigState, SCRATCH_SIZE};
 use super::regs::{CMD_FLAG_IRQ, Registers, Status};
+use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 /// The magic at the start of the HEADER payload.
 pub const STREAM_MAGIC: [u8; 8] = *b"DMAE-MIG";
@@ -95,12 +95,30 @@ impl RecordType {
 }
 
 /// The checksum field of a record with type `ty` and `payload`.
+///
+/// XXH3 rather than the device's FNV-1a: it runs at memory speed, and the stream is as long as
+/// device memory.
 pub fn record_checksum(ty: u32, payload: &[u8]) -> u64 {
-    let mut h = Fnv1a64::new();
-    h.update(&ty.to_le_bytes());
-    h.update(&u32::try_from(payload.len()).unwrap_or(u32::MAX).to_le_bytes());
-    h.update(payload);
-    h.finish()
+    let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
+    xxh3_64_with_seed(payload, u64::from(ty) << 32 | u64::from(len))
+}
+
+/// The whole-stream checksum: a chain over the record checksums, in order. Each record's
+/// checksum already covers its bytes, so the chain covers every byte and the order without
+/// hashing the data twice.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StreamDigest(u64);
+
+impl StreamDigest {
+    /// Adds the next record's checksum.
+    pub fn update(&mut self, record_checksum: u64) {
+        self.0 = xxh3_64_with_seed(&record_checksum.to_le_bytes(), self.0);
+    }
+
+    /// The digest so far.
+    pub fn finish(&self) -> u64 {
+        self.0
+    }
 }
 
 /// One encoded record: header and payload.
@@ -149,24 +167,52 @@ pub fn page_payload(offset: u64, page: &[u8]) -> Vec<u8> {
 /// carries.
 #[derive(Debug, Clone, Default)]
 pub struct StreamWriter {
-    hash: Fnv1a64,
+    hash: StreamDigest,
     records: u64,
 }
 
 impl StreamWriter {
-    /// The next record of the stream.
-    pub fn record(&mut self, ty: RecordType, payload: &[u8]) -> Vec<u8> {
-        let rec = encode_record(ty as u32, payload);
-        self.hash.update(&rec);
+    /// Encodes the next record, whose payload is `parts` in order, at the start of `out`;
+    /// returns its length, or `None` (writing nothing) if `out` is too small. Encoding in place
+    /// means a device memory page is copied once, from device memory to the reply.
+    pub fn record_into(&mut self, ty: RecordType, parts: &[&[u8]], out: &mut [u8]) -> Option<usize> {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        let total = RECORD_HEADER_LEN.checked_add(len)?;
+        let rec = out.get_mut(..total)?;
+        let (head, payload) = rec.split_at_mut(RECORD_HEADER_LEN);
+        let mut at = 0;
+        for p in parts {
+            payload.get_mut(at..at + p.len())?.copy_from_slice(p);
+            at += p.len();
+        }
+        let sum = record_checksum(ty as u32, payload);
+        head.get_mut(0..4)?.copy_from_slice(&(ty as u32).to_le_bytes());
+        head.get_mut(4..8)?.copy_from_slice(&u32::try_from(len).ok()?.to_le_bytes());
+        head.get_mut(8..16)?.copy_from_slice(&sum.to_le_bytes());
+        self.hash.update(sum);
         self.records += 1;
-        rec
+        Some(total)
+    }
+
+    /// The next record of the stream, as a new buffer.
+    pub fn record(&mut self, ty: RecordType, payload: &[u8]) -> Vec<u8> {
+        let mut out = vec![0u8; RECORD_HEADER_LEN + payload.len()];
+        let n = self.record_into(ty, &[payload], &mut out).unwrap_or(0);
+        out.truncate(n);
+        out
+    }
+
+    /// The TRAILER payload over everything written so far.
+    pub fn trailer_payload(&self) -> [u8; 16] {
+        let mut p = [0u8; 16];
+        p[..8].copy_from_slice(&self.records.to_le_bytes());
+        p[8..].copy_from_slice(&self.hash.finish().to_le_bytes());
+        p
     }
 
     /// The TRAILER record over everything written so far.
     pub fn trailer(&self) -> Vec<u8> {
-        let mut p = self.records.to_le_bytes().to_vec();
-        p.extend_from_slice(&self.hash.finish().to_le_bytes());
-        encode_record(RecordType::Trailer as u32, &p)
+        encode_record(RecordType::Trailer as u32, &self.trailer_payload())
     }
 }
 
@@ -254,7 +300,7 @@ pub fn decode_pci_config(p: &[u8], devmem_size: u64) -> Result<PciConfigState, E
 pub struct Decoder {
     devmem_size: u64,
     pending: Vec<u8>,
-    hash: Fnv1a64,
+    hash: StreamDigest,
     records: u64,
     seen_header: bool,
     ended: bool,
@@ -267,7 +313,7 @@ impl Decoder {
         Self {
             devmem_size,
             pending: Vec::with_capacity(MAX_RECORD_LEN),
-            hash: Fnv1a64::new(),
+            hash: StreamDigest::default(),
             records: 0,
             seen_header: false,
             ended: false,
@@ -390,7 +436,7 @@ impl Decoder {
                 })?;
             }
         }
-        self.hash.update(&self.pending);
+        self.hash.update(le_u64(&self.pending, 8).unwrap_or(0));
         self.records += 1;
         Ok(())
     }

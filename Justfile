@@ -3,6 +3,12 @@
 default:
     @just --list
 
+# Live-migrate a running dma-engine between two vfu-server processes, as QEMU would (pre-copy
+# rounds with device DMA running, dirty-page logging, stop-and-copy), and prove the destination
+# equals the source. The scenario harness (`just scenario NAME`) will supersede this recipe.
+live-migrate:
+    cargo test --release -p vfu-server --locked --test migration_end_to_end -- --nocapture
+
 # Run every test of the workspace (unit, integration over real sockets, interop, property tests).
 test:
     cargo test --workspace --locked

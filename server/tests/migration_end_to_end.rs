@@ -171,13 +171,17 @@ fn migrates_a_running_dma_engine_between_two_servers() {
         if round == 0 {
             assert!(!once, "the first round (all of device memory) must take more than one read");
         }
-        reported.extend(sync_dirty(&mut s, &src, &src_ram, &dst_ram));
+        let dirty = sync_dirty(&mut s, &src, &src_ram, &dst_ram);
+        eprintln!("pre-copy round {round}: {got:>8} bytes of device state, {:>4} dirty guest pages", dirty.len());
+        reported.extend(dirty);
         assert_eq!(ok("GET state", s.mig_state(), &sctx), MigState::PreCopy);
     }
 
     ok("PRE_COPY -> STOP_COPY", s.set_mig_state(MigState::StopCopy), &sctx);
-    read_round(&mut s, &src, &mut chunks, &mut |_| {});
-    reported.extend(sync_dirty(&mut s, &src, &src_ram, &dst_ram));
+    let got = read_round(&mut s, &src, &mut chunks, &mut |_| {});
+    let dirty = sync_dirty(&mut s, &src, &src_ram, &dst_ram);
+    eprintln!("stop-and-copy:     {got:>8} bytes of device state, {:>4} dirty guest pages", dirty.len());
+    reported.extend(dirty);
     ok("STOP_COPY -> STOP", s.set_mig_state(MigState::Stop), &sctx);
     ok("DMA_LOGGING_STOP", s.dma_logging_stop(), &sctx);
 
@@ -213,6 +217,17 @@ fn migrates_a_running_dma_engine_between_two_servers() {
         })
         .count();
     assert!(stale > 0, "the pages written in PRE_COPY must differ from the first copy, or the test proves nothing");
+
+    let stream: usize = chunks.iter().map(Vec::len).sum();
+    eprintln!(
+        "destination equals source: {} BAR0 registers, config space, {} MiB device memory, {} KiB scratch, \
+         {} MiB guest RAM ({stream} bytes of device stream, {} pages written during pre-copy, all reported)",
+        registers(&got).len(),
+        got.devmem.len() >> 20,
+        got.scratch.len() >> 10,
+        final_ram.len() >> 20,
+        written_in_pre_copy.len()
+    );
 
     // The migrated device runs where it landed.
     let before = ok("CMDS_COMPLETED", d.read_u64(BAR0, REG_CMDS_COMPLETED), &dctx);

@@ -20,6 +20,10 @@ use crate::wire::{HEADER_SIZE, Header};
 /// so a message with too many fds is detected rather than silently truncated.
 pub const SCM_MAX_FDS: usize = 253;
 
+/// Most iovecs Linux takes in one `sendmsg` (IOV_MAX, UIO_MAXIOV); a message of more parts is
+/// sent by several.
+pub const IOV_MAX: usize = 1024;
+
 /// One framed message.
 #[derive(Debug)]
 pub struct Message {
@@ -200,7 +204,8 @@ impl Connection {
         Ok(msg.bytes)
     }
 
-    /// Writes one message, all of it, with `fds` attached to its first byte.
+    /// Writes one message, all of it, with `fds` attached to its first byte. Its parts are
+    /// gathered [`IOV_MAX`] at a time; however many there are, the peer sees one message.
     pub fn send(&self, header: &Header, payload: &[&[u8]], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
         let mut parts: Vec<&[u8]> = Vec::with_capacity(payload.len() + 1);
         parts.push(header.as_bytes());
@@ -208,7 +213,7 @@ impl Connection {
         let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
         let mut first = true;
         while !parts.is_empty() {
-            let iov: Vec<IoSlice<'_>> = parts.iter().map(|p| IoSlice::new(p)).collect();
+            let iov: Vec<IoSlice<'_>> = parts.iter().take(IOV_MAX).map(|p| IoSlice::new(p)).collect();
             let rights = [ControlMessage::ScmRights(&raw)];
             let cmsgs: &[ControlMessage<'_>] = if first && !raw.is_empty() { &rights } else { &[] };
             let n = match sendmsg::<()>(self.stream.as_raw_fd(), &iov, cmsgs, MsgFlags::MSG_NOSIGNAL, None) {
@@ -270,6 +275,29 @@ mod tests {
         a.send(&h, &[b"hel", b"lo"], &[file.as_fd()]).unwrap();
         let m = b.recv().unwrap();
         assert_eq!((m.header, m.payload.as_slice(), m.fds.len()), (h, &b"hello"[..], 1));
+    }
+
+    #[test]
+    fn a_message_of_more_parts_than_iov_max_arrives_whole() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let (a, mut b) = (Connection::new(a, 1 << 20, 4), Connection::new(b, 1 << 20, 4));
+        let data: Vec<u8> = (0..3000 * 5).map(|i| (i % 251) as u8).collect();
+        // 3000 parts of 1 to 9 bytes (some empty), so a wrong cut or a dropped part shows.
+        let mut parts: Vec<&[u8]> = Vec::new();
+        let mut at = 0;
+        for i in 0..3000 {
+            let len = [0, 1, 4, 9, 7, 3][i % 6].min(data.len() - at);
+            parts.push(&data[at..at + len]);
+            at += len;
+        }
+        let sent: Vec<u8> = parts.concat();
+        let file = tempfile::tempfile().unwrap();
+        let h = Header::request(7, Command::RegionWrite, sent.len());
+        let reader = std::thread::spawn(move || b.recv().unwrap());
+        a.send(&h, &parts, &[file.as_fd()]).unwrap();
+        let m = reader.join().unwrap();
+        assert_eq!((m.header, m.fds.len()), (h, 1));
+        assert_eq!(m.payload, sent);
     }
 
     #[test]

@@ -43,7 +43,7 @@ fn main() {
     let socket = dir.path().join("bench.sock");
     let _server = Server::spawn(&socket, &["--device", "dma-engine"]);
     let mut client = Client::connect_and_negotiate(&socket, Duration::from_secs(10)).expect("connect");
-    let mut peer = EchoPeer::spawn(REQUEST, REPLY);
+    let mut peer = EchoPeer::spawn(REQUEST, REPLY, REPLY);
 
     // Warm both paths up.
     let _ = bare_round(&mut peer.sock);

@@ -9,23 +9,31 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Set in the environment of a benchmark binary re-run as the baseline peer:
-/// "<request bytes>:<reply bytes>".
+/// "<request bytes>:<reply bytes>:<source bytes>".
 const ECHO_ENV: &str = "VFU_BENCH_ECHO_PEER";
 
 /// If this process was started as the baseline peer, serves on stdin (a socket) until EOF and
 /// exits; otherwise returns.
 pub fn maybe_run_echo_peer() {
     let Ok(spec) = std::env::var(ECHO_ENV) else { return };
-    let (req, reply) = spec.split_once(':').expect("request:reply sizes");
-    let (req, reply): (usize, usize) = (req.parse().expect("request size"), reply.parse().expect("reply size"));
+    let sizes: Vec<usize> = spec.split(':').map(|s| s.parse().expect("a size")).collect();
+    let [req, reply, source] = sizes[..] else { panic!("{ECHO_ENV} wants request:reply:source") };
     let fd = std::io::stdin().as_fd().try_clone_to_owned().expect("stdin is the socket");
     let mut sock = UnixStream::from(fd);
     let mut buf = vec![0u8; req];
-    let out = vec![0x5au8; reply];
+    // Replies come from consecutive places of a `source`-byte buffer of real data, so a peer
+    // standing in for a device with a large state reads that state from memory as the device
+    // must, rather than resending one buffer that stays in cache.
+    let data: Vec<u8> = (0..source.max(reply)).map(|i| (i * 7 + i / 4096) as u8).collect();
+    let mut at = 0;
     while sock.read_exact(&mut buf).is_ok() {
-        if sock.write_all(&out).is_err() {
+        if at + reply > data.len() {
+            at = 0;
+        }
+        if sock.write_all(&data[at..at + reply]).is_err() {
             break;
         }
+        at += reply;
     }
     std::process::exit(0);
 }
@@ -39,11 +47,12 @@ pub struct EchoPeer {
 }
 
 impl EchoPeer {
-    /// Starts this benchmark binary again as the peer.
-    pub fn spawn(request: usize, reply: usize) -> Self {
+    /// Starts this benchmark binary again as the peer, its replies taken in turn from a
+    /// `source`-byte buffer.
+    pub fn spawn(request: usize, reply: usize, source: usize) -> Self {
         let (ours, theirs) = UnixStream::pair().expect("socketpair");
         let child = Command::new(std::env::current_exe().expect("own path"))
-            .env(ECHO_ENV, format!("{request}:{reply}"))
+            .env(ECHO_ENV, format!("{request}:{reply}:{source}"))
             .stdin(Stdio::from(OwnedFd::from(theirs)))
             .stdout(Stdio::null())
             .spawn()

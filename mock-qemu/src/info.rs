@@ -1,14 +1,18 @@
-//! `mock-qemu info`: what a vfio-user device exposes, printed for a person (like `lspci -vv`).
+//! `mock-qemu info`: what a vfio-user device exposes, printed for a person (like `lspci -vv`):
+//! the device, its PCI identity, regions (with sparse areas and ioeventfds), IRQs, and its
+//! migration support (the VERSION `migration` capability, GET MIGRATION, PROBE of
+//! MIG_DEVICE_STATE and of dirty-page logging). [`findings`] renders strict mode's findings.
 
 use std::fmt::Write as _;
 
 use vfu_server::wire::{
-    Capabilities, DEVICE_FLAGS_PCI, DEVICE_FLAGS_RESET, IRQ_INFO_AUTOMASKED, IRQ_INFO_EVENTFD, IRQ_INFO_MASKABLE,
-    IRQ_INFO_NORESIZE, PCI_CONFIG_REGION_INDEX, REGION_FLAG_CAPS, REGION_FLAG_MMAP, REGION_FLAG_READ,
-    REGION_FLAG_WRITE,
+    Capabilities, DEVICE_FLAGS_PCI, DEVICE_FLAGS_RESET, FEATURE_DMA_LOGGING_REPORT, FEATURE_DMA_LOGGING_START,
+    FEATURE_DMA_LOGGING_STOP, FEATURE_GET, FEATURE_MIG_DEVICE_STATE, FEATURE_SET, IRQ_INFO_AUTOMASKED,
+    IRQ_INFO_EVENTFD, IRQ_INFO_MASKABLE, IRQ_INFO_NORESIZE, MIGRATION_P2P, MIGRATION_PRE_COPY, MIGRATION_STOP_COPY,
+    PCI_CONFIG_REGION_INDEX, REGION_FLAG_CAPS, REGION_FLAG_MMAP, REGION_FLAG_READ, REGION_FLAG_WRITE,
 };
 
-use crate::client::{Client, ClientError};
+use crate::client::{Client, ClientError, Finding};
 
 const PCI_REGION_NAMES: [&str; 9] = ["BAR0", "BAR1", "BAR2", "BAR3", "BAR4", "BAR5", "ROM", "CONFIG", "VGA"];
 const PCI_IRQ_NAMES: [&str; 5] = ["INTx", "MSI", "MSI-X", "ERR", "REQ"];
@@ -109,5 +113,66 @@ pub fn describe(client: &mut Client, server_caps: &Capabilities) -> Result<Strin
             )
         );
     }
+    describe_migration(client, server_caps, &mut out);
     Ok(out)
+}
+
+/// A call's outcome as a word: `yes`, or why not.
+fn outcome<T>(r: &Result<T, ClientError>) -> String {
+    match r {
+        Ok(_) => "yes".into(),
+        Err(e) => match e.errno() {
+            Some(errno) => format!("no ({errno})"),
+            None => format!("no ({e})"),
+        },
+    }
+}
+
+/// The migration section: what VERSION said, GET MIGRATION, and PROBEs of the features.
+fn describe_migration(client: &mut Client, server_caps: &Capabilities, out: &mut String) {
+    let _ = writeln!(out, "migration:");
+    let cap = match server_caps.migration {
+        Some(m) => format!("pgsize {:#x}", m.pgsize),
+        None => "absent".into(),
+    };
+    let _ = writeln!(out, "  VERSION capability: {cap}");
+    match client.migration_flags() {
+        Ok(flags) => {
+            let names = flag_names(
+                u32::try_from(flags & 7).unwrap_or(0),
+                &[
+                    (MIGRATION_STOP_COPY as u32, "STOP_COPY"),
+                    (MIGRATION_P2P as u32, "P2P"),
+                    (MIGRATION_PRE_COPY as u32, "PRE_COPY"),
+                ],
+            );
+            let _ = writeln!(out, "  GET MIGRATION: flags {flags:#x} ({names})");
+        }
+        Err(e) => {
+            let _ = writeln!(out, "  GET MIGRATION: {}", outcome::<()>(&Err(e)));
+        }
+    }
+    let probes = [
+        ("MIG_DEVICE_STATE", FEATURE_MIG_DEVICE_STATE, FEATURE_GET | FEATURE_SET, "GET SET"),
+        ("DMA_LOGGING_START", FEATURE_DMA_LOGGING_START, FEATURE_SET, "SET"),
+        ("DMA_LOGGING_STOP", FEATURE_DMA_LOGGING_STOP, FEATURE_SET, "SET"),
+        ("DMA_LOGGING_REPORT", FEATURE_DMA_LOGGING_REPORT, FEATURE_GET, "GET"),
+    ];
+    for (name, feature, ops, op_names) in probes {
+        let r = client.probe(feature, ops);
+        let _ = writeln!(out, "  PROBE {name} ({op_names}): {}", outcome(&r));
+    }
+    if let Ok(state) = client.mig_state() {
+        let _ = writeln!(out, "  device state: {state:?}");
+    }
+}
+
+/// Strict mode's findings as text: a count, then one line per finding.
+pub fn findings(findings: &[Finding]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "findings: {}", findings.len());
+    for f in findings {
+        let _ = writeln!(out, "  {f}");
+    }
+    out
 }

@@ -2,10 +2,14 @@
 //!
 //! [`client::Client`] speaks the protocol: typed calls for every command, msg_id matching,
 //! reply timeouts, and a [`client::DmaService`] that answers the server's DMA_READ /
-//! DMA_WRITE requests while a request is outstanding.
+//! DMA_WRITE requests while a request is outstanding. [`guest`] models the guest (PC-layout
+//! RAM in memfds, the vCPU dirty log, a dma-engine driver), [`stream`] frames the migration
+//! stream between the two sides, and [`migrate`] drives a migration as QEMU's VFIO code does.
 #![forbid(unsafe_code)]
 
 pub mod client;
+pub mod guest;
 pub mod info;
+pub mod stream;
 
-pub use client::{Client, ClientError, DmaService};
+pub use client::{Client, ClientError, ClientOptions, DmaService, Finding};

@@ -3,12 +3,13 @@
 use std::os::fd::OwnedFd;
 
 use vfu_server::wire::{
-    CapHeader, Command, DeviceInfo as WireDeviceInfo, IrqInfo as WireIrqInfo, REGION_INFO_CAP_SPARSE_MMAP,
-    RegionInfo as WireRegionInfo, RegionIoFds, SparseArea, SparseMmapHead, SubRegionIoEventFd, parse_prefix,
+    CapHeader, Command, DeviceInfo as WireDeviceInfo, IrqInfo as WireIrqInfo, REGION_FLAG_CAPS,
+    REGION_INFO_CAP_SPARSE_MMAP, RegionInfo as WireRegionInfo, RegionIoFds, SparseArea, SparseMmapHead,
+    SubRegionIoEventFd, parse_prefix,
 };
 use zerocopy::IntoBytes;
 
-use super::{Client, ClientError, bad};
+use super::{Client, ClientError, bad, strict};
 
 /// DEVICE_GET_INFO, decoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,25 +58,53 @@ impl Client {
         Ok((m.payload, m.fds))
     }
 
-    /// DEVICE_GET_REGION_INFO, asking again with the room the server says it needs.
+    /// DEVICE_GET_REGION_INFO, asking again with the room the server says it needs. The
+    /// reply is checked against the specification (see the [strict mode rules](super::strict), the
+    /// `region-info-*` rules); a capability chain that leaves the reply is
+    /// [`ClientError::BadReply`].
     pub fn region_info(&mut self, index: u32) -> Result<RegionInfo, ClientError> {
         let cmd = Command::DeviceGetRegionInfo;
         let base = size_of::<WireRegionInfo>() as u32;
         let (mut payload, mut fds) = self.region_info_raw(index, base)?;
         let (first, _) = parse_prefix::<WireRegionInfo>(&payload).map_err(|e| bad(cmd, e))?;
+        let mut asked = base;
         if first.argsz > base {
+            self.check_region_info_length(base, &first, payload.len());
+            asked = first.argsz;
             (payload, fds) = self.region_info_raw(index, first.argsz)?;
         }
         let (info, _) = parse_prefix::<WireRegionInfo>(&payload).map_err(|e| bad(cmd, e))?;
+        let id = self.last_msg_id();
+        self.check_region_info_length(asked, &info, payload.len());
+        if info.argsz < base {
+            let detail = format!("region {index}: argsz {} is below the {base}-byte fixed part", info.argsz);
+            self.deviation(cmd, id, strict::REGION_INFO_ARGSZ_TOO_SMALL, detail);
+        }
+        let caps_flag = info.flags & REGION_FLAG_CAPS != 0;
+        if caps_flag && info.cap_offset == 0 {
+            let detail = format!("region {index}: flags {:#x} have CAPS but cap_offset is 0", info.flags);
+            self.deviation(cmd, id, strict::REGION_INFO_CAPS_FLAG_WITHOUT_CAPS, detail);
+        }
+        if !caps_flag && info.cap_offset != 0 {
+            let detail = format!("region {index}: cap_offset {} without the CAPS flag", info.cap_offset);
+            self.deviation(cmd, id, strict::REGION_INFO_CAPS_WITHOUT_FLAG, detail);
+        }
         let mut sparse_areas = Vec::new();
         let mut next = info.cap_offset as usize;
         let mut hops = 0;
         while next != 0 && hops < 16 {
             hops += 1;
-            let cap = payload.get(next..).ok_or_else(|| ClientError::BadReply {
-                cmd,
-                what: format!("capability offset {next} is past the {} bytes of the reply", payload.len()),
-            })?;
+            let cap = match payload.get(next..) {
+                Some(cap) if next >= base as usize && cap.len() >= size_of::<CapHeader>() => cap,
+                _ => {
+                    let what = format!(
+                        "region {index}: capability offset {next} is outside the {} bytes after the fixed part",
+                        payload.len()
+                    );
+                    self.deviation(cmd, id, strict::REGION_INFO_CAP_OFFSET_OUT_OF_BOUNDS, what.clone());
+                    return Err(ClientError::BadReply { cmd, what });
+                }
+            };
             let (h, rest) = parse_prefix::<CapHeader>(cap).map_err(|e| bad(cmd, e))?;
             if h.id == REGION_INFO_CAP_SPARSE_MMAP {
                 let (s, mut rest) = parse_prefix::<SparseMmapHead>(rest).map_err(|e| bad(cmd, e))?;
@@ -88,6 +117,21 @@ impl Client {
             next = h.next as usize;
         }
         Ok(RegionInfo { info, sparse_areas, fd: fds.pop() })
+    }
+
+    /// `region-info-reply-length`: a reply of `len` bytes to a request with `asked` bytes of
+    /// room must be min(asked, the reply's argsz) long (the fixed part at least).
+    fn check_region_info_length(&mut self, asked: u32, reply: &WireRegionInfo, len: usize) {
+        let base = size_of::<WireRegionInfo>();
+        let expected = (asked as usize).min((reply.argsz as usize).max(base));
+        if len != expected {
+            let detail = format!(
+                "region {}: {len} bytes in reply to argsz {asked} with reply argsz {} (expected {expected})",
+                reply.index, reply.argsz
+            );
+            let id = self.last_msg_id();
+            self.deviation(Command::DeviceGetRegionInfo, id, strict::REGION_INFO_REPLY_LENGTH, detail);
+        }
     }
 
     /// DEVICE_GET_REGION_IO_FDS: the sub-regions and their fds.

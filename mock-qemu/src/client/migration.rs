@@ -3,7 +3,9 @@
 //!
 //! Every reply is parsed defensively: a reply of the wrong shape is [`ClientError::BadReply`],
 //! never a panic. Where the reference server (libvfio-user) deviates from the specification in
-//! a way a client can absorb, these calls absorb it: MIG_DEVICE_STATE SET replies of any shape,
+//! a way a client can absorb, these calls absorb it (and report it in strict mode, see
+//! [strict mode](super::strict)): DEVICE_FEATURE replies whose `argsz` is not their length,
+//! MIG_DEVICE_STATE SET replies that are not the request, report bits past the range (cleared),
 //! and MIG_DATA_READ replies padded to the requested size with the real length in `size`.
 
 use nix::errno::Errno;
@@ -14,7 +16,7 @@ use vfu_server::wire::{
 };
 use zerocopy::IntoBytes;
 
-use super::{Client, ClientError, bad};
+use super::{Client, ClientError, bad, strict};
 
 const FEATURE: Command = Command::DeviceFeature;
 const HEAD: usize = size_of::<DeviceFeature>();
@@ -51,6 +53,11 @@ impl Client {
         let head = DeviceFeature { argsz, flags };
         let m = self.request(FEATURE, &[head.as_bytes(), data], &[])?;
         let (reply, rest) = parse_prefix::<DeviceFeature>(&m.payload).map_err(|e| bad(FEATURE, e))?;
+        if reply.argsz as usize != m.payload.len() {
+            let detail =
+                format!("reply argsz {} but {} bytes (flags {:#x})", reply.argsz, m.payload.len(), reply.flags);
+            self.deviation(FEATURE, m.header.msg_id, strict::FEATURE_ARGSZ_MISMATCH, detail);
+        }
         Ok((reply, rest.to_vec()))
     }
 
@@ -101,12 +108,18 @@ impl Client {
     }
 
     /// SET MIG_DEVICE_STATE with any state number (for testing refusals of states that do not
-    /// exist). The reply's data is not interpreted: the reference server echoes the request,
-    /// this project's server too, and either is success.
+    /// exist). A reply that is not an error is success; one that does not echo the request is a
+    /// finding in strict mode (`mig-state-set-reply-mismatch`).
     pub fn set_mig_state_raw(&mut self, device_state: u32) -> Result<(), ClientError> {
         // data_fd as QEMU sends it (-1): vfio-user has no data fd.
         let req = MigDeviceState { device_state, data_fd: u32::MAX };
-        self.device_feature(FEATURE_MIG_DEVICE_STATE | FEATURE_SET, req.as_bytes(), None)?;
+        let flags = FEATURE_MIG_DEVICE_STATE | FEATURE_SET;
+        let (head, data) = self.device_feature(flags, req.as_bytes(), None)?;
+        let sent = DeviceFeature { argsz: (HEAD + size_of::<MigDeviceState>()) as u32, flags };
+        if head != sent || data != req.as_bytes() {
+            let detail = format!("request {sent:?} {req:?}, reply {head:?} with data {data:02x?}");
+            self.deviation(FEATURE, self.last_msg_id(), strict::MIG_STATE_SET_REPLY_MISMATCH, detail);
+        }
         Ok(())
     }
 
@@ -146,11 +159,23 @@ impl Client {
         if echo != req {
             return Err(bad_reply(FEATURE, format!("DMA_LOGGING_REPORT of {req:?} answered for {echo:?}")));
         }
-        Ok(bitmap
+        let mut words: Vec<u64> = bitmap
             .chunks_exact(8)
             .take(bitmap_len / 8)
             .map(|w| u64::from_le_bytes(w.try_into().unwrap_or([0; 8])))
-            .collect())
+            .collect();
+        // Bits past the range's last page must be zero; the reference server reports them.
+        let pages = length.div_ceil(page_size.max(1));
+        if let Some(last) = words.last_mut() {
+            let used = pages % 64;
+            let extra = if used == 0 { 0 } else { *last & !((1u64 << used) - 1) };
+            if extra != 0 {
+                *last &= !extra;
+                let detail = format!("{pages} pages, but the last word has bits {extra:#x} set past them");
+                self.deviation(FEATURE, self.last_msg_id(), strict::REPORT_BITS_PAST_LENGTH, detail);
+            }
+        }
+        Ok(words)
     }
 
     /// MIG_DATA_READ of up to `size` bytes: the bytes the server sent. Fewer than `size` is the
@@ -185,6 +210,11 @@ impl Client {
         let data = data.get(..head.size as usize).ok_or_else(|| {
             bad_reply(cmd, format!("the reply claims {} bytes but carries {}", head.size, data.len()))
         })?;
+        let carried = m.payload.len() - size_of::<MigData>();
+        if carried > data.len() {
+            let detail = format!("size {} but {carried} data bytes (argsz {})", head.size, head.argsz);
+            self.deviation(cmd, m.header.msg_id, strict::MIG_DATA_READ_PADDED, detail);
+        }
         let r = f(data);
         self.recycle(m.payload);
         Ok(r)
@@ -296,8 +326,8 @@ mod tests {
             p.extend_from_slice([5u64, 1 << 63, 7].as_bytes());
             Some(p)
         })]);
-        // 130 pages: 3 words.
-        assert_eq!(c.dma_logging_report(0x1000, 130 * 4096, 4096).unwrap(), vec![5, 1 << 63, 7]);
+        // 130 pages: 3 words; bit 2 of the last is past the range and comes back cleared.
+        assert_eq!(c.dma_logging_report(0x1000, 130 * 4096, 4096).unwrap(), vec![5, 1 << 63, 3]);
         let seen = server.join().unwrap();
         let (head, rest) = parse_prefix::<DeviceFeature>(&seen[0].payload).unwrap();
         assert_eq!(head, DeviceFeature { argsz: 8 + 24 + 24, flags: FEATURE_DMA_LOGGING_REPORT | FEATURE_GET });

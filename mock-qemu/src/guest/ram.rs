@@ -1,0 +1,107 @@
+//! One RAM region: a sparse memfd, mapped here as the guest's memory and handed to the server
+//! by DMA_MAP.
+//!
+//! Stores go through the mapping (a vCPU store is a store into the memfd's pages). Loads go
+//! through `pread` on the memfd instead: reading a hole of a shared memfd mapping would
+//! allocate a page for it, while `pread` of a hole returns zeros and allocates nothing, so
+//! comparing two untouched multi-GiB guests stays free. Both views are the same page cache.
+
+use std::fs::File;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::fs::FileExt;
+
+use nix::errno::Errno;
+use nix::unistd::{Whence, lseek};
+use vfu_server::mmap::MappedRegion;
+
+use super::GuestError;
+
+/// One contiguous range of guest RAM, backed by its own memfd.
+#[derive(Debug)]
+pub struct RamRegion {
+    /// Guest (IOVA) address of the first byte.
+    pub iova: u64,
+    /// Length in bytes (a nonzero multiple of [`PAGE_SIZE`](super::PAGE_SIZE)).
+    pub len: u64,
+    /// Index of this region's first page among all pages of the guest (for the dirty logs).
+    pub(super) first_page: u64,
+    file: File,
+    map: MappedRegion,
+}
+
+impl RamRegion {
+    /// A zero-filled region of `len` bytes at `iova`: a memfd of that size (sparse, so it costs
+    /// nothing until touched) mapped read-write.
+    pub(super) fn new(iova: u64, len: u64, first_page: u64) -> Result<Self, GuestError> {
+        let (map, fd) =
+            MappedRegion::memfd(c"miglab-guest-ram", len).map_err(|source| GuestError::Memfd { iova, len, source })?;
+        Ok(Self { iova, len, first_page, file: File::from(fd), map })
+    }
+
+    /// The memfd (what DMA_MAP sends the server, at file offset 0).
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.file.as_fd()
+    }
+
+    /// The end address (exclusive).
+    pub fn end(&self) -> u64 {
+        self.iova + self.len
+    }
+
+    /// Whether `iova` is inside the region.
+    pub fn contains(&self, iova: u64) -> bool {
+        iova >= self.iova && iova < self.end()
+    }
+
+    /// Bytes of memory the region actually holds (allocated pages of the memfd): 0 for an
+    /// untouched region, whatever its size.
+    pub fn resident_bytes(&self) -> Result<u64, GuestError> {
+        let st = nix::sys::stat::fstat(&self.file).map_err(|e| self.io_error(self.iova, 0, e.into()))?;
+        Ok(u64::try_from(st.st_blocks).unwrap_or(0).saturating_mul(512))
+    }
+
+    fn io_error(&self, iova: u64, len: u64, source: std::io::Error) -> GuestError {
+        GuestError::Io { iova, len, source }
+    }
+
+    /// Reads `buf.len()` bytes at region offset `offset` (in bounds: checked by the caller).
+    pub(super) fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), GuestError> {
+        self.file.read_exact_at(buf, offset).map_err(|e| self.io_error(self.iova + offset, buf.len() as u64, e))
+    }
+
+    /// Stores `data` at region offset `offset` through the mapping.
+    pub(super) fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), GuestError> {
+        self.map
+            .write_at(offset, data)
+            .ok_or(GuestError::OutOfRange { iova: self.iova.saturating_add(offset), len: data.len() as u64 })
+    }
+
+    /// The ranges of region offsets `[start, end)` that hold data (everything else is a hole,
+    /// reading zero), from the memfd's SEEK_DATA / SEEK_HOLE.
+    pub(super) fn data_extents(&self) -> Result<Vec<(u64, u64)>, GuestError> {
+        let mut out = Vec::new();
+        let mut at: u64 = 0;
+        while at < self.len {
+            let pos = i64::try_from(at).unwrap_or(i64::MAX);
+            let start = match lseek(self.file.as_fd(), pos, Whence::SeekData) {
+                Ok(s) => u64::try_from(s).unwrap_or(self.len),
+                Err(Errno::ENXIO) => break, // no data past `at`
+                Err(e) => return Err(self.io_error(self.iova + at, 0, e.into())),
+            };
+            if start >= self.len {
+                break;
+            }
+            let spos = i64::try_from(start).unwrap_or(i64::MAX);
+            let end = match lseek(self.file.as_fd(), spos, Whence::SeekHole) {
+                Ok(e) => u64::try_from(e).unwrap_or(self.len).min(self.len),
+                Err(e) => return Err(self.io_error(self.iova + start, 0, e.into())),
+            };
+            if end <= start {
+                break;
+            }
+            out.push((start, end));
+            at = end;
+        }
+        Ok(out)
+    }
+}

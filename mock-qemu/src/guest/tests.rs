@@ -1,0 +1,179 @@
+use super::*;
+
+const MIB: u64 = 1 << 20;
+
+#[test]
+fn pc_layout_splits_around_the_pci_hole() {
+    let g = Guest::pc(2 * GIB).unwrap();
+    assert_eq!(g.layout(), vec![(0, 2 * GIB)]);
+    let g = Guest::pc(3 * GIB).unwrap();
+    assert_eq!(g.layout(), vec![(0, 3 * GIB)]);
+    let g = Guest::pc(6 * GIB).unwrap();
+    assert_eq!(g.layout(), vec![(0, 3 * GIB), (4 * GIB, 3 * GIB)]);
+    assert_eq!(g.ram_size(), 6 * GIB);
+    assert_eq!(g.page_count(), 6 * GIB / PAGE_SIZE);
+    // Sparse: six GiB of RAM that nobody touched hold nothing.
+    assert_eq!(g.resident_bytes().unwrap(), 0);
+}
+
+#[test]
+fn bad_sizes_and_layouts_are_refused() {
+    assert!(matches!(Guest::pc(0), Err(GuestError::BadRamSize { ram_size: 0 })));
+    assert!(matches!(Guest::pc(4097), Err(GuestError::BadRamSize { .. })));
+    assert!(matches!(Guest::with_layout(&[]), Err(GuestError::EmptyLayout)));
+    assert!(matches!(Guest::with_layout(&[(0, 0)]), Err(GuestError::BadRegion { .. })));
+    assert!(matches!(Guest::with_layout(&[(12, 4096)]), Err(GuestError::BadRegion { .. })));
+    assert!(matches!(Guest::with_layout(&[(u64::MAX - 4095, 8192)]), Err(GuestError::BadRegion { .. })));
+    assert!(matches!(
+        Guest::with_layout(&[(0x10000, 0x2000), (0, 0x11000)]),
+        Err(GuestError::Overlap { a_iova: 0, a_len: 0x11000, b_iova: 0x10000, b_len: 0x2000 })
+    ));
+    // Unordered but disjoint is fine, and kept sorted.
+    let g = Guest::with_layout(&[(0x10000, 0x1000), (0, 0x1000)]).unwrap();
+    assert_eq!(g.layout(), vec![(0, 0x1000), (0x10000, 0x1000)]);
+}
+
+#[test]
+fn logging_ranges_are_one_below_and_one_above_four_gib() {
+    assert_eq!(Guest::pc(2 * GIB).unwrap().logging_ranges(), vec![(0, 2 * GIB)]);
+    assert_eq!(Guest::pc(6 * GIB).unwrap().logging_ranges(), vec![(0, 3 * GIB), (4 * GIB, 3 * GIB)]);
+    // Holes between sections are covered; a section ending exactly at 4 GiB is below it, one
+    // straddling 4 GiB is above.
+    let g = Guest::with_layout(&[(MIB, MIB), (16 * MIB, MIB), (4 * GIB - MIB, MIB)]).unwrap();
+    assert_eq!(g.logging_ranges(), vec![(MIB, 4 * GIB - MIB)]);
+    let g = Guest::with_layout(&[(0, MIB), (4 * GIB - MIB, 2 * MIB), (8 * GIB, MIB)]).unwrap();
+    assert_eq!(g.logging_ranges(), vec![(0, MIB), (4 * GIB - MIB, 4 * GIB + 2 * MIB)]);
+    let g = Guest::with_layout(&[(5 * GIB, MIB)]).unwrap();
+    assert_eq!(g.logging_ranges(), vec![(5 * GIB, MIB)]);
+}
+
+#[test]
+fn reads_and_writes_are_bounds_checked_and_touch_nothing_on_error() {
+    let g = Guest::pc(6 * GIB).unwrap();
+    g.load(3 * GIB - 4, &[1, 2, 3, 4]).unwrap();
+    g.load(4 * GIB, &[5, 6]).unwrap();
+    let mut b = [0u8; 4];
+    g.read(3 * GIB - 4, &mut b).unwrap();
+    assert_eq!(b, [1, 2, 3, 4]);
+    assert_eq!(g.read_vec(4 * GIB, 3).unwrap(), vec![5, 6, 0]);
+    // Into the hole, past the end, wrapping: refused, nothing written.
+    for (iova, len) in [(3 * GIB - 2, 4), (3 * GIB, 1), (7 * GIB - 1, 2), (u64::MAX, 2)] {
+        let err = g.vcpu_write(iova, &vec![9; len]).unwrap_err();
+        assert!(matches!(err, GuestError::OutOfRange { .. }), "{err}");
+        assert!(err.to_string().contains("outside guest RAM"), "{err}");
+        assert!(g.read(iova, &mut vec![0; len]).is_err());
+    }
+    assert_eq!(g.read_vec(3 * GIB - 4, 4).unwrap(), vec![1, 2, 3, 4]);
+    assert!(!g.contains(3 * GIB - 1, 2) && g.contains(3 * GIB - 1, 1));
+    // Zero-length accesses are no-ops anywhere.
+    g.vcpu_write(3 * GIB + 5, &[]).unwrap();
+}
+
+#[test]
+fn accesses_may_span_adjacent_regions() {
+    let g = Guest::with_layout(&[(0, 0x1000), (0x1000, 0x1000)]).unwrap();
+    g.set_vcpu_logging(true);
+    g.vcpu_write(0xffe, &[1, 2, 3, 4]).unwrap();
+    assert_eq!(g.read_vec(0xffe, 4).unwrap(), vec![1, 2, 3, 4]);
+    assert_eq!(g.take_vcpu_dirty(), vec![0, 0x1000]);
+}
+
+#[test]
+fn vcpu_dirty_log_records_only_while_on_and_take_clears_it() {
+    let g = Guest::pc(6 * GIB).unwrap();
+    g.vcpu_write(0x5000, &[1]).unwrap();
+    assert!(g.take_vcpu_dirty().is_empty(), "logging is off by default");
+    g.set_vcpu_logging(true);
+    g.vcpu_write(4 * GIB + 0x1fff, &[1, 2]).unwrap(); // two pages
+    g.vcpu_write(0x5000, &[2]).unwrap();
+    g.vcpu_write(0x5008, &[3]).unwrap();
+    g.load(0x9000, &[4]).unwrap(); // not a vCPU store
+    g.message_write(0xa000, &[5]).unwrap(); // the other log
+    assert_eq!(g.take_vcpu_dirty(), vec![0x5000, 4 * GIB + 0x1000, 4 * GIB + 0x2000]);
+    assert!(g.take_vcpu_dirty().is_empty());
+    assert_eq!(g.take_message_dirty(), vec![0xa000]);
+    // Off keeps what was recorded for a last take; on again starts clean.
+    g.vcpu_write(0x6000, &[1]).unwrap();
+    g.set_vcpu_logging(false);
+    g.vcpu_write(0x7000, &[1]).unwrap();
+    assert_eq!(g.take_vcpu_dirty(), vec![0x6000]);
+    g.vcpu_write(0x7000, &[1]).unwrap();
+    g.set_vcpu_logging(true);
+    assert!(g.take_vcpu_dirty().is_empty());
+    // Clones share the log.
+    let h = g.clone();
+    h.vcpu_write(0x8000, &[1]).unwrap();
+    assert_eq!(g.take_vcpu_dirty(), vec![0x8000]);
+}
+
+#[test]
+fn pages_lists_every_page_in_order() {
+    let g = Guest::with_layout(&[(0x10000, 0x2000), (0, 0x1000)]).unwrap();
+    assert_eq!(g.pages().collect::<Vec<_>>(), vec![0, 0x10000, 0x11000]);
+    assert_eq!(Guest::pc(6 * GIB).unwrap().pages().count() as u64, 6 * GIB / PAGE_SIZE);
+}
+
+#[test]
+fn diff_pages_finds_differing_pages_cheaply() {
+    let a = Guest::pc(6 * GIB).unwrap();
+    let b = Guest::pc(6 * GIB).unwrap();
+    assert!(a.diff_pages(&b).unwrap().is_empty());
+    a.load(0x3000, &[1]).unwrap();
+    a.load(4 * GIB + 3 * MIB + 5, &[7; 8192]).unwrap(); // three pages
+    b.load(0x3000, &[1]).unwrap(); // same bytes: no difference
+    b.load(5 * GIB, &[0]).unwrap(); // data that equals the hole's zeros
+    b.load(6 * GIB, &[2]).unwrap();
+    let want = vec![4 * GIB + 3 * MIB, 4 * GIB + 3 * MIB + 0x1000, 4 * GIB + 3 * MIB + 0x2000, 6 * GIB];
+    assert_eq!(a.diff_pages(&b).unwrap(), want);
+    assert_eq!(b.diff_pages(&a).unwrap(), want);
+    assert!(a.resident_bytes().unwrap() < MIB, "comparing must not populate RAM");
+    let c = Guest::pc(2 * GIB).unwrap();
+    assert!(matches!(a.diff_pages(&c), Err(GuestError::LayoutMismatch { .. })));
+}
+
+#[test]
+fn dma_service_answers_from_ram_and_records_writes_in_the_message_log() {
+    let g = Guest::pc(6 * GIB).unwrap();
+    g.set_vcpu_logging(true);
+    let mut svc = g.dma_service();
+    svc.dma_write(4 * GIB + 0x10, &[1, 2, 3]).unwrap();
+    assert_eq!(svc.dma_read(4 * GIB + 0x10, 4).unwrap(), vec![1, 2, 3, 0]);
+    assert_eq!(g.read_vec(4 * GIB + 0x10, 3).unwrap(), vec![1, 2, 3]);
+    assert_eq!(g.take_message_dirty(), vec![4 * GIB]);
+    assert!(g.take_vcpu_dirty().is_empty());
+    assert_eq!(svc.dma_write(3 * GIB, &[1]), Err(Errno::EFAULT));
+    assert_eq!(svc.dma_read(7 * GIB - 1, 2), Err(Errno::EFAULT));
+    assert_eq!(svc.dma_read(0, MAX_DMA_READ + 1), Err(Errno::EINVAL));
+    assert!(g.take_message_dirty().is_empty());
+}
+
+#[test]
+fn workload_is_deterministic_and_stays_in_its_window() {
+    let run = |seed| {
+        let g = Guest::pc(6 * GIB).unwrap();
+        g.set_vcpu_logging(true);
+        let mut w = VcpuWorkload::new(seed, (3 * GIB - 8 * PAGE_SIZE, GIB + 16 * PAGE_SIZE), 32);
+        let steps: Vec<Vec<u64>> = (0..4).map(|_| w.step(&g).unwrap()).collect();
+        (g, steps)
+    };
+    let (g1, s1) = run(7);
+    let (g2, s2) = run(7);
+    let (_, s3) = run(8);
+    assert_eq!(s1, s2);
+    assert_ne!(s1, s3);
+    assert!(g1.diff_pages(&g2).unwrap().is_empty(), "same seed, same bytes");
+    let all: std::collections::BTreeSet<u64> = s1.iter().flatten().copied().collect();
+    // Only the 8 pages below the hole and the 8 above 4 GiB are RAM inside the window.
+    assert!(
+        all.iter().all(
+            |&p| (3 * GIB - 8 * PAGE_SIZE..3 * GIB).contains(&p) || (4 * GIB..4 * GIB + 8 * PAGE_SIZE).contains(&p)
+        ),
+        "{all:x?}"
+    );
+    assert_eq!(g1.take_vcpu_dirty(), all.into_iter().collect::<Vec<_>>());
+    for s in &s1 {
+        assert!(s.windows(2).all(|w| w[0] < w[1]), "sorted, no repeats");
+    }
+    let mut empty = VcpuWorkload::new(1, (3 * GIB, GIB), 4);
+    assert!(matches!(empty.step(&g1), Err(GuestError::EmptyWindow { .. })));
+}

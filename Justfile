@@ -3,11 +3,25 @@
 default:
     @just --list
 
-# Live-migrate a running dma-engine between two vfu-server processes, as QEMU would (pre-copy
-# rounds with device DMA running, dirty-page logging, stop-and-copy), and prove the destination
-# equals the source. The scenario harness (`just scenario NAME`) will supersede this recipe.
-live-migrate:
-    cargo test --release -p vfu-server --locked --test migration_end_to_end -- --nocapture
+# Live-migrate a running dma-engine and its guest between two vfu-server processes, as QEMU
+# would (pre-copy rounds with vCPU writes and device DMA running, dirty-page logging,
+# stop-and-copy), and check that the destination equals the source. Extra arguments go to
+# `mock-qemu migrate` (see `mock-qemu migrate --help`), e.g. `just live-migrate --ram 6G`.
+# The scenario harness (`just scenario NAME`) will supersede this recipe.
+live-migrate *args="--max-rounds 5 --downtime-ms 1":
+    #!/usr/bin/env bash
+    set -euo pipefail
+    cargo build --release --locked -p vfu-server -p mock-qemu
+    dir=$(mktemp -d)
+    trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$dir"' EXIT
+    for side in source destination; do
+        target/release/vfu-server --socket "$dir/$side.sock" --device dma-engine 2>"$dir/$side.log" &
+    done
+    for side in source destination; do
+        for _ in $(seq 200); do [ -S "$dir/$side.sock" ] && break; sleep 0.05; done
+        [ -S "$dir/$side.sock" ] || { cat "$dir/$side.log"; echo "vfu-server ($side) did not start" >&2; exit 1; }
+    done
+    target/release/mock-qemu migrate --from "$dir/source.sock" --to "$dir/destination.sock" {{args}}
 
 # Run every test of the workspace (unit, integration over real sockets, interop, property tests).
 test:

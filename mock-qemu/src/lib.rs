@@ -10,6 +10,7 @@
 pub mod client;
 pub mod guest;
 pub mod info;
+pub mod migrate;
 pub mod stream;
 
 pub use client::{Client, ClientError, ClientOptions, DmaService, Finding};

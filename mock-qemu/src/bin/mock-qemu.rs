@@ -69,8 +69,143 @@ impl ConnectArgs {
     }
 }
 
+/// How a migration runs.
+#[derive(Args)]
+struct MigrateArgs {
+    /// The source server's UNIX socket.
+    #[arg(long)]
+    from: PathBuf,
+    /// The destination server's UNIX socket.
+    #[arg(long)]
+    to: PathBuf,
+    /// Guest RAM, laid out like a PC (below 3 GiB, the rest from 4 GiB), e.g. 256M, 6G.
+    #[arg(long, value_parser = parse_size, default_value = "256M")]
+    ram: u64,
+    /// Seed of the workload (vCPU writes and device DMA during pre-copy).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// vCPU page writes per workload step.
+    #[arg(long, default_value_t = 16)]
+    vcpu_writes: usize,
+    /// Device DMA commands per workload step (a dma-engine only).
+    #[arg(long, default_value_t = 2)]
+    dma_commands: usize,
+    /// Most pre-copy rounds before switching over anyway.
+    #[arg(long, default_value_t = 30)]
+    max_rounds: u32,
+    /// Downtime the switchover budget allows, in milliseconds.
+    #[arg(long, default_value_t = 300)]
+    downtime_ms: u64,
+    /// Bandwidth of the switchover budget in MiB/s (default: measured each round).
+    #[arg(long)]
+    bandwidth_mib: Option<u64>,
+    /// Do not use PRE_COPY even if the device offers it (RUNNING→STOP→STOP_COPY at switchover).
+    #[arg(long)]
+    no_pre_copy: bool,
+    /// What carries the migration stream: pipe, unix, tcp.
+    #[arg(long, default_value = "pipe")]
+    transport: String,
+    /// Print the statistics as JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Reply timeout in seconds.
+    #[arg(long, default_value_t = 10)]
+    timeout: u64,
+    /// Report every deviation from the specification as a finding (exit status 3 if any).
+    #[arg(long)]
+    strict: bool,
+    /// Write every message of both sides to FILE as JSON lines.
+    #[arg(long, value_name = "FILE")]
+    trace: Option<PathBuf>,
+    /// Leave the timestamps out of the trace.
+    #[arg(long, requires = "trace")]
+    trace_no_time: bool,
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    vfu_server::devices::dma_engine::parse_size(s).map_err(|e| e.to_string())
+}
+
+/// Runs a migration and prints its figures and verdict.
+fn migrate(args: MigrateArgs) -> anyhow::Result<ExitCode> {
+    use mock_qemu::migrate::{CancelToken, MigrationParams, PairOptions, SharedTrace, migrate_between};
+    use mock_qemu::stream::Transport;
+    let transport = match args.transport.as_str() {
+        "pipe" => Transport::Pipe,
+        "tcp" => Transport::Tcp,
+        "unix" => Transport::Unix(std::env::temp_dir().join(format!("mock-qemu-{}.sock", std::process::id()))),
+        other => anyhow::bail!("--transport {other}: expected pipe, unix or tcp"),
+    };
+    let trace = match &args.trace {
+        Some(path) => {
+            let file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
+            Some(SharedTrace::new(Box::new(BufWriter::new(file))))
+        }
+        None => None,
+    };
+    let options = PairOptions {
+        ram: args.ram,
+        seed: args.seed,
+        vcpu_writes: args.vcpu_writes,
+        dma_per_step: args.dma_commands,
+        params: MigrationParams {
+            max_rounds: args.max_rounds,
+            bandwidth: args.bandwidth_mib.map(|m| m << 20),
+            downtime: Duration::from_millis(args.downtime_ms),
+            use_pre_copy: !args.no_pre_copy,
+            ..MigrationParams::default()
+        },
+        transport,
+        client: ClientOptions::with_timeout(Duration::from_secs(args.timeout)).strict(args.strict),
+        trace: trace.clone(),
+        trace_timestamps: !args.trace_no_time,
+    };
+    let result = migrate_between(&args.from, &args.to, &options, &CancelToken::default());
+    if let Some(mut t) = trace {
+        use std::io::Write as _;
+        t.flush().context("writing the trace")?;
+    }
+    let report = result.map_err(|e| anyhow::anyhow!("{e}: {}", mock_qemu::migrate::error_chain(&e)))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report.stats).context("encoding the statistics")?);
+    } else {
+        println!("{}", report.stats);
+    }
+    if report.equal() {
+        println!(
+            "destination equals source: guest RAM ({} MiB) and device state; {} pages written by vCPUs and {} by the device during pre-copy",
+            args.ram >> 20,
+            report.vcpu_pages,
+            report.device_pages
+        );
+    } else {
+        println!("DESTINATION DIFFERS FROM SOURCE");
+        for page in report.ram_diff.iter().take(20) {
+            println!("  guest page {page:#x} differs");
+        }
+        if report.ram_diff.len() > 20 {
+            println!("  ... {} guest pages in all", report.ram_diff.len());
+        }
+        for d in &report.device_diff {
+            println!("  device: {d}");
+        }
+        return Ok(ExitCode::FAILURE);
+    }
+    if args.strict {
+        print!("{}", mock_qemu::info::findings(&report.findings));
+        if !report.findings.is_empty() {
+            return Ok(ExitCode::from(EXIT_FINDINGS));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 #[derive(Subcommand)]
 enum Cmd {
+    /// Migrate a running device and its guest from one server to another, the way QEMU does,
+    /// with a workload during pre-copy; print per-round figures and whether the destination
+    /// equals the source.
+    Migrate(MigrateArgs),
     /// Print what the device behind a socket exposes: IDs, regions, sparse areas, IRQs and
     /// migration support.
     Info {
@@ -105,6 +240,7 @@ fn run() -> anyhow::Result<ExitCode> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
+        Cmd::Migrate(args) => migrate(args),
         Cmd::Info { conn } => {
             let mut client = conn.connect()?;
             let caps = client.server_caps().clone();

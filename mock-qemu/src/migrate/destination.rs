@@ -1,0 +1,101 @@
+//! The destination side: QEMU's VFIO load flow over vfio-user.
+//!
+//! `DEV_SETUP` moves the device to RESUMING (QEMU's `vfio_load_setup`, recovering to the state
+//! it was in); device data chunks go to MIG_DATA_WRITE, bounded by the server's transfer size;
+//! RAM pages are loaded into guest RAM without marking them; config space is written while the
+//! device is still RESUMING, as QEMU restores it. Only when the whole stream checked out
+//! (`Complete`, with its section count and digest) does the guest start: RESUMING→RUNNING,
+//! which the server walks through STOP, where the device validates its state. A damaged or
+//! aborted stream, or a device that refuses its state, never starts the guest: the device is
+//! reset instead.
+
+use std::io::Read;
+use std::time::Instant;
+
+use vfu_server::wire::{MigState, PCI_CONFIG_REGION_INDEX};
+
+use super::MigrationError;
+use super::device::set_state;
+use crate::client::Client;
+use crate::guest::Guest;
+use crate::stream::{Section, StreamError, StreamReader};
+
+/// The destination of a migration.
+pub struct Destination<'a> {
+    /// The destination's client.
+    pub client: &'a mut Client,
+    /// The destination's guest.
+    pub guest: &'a Guest,
+}
+
+/// What the destination saw.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DestinationDone {
+    /// Rounds announced by the source.
+    pub rounds: u32,
+    /// Device bytes written.
+    pub device_bytes: u64,
+    /// Guest pages loaded.
+    pub pages: u64,
+    /// When the guest started.
+    pub started_at: Option<Instant>,
+}
+
+impl Destination<'_> {
+    /// Loads the stream from `input` and starts the guest if everything checked out.
+    pub fn run<R: Read>(mut self, input: &mut StreamReader<R>) -> Result<DestinationDone, MigrationError> {
+        let mut done = DestinationDone::default();
+        let loaded = self.load(input, &mut done);
+        if let Err(e) = loaded {
+            tracing::warn!(error = %e, "the destination will not start its guest");
+            if let Err(r) = self.client.reset() {
+                tracing::error!(error = %r, "resetting the destination device");
+            }
+            return Err(e);
+        }
+        // The guest starts: RESUMING -> RUNNING (the server walks RESUMING -> STOP -> RUNNING).
+        if let Err(e) = set_state(self.client, MigState::Running, MigState::Error) {
+            return Err(MigrationError::DestinationRefused(e));
+        }
+        done.started_at = Some(Instant::now());
+        Ok(done)
+    }
+
+    fn load<R: Read>(&mut self, input: &mut StreamReader<R>, done: &mut DestinationDone) -> Result<(), MigrationError> {
+        let client = &mut *self.client;
+        let max = client.server_caps().max_data_xfer_size_or_default() as usize;
+        loop {
+            let section = match input.read_section() {
+                Ok(s) => s,
+                Err(StreamError::Aborted { reason }) => return Err(MigrationError::SourceAborted { reason }),
+                Err(e) => return Err(e.into()),
+            };
+            match section {
+                Section::DeviceSetup => {
+                    let now = client.mig_state().map_err(MigrationError::Client)?;
+                    set_state(client, MigState::Resuming, now)?;
+                }
+                Section::DeviceData(data) => {
+                    for chunk in data.chunks(max.max(1)) {
+                        client.mig_data_write(chunk).map_err(MigrationError::Client)?;
+                    }
+                    done.device_bytes += data.len() as u64;
+                }
+                Section::DeviceConfig(config) => {
+                    client.region_write(PCI_CONFIG_REGION_INDEX, 0, &config).map_err(MigrationError::Client)?;
+                }
+                Section::DeviceEnd | Section::DeviceInitDataSent => {}
+                Section::Ram { pages } => {
+                    for (addr, data) in &pages {
+                        self.guest.load(*addr, data).map_err(MigrationError::Guest)?;
+                    }
+                    done.pages += pages.len() as u64;
+                }
+                Section::RoundEnd { round } => done.rounds = round,
+                // The reader has checked the section count and digest.
+                Section::Complete { .. } => return Ok(()),
+                Section::Abort { reason } => return Err(MigrationError::SourceAborted { reason }),
+            }
+        }
+    }
+}

@@ -1,0 +1,262 @@
+//! The source side: QEMU's VFIO pre-copy flow over vfio-user, with guest RAM.
+//!
+//! Setup: GET MIGRATION (STOP_COPY required), PROBE DMA_LOGGING_START, logging START over the
+//! RAM ranges QEMU computes (one below 4 GiB, one above, holes included) at the host page size,
+//! vCPU dirty logging on, `DEV_SETUP` and RUNNING→PRE_COPY, and every populated RAM page once.
+//! Rounds: the workload runs between reads; device data is read until a short read; a dirty
+//! sync takes DMA_LOGGING_REPORT per RAM region merged with the vCPU log and the pages the
+//! server wrote by message; those pages are sent. Switchover when the estimated remaining data
+//! fits `bandwidth × downtime` (vfio-user has no pre-copy size query, so the device's part is
+//! what its last round returned) or after `max_rounds`: the vCPUs stop, PRE_COPY→STOP_COPY
+//! (RUNNING→STOP→STOP_COPY without PRE_COPY), data is read to the end of the stream, a final
+//! dirty sync sends the last pages, config space follows, then `Complete`. Cleanup after
+//! switchover: STOP_COPY→STOP, logging STOP.
+//!
+//! Any failure, or a cancel, goes back the way QEMU does: the device to RUNNING (or reset if it
+//! cannot be), logging stopped, vCPU logging off, an `Abort` section on the stream, and the
+//! guest keeps running.
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::time::Instant;
+
+use vfu_server::wire::{FEATURE_DMA_LOGGING_START, FEATURE_SET, MIGRATION_PRE_COPY, MIGRATION_STOP_COPY, MigState};
+
+use super::device::{set_state, set_state_or_reset};
+use super::stats::{MigrationStats, RoundStats};
+use super::{CancelToken, MigrationError, MigrationParams, Workload};
+use crate::client::Client;
+use crate::guest::{Guest, PAGE_SIZE};
+use crate::stream::{Section, StreamWriter};
+
+/// Guest pages per RAM section of the stream.
+const PAGES_PER_SECTION: usize = 256;
+
+/// The source of a migration.
+pub struct Source<'a> {
+    /// The source's client.
+    pub client: &'a mut Client,
+    /// The source's guest.
+    pub guest: &'a Guest,
+    /// Migration parameters.
+    pub params: &'a MigrationParams,
+    /// What keeps running during pre-copy.
+    pub workload: Option<&'a mut dyn Workload>,
+    /// Cancels the migration between steps.
+    pub cancel: &'a CancelToken,
+}
+
+/// What the source hands over after a successful stop-and-copy.
+#[derive(Debug)]
+pub struct SourceDone {
+    /// Statistics so far (downtime completed by the caller).
+    pub stats: MigrationStats,
+    /// When the vCPUs stopped.
+    pub stopped_at: Instant,
+}
+
+impl Source<'_> {
+    /// Runs the source side, writing the migration stream to `out`.
+    pub fn run<W: Write>(mut self, out: &mut StreamWriter<W>) -> Result<SourceDone, MigrationError> {
+        let started = Instant::now();
+        let mut stats = MigrationStats::default();
+        match self.migrate(out, &mut stats, started) {
+            Ok(stopped_at) => {
+                stats.total_micros = started.elapsed().as_micros() as u64;
+                Ok(SourceDone { stats, stopped_at })
+            }
+            Err(e) => {
+                self.recover();
+                let _ = out.write(&Section::Abort { reason: e.to_string() });
+                Err(e)
+            }
+        }
+    }
+
+    /// Back to a running source: device RUNNING (or reset), logging off.
+    fn recover(&mut self) {
+        tracing::warn!("migration failed or cancelled: the source runs on");
+        if let Err(e) = set_state_or_reset(self.client, MigState::Running) {
+            tracing::error!(error = %e, "returning the source device to RUNNING");
+        }
+        if let Err(e) = self.client.dma_logging_stop() {
+            tracing::warn!(error = %e, "stopping dirty logging");
+        }
+        self.guest.set_vcpu_logging(false);
+    }
+
+    fn check_cancel(&self) -> Result<(), MigrationError> {
+        if self.cancel.is_cancelled() { Err(MigrationError::Cancelled) } else { Ok(()) }
+    }
+
+    fn migrate<W: Write>(
+        &mut self,
+        out: &mut StreamWriter<W>,
+        stats: &mut MigrationStats,
+        started: Instant,
+    ) -> Result<Instant, MigrationError> {
+        // Setup.
+        let flags = self.client.migration_flags().map_err(MigrationError::NotMigratable)?;
+        if flags & MIGRATION_STOP_COPY == 0 {
+            return Err(MigrationError::NoStopCopy { flags });
+        }
+        let pre_copy = flags & MIGRATION_PRE_COPY != 0 && self.params.use_pre_copy;
+        stats.pre_copy = pre_copy;
+        self.client.probe(FEATURE_DMA_LOGGING_START, FEATURE_SET).map_err(MigrationError::NoDirtyTracking)?;
+        let ranges = self.guest.logging_ranges();
+        stats.log_page_size = self.client.dma_logging_start(PAGE_SIZE, &ranges).map_err(MigrationError::Client)?;
+        self.guest.set_vcpu_logging(true);
+        out.write(&Section::DeviceSetup)?;
+        if pre_copy {
+            set_state(self.client, MigState::PreCopy, MigState::Running)?;
+        }
+        out.write(&Section::DeviceEnd)?;
+
+        // Round 0: every populated page of guest RAM.
+        let t0 = Instant::now();
+        let all: Vec<u64> = self.guest.populated_pages().map_err(MigrationError::Guest)?;
+        let sent = self.send_pages(out, &all)?;
+        stats.rounds.push(RoundStats {
+            round: 0,
+            pages_sent: sent,
+            micros: t0.elapsed().as_micros() as u64,
+            ..Default::default()
+        });
+        out.write(&Section::RoundEnd { round: 0 })?;
+
+        // Pre-copy rounds.
+        let mut switchover = "max rounds";
+        for round in 1..=self.params.max_rounds {
+            self.check_cancel()?;
+            let t = Instant::now();
+            let mut r = RoundStats { round, ..Default::default() };
+            if pre_copy {
+                r.device_bytes = self.read_device(out, true)?;
+            } else if let Some(w) = self.workload.as_deref_mut() {
+                w.step(self.client, self.guest).map_err(MigrationError::Workload)?;
+            }
+            let (pages, dev, vcpu) = self.dirty_sync()?;
+            r.device_dirty_pages = dev;
+            r.vcpu_dirty_pages = vcpu;
+            r.pages_sent = self.send_pages(out, &pages)?;
+            out.write(&Section::RoundEnd { round })?;
+            r.micros = t.elapsed().as_micros() as u64;
+            // vfio-user has no pre-copy size query: the device's part of what remains is taken
+            // to be what its last round returned.
+            r.remaining_estimate = r.device_bytes + r.pages_sent * PAGE_SIZE;
+            let budget = self.params.budget_bytes(&r);
+            tracing::info!(
+                round,
+                device_bytes = r.device_bytes,
+                pages = r.pages_sent,
+                remaining = r.remaining_estimate,
+                budget,
+                "pre-copy round"
+            );
+            let fits = r.remaining_estimate <= budget;
+            stats.rounds.push(r);
+            if fits {
+                switchover = "budget";
+                break;
+            }
+        }
+        stats.switchover = switchover.to_string();
+        self.check_cancel()?;
+
+        // Switchover: the vCPUs stop; the device stops and its state is read to the end.
+        let stopped_at = Instant::now();
+        if pre_copy {
+            set_state_or_reset(self.client, MigState::StopCopy)?;
+        } else {
+            set_state_or_reset(self.client, MigState::Stop)?;
+        }
+        set_state(self.client, MigState::StopCopy, MigState::Stop)?;
+        stats.stop_copy_device_bytes = self.read_device(out, false)?;
+        let (pages, _, _) = self.dirty_sync()?;
+        stats.stop_copy_pages = self.send_pages(out, &pages)?;
+        let config = self
+            .client
+            .region_read(vfu_server::wire::PCI_CONFIG_REGION_INDEX, 0, 256)
+            .map_err(MigrationError::Client)?;
+        out.write(&Section::DeviceConfig(config))?;
+        out.write(&Section::DeviceEnd)?;
+        let complete = Section::Complete { sections: out.sections(), digest: out.digest() };
+        out.write(&complete)?;
+
+        // Cleanup after switchover, off the downtime path.
+        set_state_or_reset(self.client, MigState::Stop)?;
+        self.client.dma_logging_stop().map_err(MigrationError::Client)?;
+        self.guest.set_vcpu_logging(false);
+        let _ = started;
+        Ok(stopped_at)
+    }
+
+    /// Reads device data until a short read, as DEV_DATA sections (the workload runs between
+    /// reads in pre-copy); returns the bytes read.
+    fn read_device<W: Write>(&mut self, out: &mut StreamWriter<W>, running: bool) -> Result<u64, MigrationError> {
+        let size = self.params.read_size.min(self.client.server_caps().max_data_xfer_size_or_default());
+        let mut total = 0u64;
+        loop {
+            if running {
+                self.check_cancel()?;
+                if let Some(w) = self.workload.as_deref_mut() {
+                    w.step(self.client, self.guest).map_err(MigrationError::Workload)?;
+                }
+            }
+            let data = self.client.mig_data_read(size).map_err(MigrationError::Client)?;
+            total += data.len() as u64;
+            let short = data.len() < size as usize;
+            if !data.is_empty() {
+                out.write(&Section::DeviceData(data))?;
+            }
+            if short {
+                out.write(&Section::DeviceEnd)?;
+                return Ok(total);
+            }
+            if total > self.params.max_device_bytes {
+                return Err(MigrationError::EndlessStream { bytes: total });
+            }
+        }
+    }
+
+    /// QEMU's dirty sync: a report per RAM region at the host page size, merged with the vCPU
+    /// log and the pages the server wrote by message. Returns (pages, device's, vCPUs').
+    fn dirty_sync(&mut self) -> Result<(Vec<u64>, u64, u64), MigrationError> {
+        let mut pages = BTreeSet::new();
+        let mut device = 0;
+        for region in self.guest.regions() {
+            let bitmap =
+                self.client.dma_logging_report(region.iova, region.len, PAGE_SIZE).map_err(MigrationError::Client)?;
+            for (w, word) in bitmap.iter().enumerate() {
+                let mut bits = *word;
+                while bits != 0 {
+                    let b = u64::from(bits.trailing_zeros());
+                    bits &= bits - 1;
+                    let page = w as u64 * 64 + b;
+                    if page * PAGE_SIZE < region.len {
+                        pages.insert(region.iova + page * PAGE_SIZE);
+                        device += 1;
+                    }
+                }
+            }
+        }
+        let vcpu = self.guest.take_vcpu_dirty();
+        let vcpu_count = vcpu.len() as u64;
+        pages.extend(vcpu);
+        pages.extend(self.guest.take_message_dirty());
+        Ok((pages.into_iter().collect(), device, vcpu_count))
+    }
+
+    /// Sends `pages` (guest addresses) in RAM sections; returns how many.
+    fn send_pages<W: Write>(&mut self, out: &mut StreamWriter<W>, pages: &[u64]) -> Result<u64, MigrationError> {
+        let mut buf = vec![0u8; PAGES_PER_SECTION * PAGE_SIZE as usize];
+        for chunk in pages.chunks(PAGES_PER_SECTION) {
+            for (&addr, page) in chunk.iter().zip(buf.chunks_mut(PAGE_SIZE as usize)) {
+                self.guest.read(addr, page).map_err(MigrationError::Guest)?;
+            }
+            let section: Vec<(u64, &[u8])> = chunk.iter().copied().zip(buf.chunks(PAGE_SIZE as usize)).collect();
+            out.write_ram(&section)?;
+        }
+        Ok(pages.len() as u64)
+    }
+}

@@ -1,0 +1,94 @@
+//! Migration statistics, as data for the harness to report and as text for a person.
+
+use std::fmt;
+use std::time::Duration;
+
+/// One pre-copy round on the source.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RoundStats {
+    /// Round number (the first full RAM pass is round 0).
+    pub round: u32,
+    /// Bytes of device state read in this round.
+    pub device_bytes: u64,
+    /// Guest pages the device's dirty report named.
+    pub device_dirty_pages: u64,
+    /// Guest pages the vCPUs dirtied (the client's own log).
+    pub vcpu_dirty_pages: u64,
+    /// Distinct guest pages sent in this round.
+    pub pages_sent: u64,
+    /// How long the round took, in microseconds.
+    pub micros: u64,
+    /// The remaining data the switchover decision estimated after this round, in bytes.
+    pub remaining_estimate: u64,
+}
+
+/// A whole migration.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct MigrationStats {
+    /// Whether the device supported PRE_COPY.
+    pub pre_copy: bool,
+    /// The page size of dirty logging the server chose.
+    pub log_page_size: u64,
+    /// Pre-copy rounds (round 0 is the first full RAM pass).
+    pub rounds: Vec<RoundStats>,
+    /// Bytes of device state in the stop-and-copy phase.
+    pub stop_copy_device_bytes: u64,
+    /// Guest pages sent in the stop-and-copy phase.
+    pub stop_copy_pages: u64,
+    /// Why the source switched over: "budget" or "max rounds".
+    pub switchover: String,
+    /// From stopping the vCPUs to the destination's guest running, in microseconds.
+    pub downtime_micros: u64,
+    /// The whole migration, in microseconds.
+    pub total_micros: u64,
+    /// Bytes of the migration stream.
+    pub stream_bytes: u64,
+}
+
+impl MigrationStats {
+    /// Device bytes over all phases.
+    pub fn device_bytes(&self) -> u64 {
+        self.rounds.iter().map(|r| r.device_bytes).sum::<u64>() + self.stop_copy_device_bytes
+    }
+
+    /// Guest pages sent over all phases.
+    pub fn pages_sent(&self) -> u64 {
+        self.rounds.iter().map(|r| r.pages_sent).sum::<u64>() + self.stop_copy_pages
+    }
+
+    /// The downtime.
+    pub fn downtime(&self) -> Duration {
+        Duration::from_micros(self.downtime_micros)
+    }
+}
+
+impl fmt::Display for MigrationStats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "round  device bytes  dev dirty  vcpu dirty  pages sent  dirty rate (pages/s)  remaining est.")?;
+        for r in &self.rounds {
+            let rate = ((r.device_dirty_pages + r.vcpu_dirty_pages) * 1_000_000).checked_div(r.micros).unwrap_or(0);
+            writeln!(
+                f,
+                "{:>5}  {:>12}  {:>9}  {:>10}  {:>10}  {:>20}  {:>14}",
+                r.round,
+                r.device_bytes,
+                r.device_dirty_pages,
+                r.vcpu_dirty_pages,
+                r.pages_sent,
+                rate,
+                r.remaining_estimate
+            )?;
+        }
+        writeln!(f, " stop  {:>12}  {:>9}  {:>10}  {:>10}", self.stop_copy_device_bytes, "", "", self.stop_copy_pages)?;
+        write!(
+            f,
+            "switchover: {}; downtime {:.3} ms; total {:.3} ms; {} device bytes, {} pages, {} stream bytes",
+            self.switchover,
+            self.downtime_micros as f64 / 1000.0,
+            self.total_micros as f64 / 1000.0,
+            self.device_bytes(),
+            self.pages_sent(),
+            self.stream_bytes
+        )
+    }
+}

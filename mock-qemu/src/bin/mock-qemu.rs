@@ -105,6 +105,10 @@ struct MigrateArgs {
     /// What carries the migration stream: pipe, unix, tcp.
     #[arg(long, default_value = "pipe")]
     transport: String,
+    /// Write bytes to the source device before migrating, as its guest driver would:
+    /// REGION:OFFSET:HEX (e.g. 0:0x10:01000000); may be repeated.
+    #[arg(long, value_name = "REGION:OFFSET:HEX", value_parser = parse_device_write)]
+    device_write: Vec<(u32, u64, Vec<u8>)>,
     /// Print the statistics as JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -120,6 +124,29 @@ struct MigrateArgs {
     /// Leave the timestamps out of the trace.
     #[arg(long, requires = "trace")]
     trace_no_time: bool,
+}
+
+fn parse_device_write(s: &str) -> Result<(u32, u64, Vec<u8>), String> {
+    let mut parts = s.splitn(3, ':');
+    let (Some(region), Some(offset), Some(hex)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(format!("{s:?}: expected REGION:OFFSET:HEX"));
+    };
+    let number = |t: &str| match t.strip_prefix("0x") {
+        Some(h) => u64::from_str_radix(h, 16),
+        None => t.parse(),
+    };
+    let region =
+        number(region).ok().and_then(|r| u32::try_from(r).ok()).ok_or(format!("{region:?}: not a region index"))?;
+    let offset = number(offset).map_err(|_| format!("{offset:?}: not an offset"))?;
+    if hex.is_empty() || hex.len() % 2 != 0 {
+        return Err(format!("{hex:?}: expected an even number of hex digits"));
+    }
+    let bytes = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2).unwrap_or(""), 16))
+        .collect::<Result<Vec<u8>, _>>()
+        .map_err(|_| format!("{hex:?}: not hex"))?;
+    Ok((region, offset, bytes))
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -159,6 +186,7 @@ fn migrate(args: MigrateArgs) -> anyhow::Result<ExitCode> {
         client: ClientOptions::with_timeout(Duration::from_secs(args.timeout)).strict(args.strict),
         trace: trace.clone(),
         trace_timestamps: !args.trace_no_time,
+        device_writes: args.device_write.clone(),
     };
     let result = migrate_between(&args.from, &args.to, &options, &CancelToken::default());
     if let Some(mut t) = trace {
@@ -173,8 +201,9 @@ fn migrate(args: MigrateArgs) -> anyhow::Result<ExitCode> {
     }
     if report.equal() {
         println!(
-            "destination equals source: guest RAM ({} MiB) and device state; {} pages written by vCPUs and {} by the device during pre-copy",
+            "destination equals source: guest RAM ({} MiB){}; {} pages written by vCPUs and {} by the device during pre-copy",
             args.ram >> 20,
+            if report.device_compared { " and device state" } else { " (device state not compared: not a dma-engine)" },
             report.vcpu_pages,
             report.device_pages
         );

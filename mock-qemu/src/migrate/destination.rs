@@ -2,8 +2,10 @@
 //!
 //! `DEV_SETUP` moves the device to RESUMING (QEMU's `vfio_load_setup`, recovering to the state
 //! it was in); device data chunks go to MIG_DATA_WRITE, bounded by the server's transfer size;
-//! RAM pages are loaded into guest RAM without marking them; config space is written while the
-//! device is still RESUMING, as QEMU restores it. Only when the whole stream checked out
+//! RAM pages are loaded into guest RAM without marking them; config space is restored while
+//! the device is still RESUMING, as QEMU's `vfio_pci_load_config` does it: the six BARs, then
+//! the command register, each as its own write (the rest of the header is read-only or the
+//! device's own business). Only when the whole stream checked out
 //! (`Complete`, with its section count and digest) does the guest start: RESUMING→RUNNING,
 //! which the server walks through STOP, where the device validates its state. A damaged or
 //! aborted stream, or a device that refuses its state, never starts the guest: the device is
@@ -81,9 +83,7 @@ impl Destination<'_> {
                     }
                     done.device_bytes += data.len() as u64;
                 }
-                Section::DeviceConfig(config) => {
-                    client.region_write(PCI_CONFIG_REGION_INDEX, 0, &config).map_err(MigrationError::Client)?;
-                }
+                Section::DeviceConfig(config) => restore_config(client, &config)?,
                 Section::DeviceEnd | Section::DeviceInitDataSent => {}
                 Section::Ram { pages } => {
                     for (addr, data) in &pages {
@@ -98,4 +98,24 @@ impl Destination<'_> {
             }
         }
     }
+}
+
+/// Offset of the command register in PCI config space.
+const PCI_COMMAND: u64 = 0x04;
+/// Offset of BAR0 in PCI config space; BAR1-5 follow.
+const PCI_BASE_ADDRESS_0: u64 = 0x10;
+
+/// Writes the BARs and the command register of a saved config space back, QEMU's way.
+fn restore_config(client: &mut Client, config: &[u8]) -> Result<(), MigrationError> {
+    let field = |at: u64, len: usize| config.get(at as usize..at as usize + len);
+    for bar in 0..6u64 {
+        let at = PCI_BASE_ADDRESS_0 + bar * 4;
+        if let Some(bytes) = field(at, 4) {
+            client.region_write(PCI_CONFIG_REGION_INDEX, at, bytes).map_err(MigrationError::Client)?;
+        }
+    }
+    if let Some(bytes) = field(PCI_COMMAND, 2) {
+        client.region_write(PCI_CONFIG_REGION_INDEX, PCI_COMMAND, bytes).map_err(MigrationError::Client)?;
+    }
+    Ok(())
 }

@@ -33,7 +33,10 @@ pub fn set_state(client: &mut Client, target: MigState, recover: MigState) -> Re
         return Err(StateChangeError { target, now: recover, reset: false, source });
     }
     if let Err(e) = client.reset() {
+        // QEMU gives up here (hw_error); we say where the device really is.
         tracing::error!(error = %e, "resetting the device failed too");
+        let now = client.mig_state().unwrap_or(MigState::Error);
+        return Err(StateChangeError { target, now, reset: false, source });
     }
     Err(StateChangeError { target, now: MigState::Running, reset: true, source })
 }

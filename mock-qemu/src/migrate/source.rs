@@ -7,10 +7,10 @@
 //! sync takes DMA_LOGGING_REPORT per RAM region merged with the vCPU log and the pages the
 //! server wrote by message; those pages are sent. Switchover when the estimated remaining data
 //! fits `bandwidth × downtime` (vfio-user has no pre-copy size query, so the device's part is
-//! what its last round returned) or after `max_rounds`: the vCPUs stop, PRE_COPY→STOP_COPY
-//! (RUNNING→STOP→STOP_COPY without PRE_COPY), data is read to the end of the stream, a final
-//! dirty sync sends the last pages, config space follows, then `Complete`. Cleanup after
-//! switchover: STOP_COPY→STOP, logging STOP.
+//! what its last round returned) or after `max_rounds`: the vCPUs stop, config space is read
+//! (before the device stops), PRE_COPY→STOP_COPY (RUNNING→STOP→STOP_COPY without PRE_COPY),
+//! data is read to the end of the stream, a final dirty sync sends the last pages, config space
+//! follows, then `Complete`. Cleanup after switchover: STOP_COPY→STOP, logging STOP.
 //!
 //! Any failure, or a cancel, goes back the way QEMU does: the device to RUNNING (or reset if it
 //! cannot be), logging stopped, vCPU logging off, an `Abort` section on the stream, and the
@@ -165,6 +165,13 @@ impl Source<'_> {
 
         // Switchover: the vCPUs stop; the device stops and its state is read to the end.
         let stopped_at = Instant::now();
+        // Config space is taken as the guest left it, before the device stops: QEMU saves its
+        // own copy and never reads the device in STOP_COPY, where libvfio-user refuses region
+        // access.
+        let config = self
+            .client
+            .region_read(vfu_server::wire::PCI_CONFIG_REGION_INDEX, 0, 256)
+            .map_err(MigrationError::Client)?;
         if pre_copy {
             set_state_or_reset(self.client, MigState::StopCopy)?;
         } else {
@@ -174,10 +181,6 @@ impl Source<'_> {
         stats.stop_copy_device_bytes = self.read_device(out, false)?;
         let (pages, _, _) = self.dirty_sync()?;
         stats.stop_copy_pages = self.send_pages(out, &pages)?;
-        let config = self
-            .client
-            .region_read(vfu_server::wire::PCI_CONFIG_REGION_INDEX, 0, 256)
-            .map_err(MigrationError::Client)?;
         out.write(&Section::DeviceConfig(config))?;
         out.write(&Section::DeviceEnd)?;
         let complete = Section::Complete { sections: out.sections(), digest: out.digest() };

@@ -32,36 +32,43 @@ struct ConnectArgs {
     /// The server's UNIX socket.
     #[arg(long)]
     socket: PathBuf,
-    /// Reply timeout in seconds.
-    #[arg(long, default_value_t = 5)]
-    timeout: u64,
-    /// Report every deviation from the specification as a finding, printed at the end (exit
-    /// status 3 if there is any) instead of tolerating it as the reference server's quirks.
-    #[arg(long)]
-    strict: bool,
-    /// Write every message, both ways, to FILE as JSON lines.
-    #[arg(long, value_name = "FILE")]
-    trace: Option<PathBuf>,
-    /// Leave the timestamps out of the trace, so identical conversations give identical files.
-    #[arg(long, requires = "trace")]
-    trace_no_time: bool,
+    #[command(flatten)]
+    client: ClientFlags,
     /// Ask for twin-socket mode (server-to-client DMA messages on their own socket).
     #[arg(long)]
     twin_socket: bool,
 }
 
+/// Flags of the client that every subcommand shares.
+#[derive(Args)]
+struct ClientFlags {
+    /// Reply timeout in seconds.
+    #[arg(long, default_value_t = 10)]
+    timeout: u64,
+    /// Report every deviation from the specification as a finding, printed at the end (exit
+    /// status 3 if there is any) instead of tolerating it as the reference server's quirks.
+    #[arg(long)]
+    strict: bool,
+    /// Write every message, both ways (both sides for `migrate`), to FILE as JSON lines.
+    #[arg(long, value_name = "FILE")]
+    trace: Option<PathBuf>,
+    /// Leave the timestamps out of the trace, so identical conversations give identical files.
+    #[arg(long, requires = "trace")]
+    trace_no_time: bool,
+}
+
 impl ConnectArgs {
     /// Connects (tracing from the first message) and negotiates.
     fn connect(&self) -> anyhow::Result<Client> {
-        let opts = ClientOptions::with_timeout(Duration::from_secs(self.timeout))
-            .strict(self.strict)
+        let opts = ClientOptions::with_timeout(Duration::from_secs(self.client.timeout))
+            .strict(self.client.strict)
             .twin_socket(self.twin_socket);
         let mut client = Client::connect(&self.socket, opts.timeout)
             .with_context(|| format!("connecting to {}", self.socket.display()))?;
         client.set_strict(opts.strict);
-        if let Some(path) = &self.trace {
+        if let Some(path) = &self.client.trace {
             let file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
-            let options = TraceOptions { timestamps: !self.trace_no_time, ..TraceOptions::default() };
+            let options = TraceOptions { timestamps: !self.client.trace_no_time, ..TraceOptions::default() };
             client.set_trace_with(Box::new(BufWriter::new(file)), options);
         }
         client.negotiate(&opts.capabilities).with_context(|| format!("negotiating with {}", self.socket.display()))?;
@@ -112,18 +119,8 @@ struct MigrateArgs {
     /// Print the statistics as JSON instead of a table.
     #[arg(long)]
     json: bool,
-    /// Reply timeout in seconds.
-    #[arg(long, default_value_t = 10)]
-    timeout: u64,
-    /// Report every deviation from the specification as a finding (exit status 3 if any).
-    #[arg(long)]
-    strict: bool,
-    /// Write every message of both sides to FILE as JSON lines.
-    #[arg(long, value_name = "FILE")]
-    trace: Option<PathBuf>,
-    /// Leave the timestamps out of the trace.
-    #[arg(long, requires = "trace")]
-    trace_no_time: bool,
+    #[command(flatten)]
+    client: ClientFlags,
 }
 
 fn parse_device_write(s: &str) -> Result<(u32, u64, Vec<u8>), String> {
@@ -163,7 +160,7 @@ fn migrate(args: MigrateArgs) -> anyhow::Result<ExitCode> {
         "unix" => Transport::Unix(std::env::temp_dir().join(format!("mock-qemu-{}.sock", std::process::id()))),
         other => anyhow::bail!("--transport {other}: expected pipe, unix or tcp"),
     };
-    let trace = match &args.trace {
+    let trace = match &args.client.trace {
         Some(path) => {
             let file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
             Some(SharedTrace::new(Box::new(BufWriter::new(file))))
@@ -183,9 +180,9 @@ fn migrate(args: MigrateArgs) -> anyhow::Result<ExitCode> {
             ..MigrationParams::default()
         },
         transport,
-        client: ClientOptions::with_timeout(Duration::from_secs(args.timeout)).strict(args.strict),
+        client: ClientOptions::with_timeout(Duration::from_secs(args.client.timeout)).strict(args.client.strict),
         trace: trace.clone(),
-        trace_timestamps: !args.trace_no_time,
+        trace_timestamps: !args.client.trace_no_time,
         device_writes: args.device_write.clone(),
     };
     let result = migrate_between(&args.from, &args.to, &options, &CancelToken::default());
@@ -220,7 +217,7 @@ fn migrate(args: MigrateArgs) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::FAILURE);
     }
-    if args.strict {
+    if args.client.strict {
         print!("{}", mock_qemu::info::findings(&report.findings));
         if !report.findings.is_empty() {
             return Ok(ExitCode::from(EXIT_FINDINGS));

@@ -5,73 +5,43 @@
 //! Marking is a `fetch_or` per 64 pages and taking is a `swap(0)` per word, so a mark that races
 //! with a take is either reported by that take or left for the next one, never lost.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use vfu_server::migration::bitmap::AtomicBitmap;
 
-/// One bit per page, pages numbered from 0.
+/// One bit per page, pages numbered from 0 (the server's atomic bitmap, seen as pages).
 #[derive(Debug)]
-pub struct DirtyBitmap {
-    words: Vec<AtomicU64>,
-    pages: u64,
-}
+pub struct DirtyBitmap(AtomicBitmap);
 
 impl DirtyBitmap {
     /// A clean bitmap of `pages` pages.
     pub fn new(pages: u64) -> Self {
-        let words = usize::try_from(pages.div_ceil(64)).unwrap_or(0);
-        Self { words: (0..words).map(|_| AtomicU64::new(0)).collect(), pages }
+        Self(AtomicBitmap::new(pages))
     }
 
     /// Number of pages tracked.
     pub fn pages(&self) -> u64 {
-        self.pages
+        self.0.len()
     }
 
     /// Marks pages `first..first + count` (clipped to the bitmap).
     pub fn mark(&self, first: u64, count: u64) {
-        let end = first.saturating_add(count).min(self.pages);
-        let mut page = first;
-        while page < end {
-            let word = page / 64;
-            let bit = page % 64;
-            let n = (64 - bit).min(end - page);
-            let mask = if n == 64 { u64::MAX } else { ((1u64 << n) - 1) << bit };
-            if let Some(w) = usize::try_from(word).ok().and_then(|w| self.words.get(w)) {
-                w.fetch_or(mask, Ordering::AcqRel);
-            }
-            page += n;
+        if count > 0 {
+            self.0.set_range(first, first.saturating_add(count - 1));
         }
     }
 
     /// Whether `page` is marked.
     pub fn is_marked(&self, page: u64) -> bool {
-        usize::try_from(page / 64)
-            .ok()
-            .and_then(|w| self.words.get(w))
-            .is_some_and(|w| w.load(Ordering::Acquire) & (1 << (page % 64)) != 0)
+        self.0.is_set(page)
     }
 
     /// Takes and clears every mark: the marked page numbers in ascending order.
     pub fn take(&self) -> Vec<u64> {
-        let mut out = Vec::new();
-        for (i, w) in self.words.iter().enumerate() {
-            if w.load(Ordering::Relaxed) == 0 {
-                continue;
-            }
-            let mut bits = w.swap(0, Ordering::AcqRel);
-            while bits != 0 {
-                let bit = u64::from(bits.trailing_zeros());
-                out.push(i as u64 * 64 + bit);
-                bits &= bits - 1;
-            }
-        }
-        out
+        self.0.take_all()
     }
 
     /// Clears every mark.
     pub fn clear(&self) {
-        for w in &self.words {
-            w.store(0, Ordering::Release);
-        }
+        self.0.take_all();
     }
 }
 

@@ -57,6 +57,27 @@ impl AtomicBitmap {
         }
     }
 
+    /// Whether bit `i` is set.
+    pub fn is_set(&self, i: u64) -> bool {
+        i < self.len && self.word(i / 64).is_some_and(|w| w.load(Ordering::Acquire) & (1 << (i % 64)) != 0)
+    }
+
+    /// Takes and clears every set bit: their numbers in ascending order.
+    pub fn take_all(&self) -> Vec<u64> {
+        let mut out = Vec::new();
+        for (i, w) in self.words.iter().enumerate() {
+            if w.load(Ordering::Relaxed) == 0 {
+                continue;
+            }
+            let mut bits = w.swap(0, Ordering::AcqRel);
+            while bits != 0 {
+                out.push(i as u64 * 64 + u64::from(bits.trailing_zeros()));
+                bits &= bits - 1;
+            }
+        }
+        out
+    }
+
     /// Whether any bit is set.
     pub fn any(&self) -> bool {
         self.words.iter().any(|w| w.load(Ordering::Relaxed) != 0)

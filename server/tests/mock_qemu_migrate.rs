@@ -178,3 +178,45 @@ fn a_damaged_stream_never_starts_the_destination_and_the_source_runs_on() {
     let mut driver = w.into_driver().unwrap();
     assert_source_runs_on(&mut s, &sg, &mut driver);
 }
+
+#[rstest::rstest]
+#[case::unix_socket(true)]
+#[case::tcp_loopback(false)]
+fn a_source_and_a_destination_in_two_processes_end_with_equal_digests(#[case] unix: bool) {
+    use mock_qemu::migrate::{StreamAddr, incoming, outgoing};
+    let (src, dst) = servers();
+    let dir = tempfile::tempdir().unwrap();
+    let addr = if unix {
+        StreamAddr::Unix(dir.path().join("stream.sock"))
+    } else {
+        // A free port, taken and released: the destination binds it next.
+        let port = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap().local_addr().unwrap().port();
+        StreamAddr::Tcp(format!("127.0.0.1:{port}"))
+    };
+    let opts = options(many_rounds(3));
+    let (dst_socket, listen, dst_opts) = (dst.socket().to_path_buf(), addr.clone(), opts.clone());
+    let destination = std::thread::spawn(move || incoming(&dst_socket, &listen, &dst_opts));
+    let report = retry_outgoing(src.socket(), &addr, &opts);
+    let loaded = destination.join().unwrap().unwrap_or_else(|e| panic!("destination: {e}\n{}", dst.context()));
+    assert_eq!(loaded.digests, report.digests, "the destination at start equals the source at stop");
+    assert!(report.digests.device.is_some());
+    assert!(report.stats.stream_bytes > 0 && loaded.loaded.pages > 0);
+}
+
+/// Runs the source once the destination listens (it binds after its own setup); until then
+/// `outgoing` fails at its first step, connecting, without touching the source.
+fn retry_outgoing(
+    source: &std::path::Path,
+    addr: &mock_qemu::migrate::StreamAddr,
+    opts: &PairOptions,
+) -> mock_qemu::migrate::OutgoingReport {
+    let mut last = None;
+    let got = common::poll_until(Duration::from_secs(10), || match mock_qemu::migrate::outgoing(source, addr, opts) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            last = Some(e.to_string());
+            None
+        }
+    });
+    got.unwrap_or_else(|| panic!("the source never got through: {last:?}"))
+}

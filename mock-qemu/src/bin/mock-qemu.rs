@@ -82,9 +82,13 @@ struct MigrateArgs {
     /// The source server's UNIX socket.
     #[arg(long)]
     from: PathBuf,
-    /// The destination server's UNIX socket.
-    #[arg(long)]
-    to: PathBuf,
+    /// The destination server's UNIX socket (both sides run in this process).
+    #[arg(long, required_unless_present = "to_stream", conflicts_with = "to_stream")]
+    to: Option<PathBuf>,
+    /// Instead of --to: send the migration stream to a `mock-qemu incoming` in another process,
+    /// at unix:PATH or tcp:HOST:PORT; digests are printed for comparison with its own.
+    #[arg(long, value_name = "ADDR")]
+    to_stream: Option<mock_qemu::migrate::StreamAddr>,
     /// Guest RAM, laid out like a PC (below 3 GiB, the rest from 4 GiB), e.g. 256M, 6G.
     #[arg(long, value_parser = parse_size, default_value = "256M")]
     ram: u64,
@@ -185,7 +189,19 @@ fn migrate(args: MigrateArgs) -> anyhow::Result<ExitCode> {
         trace_timestamps: !args.client.trace_no_time,
         device_writes: args.device_write.clone(),
     };
-    let result = migrate_between(&args.from, &args.to, &options, &CancelToken::default());
+    let Some(to) = &args.to else {
+        let Some(addr) = &args.to_stream else { anyhow::bail!("--to or --to-stream is needed") };
+        let report = mock_qemu::migrate::outgoing(&args.from, addr, &options)
+            .map_err(|e| anyhow::anyhow!("{e}: {}", mock_qemu::migrate::error_chain(&e)))?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&report.stats).context("encoding the statistics")?);
+        } else {
+            println!("{}", report.stats);
+        }
+        println!("source at stop: {}", report.digests);
+        return Ok(ExitCode::SUCCESS);
+    };
+    let result = migrate_between(&args.from, to, &options, &CancelToken::default());
     if let Some(mut t) = trace {
         use std::io::Write as _;
         t.flush().context("writing the trace")?;
@@ -226,8 +242,44 @@ fn migrate(args: MigrateArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The destination half of a migration between two processes.
+#[derive(Args)]
+struct IncomingArgs {
+    /// The destination server's UNIX socket.
+    #[arg(long)]
+    socket: PathBuf,
+    /// Where to listen for the migration stream: unix:PATH or tcp:PORT.
+    #[arg(long, value_name = "ADDR")]
+    listen: mock_qemu::migrate::StreamAddr,
+    /// Guest RAM, laid out like a PC; must be the source's.
+    #[arg(long, value_parser = parse_size, default_value = "256M")]
+    ram: u64,
+    #[command(flatten)]
+    client: ClientFlags,
+}
+
+/// Loads one migration stream into the destination; prints what it loaded and its digests.
+fn incoming(args: IncomingArgs) -> anyhow::Result<ExitCode> {
+    let options = mock_qemu::migrate::PairOptions {
+        ram: args.ram,
+        client: ClientOptions::with_timeout(Duration::from_secs(args.client.timeout)).strict(args.client.strict),
+        ..Default::default()
+    };
+    let report = mock_qemu::migrate::incoming(&args.socket, &args.listen, &options)
+        .map_err(|e| anyhow::anyhow!("{e}: {}", mock_qemu::migrate::error_chain(&e)))?;
+    println!(
+        "guest started after {} rounds: {} device bytes, {} pages loaded",
+        report.loaded.rounds, report.loaded.device_bytes, report.loaded.pages
+    );
+    println!("destination at start: {}", report.digests);
+    Ok(ExitCode::SUCCESS)
+}
+
 #[derive(Subcommand)]
 enum Cmd {
+    /// Wait for a migration stream from `mock-qemu migrate --to-stream` in another process and
+    /// load it into a destination server; the guest starts only from a stream that checked out.
+    Incoming(IncomingArgs),
     /// Migrate a running device and its guest from one server to another, the way QEMU does,
     /// with a workload during pre-copy; print per-round figures and whether the destination
     /// equals the source.
@@ -267,6 +319,7 @@ fn run() -> anyhow::Result<ExitCode> {
         .init();
     match Cli::parse().command {
         Cmd::Migrate(args) => migrate(args),
+        Cmd::Incoming(args) => incoming(args),
         Cmd::Info { conn } => {
             let mut client = conn.connect()?;
             let caps = client.server_caps().clone();

@@ -11,6 +11,7 @@ mod destination;
 mod device;
 mod pair;
 mod source;
+mod split;
 mod stats;
 mod workload;
 
@@ -22,6 +23,7 @@ pub use destination::{Destination, DestinationDone};
 pub use device::{StateChangeError, set_state, set_state_or_reset};
 pub use pair::{PairError, PairOptions, PairReport, SharedTrace, migrate_between};
 pub use source::{Source, SourceDone};
+pub use split::{Digests, IncomingReport, OutgoingReport, StreamAddr, digests, incoming, outgoing};
 pub use stats::{MigrationStats, RoundStats};
 pub use workload::StandardWorkload;
 
@@ -258,9 +260,9 @@ where
 }
 
 /// Counts the bytes of the migration stream on their way out.
-struct Counting<W> {
-    inner: W,
-    bytes: u64,
+pub(crate) struct Counting<W> {
+    pub(crate) inner: W,
+    pub(crate) bytes: u64,
 }
 
 impl<W: std::io::Write> std::io::Write for Counting<W> {

@@ -127,7 +127,7 @@ pub enum PairError {
     Migration(#[source] MigrationError),
 }
 
-fn setup(side: &'static str) -> impl Fn(String) -> PairError {
+pub(super) fn setup(side: &'static str) -> impl Fn(String) -> PairError {
     move |what| PairError::Setup { side, what }
 }
 
@@ -140,24 +140,7 @@ pub fn migrate_between(
 ) -> Result<PairReport, PairError> {
     let (mut src, src_guest) = side(source, "source", options).map_err(setup("source"))?;
     let (mut dst, dst_guest) = side(destination, "destination", options).map_err(setup("destination"))?;
-    for (region, offset, bytes) in &options.device_writes {
-        src.region_write(*region, *offset, bytes)
-            .map_err(|e| setup("source")(format!("writing region {region} at {offset:#x}: {e}")))?;
-    }
-    // A dma-engine is put to work: its memory primed from guest RAM, then commands throughout.
-    let driver = match DmaEngineDriver::attach(&mut src) {
-        Ok(mut d) => {
-            prime(&mut src, &mut d, &src_guest, options.seed).map_err(setup("source"))?;
-            Some(d)
-        }
-        Err(e) => {
-            tracing::info!(error = %e, "not a dma-engine: no device workload");
-            None
-        }
-    };
-    let is_dma_engine = driver.is_some();
-    let window = (0, options.ram.min(src_guest.regions().first().map_or(0, |r| r.len)));
-    let mut workload = StandardWorkload::new(options.seed, window, options.vcpu_writes, driver, options.dma_per_step);
+    let (mut workload, is_dma_engine) = prepare_source(&mut src, &src_guest, options)?;
     let (writer, reader) = connected_pair(&options.transport).map_err(|e| setup("stream")(e.to_string()))?;
     let ends = Endpoints {
         source: &mut src,
@@ -191,8 +174,35 @@ pub fn migrate_between(
     })
 }
 
+/// Sets the source up before a migration: the device writes asked for, and a dma-engine put
+/// to work (its memory primed from guest RAM, then commands throughout pre-copy). Returns the
+/// workload and whether the device is a dma-engine.
+pub(super) fn prepare_source(
+    src: &mut Client,
+    guest: &Guest,
+    options: &PairOptions,
+) -> Result<(StandardWorkload, bool), PairError> {
+    for (region, offset, bytes) in &options.device_writes {
+        src.region_write(*region, *offset, bytes)
+            .map_err(|e| setup("source")(format!("writing region {region} at {offset:#x}: {e}")))?;
+    }
+    let driver = match DmaEngineDriver::attach(src) {
+        Ok(mut d) => {
+            prime(src, &mut d, guest, options.seed).map_err(setup("source"))?;
+            Some(d)
+        }
+        Err(e) => {
+            tracing::info!(error = %e, "not a dma-engine: no device workload");
+            None
+        }
+    };
+    let is_dma_engine = driver.is_some();
+    let window = (0, options.ram.min(guest.regions().first().map_or(0, |r| r.len)));
+    Ok((StandardWorkload::new(options.seed, window, options.vcpu_writes, driver, options.dma_per_step), is_dma_engine))
+}
+
 /// One side: a client and a PC guest mapped into its server.
-fn side(socket: &Path, name: &str, options: &PairOptions) -> Result<(Client, Guest), String> {
+pub(super) fn side(socket: &Path, name: &str, options: &PairOptions) -> Result<(Client, Guest), String> {
     let mut client = Client::connect(socket, options.client.timeout).map_err(|e| e.to_string())?;
     client.set_strict(options.client.strict);
     if let Some(trace) = &options.trace {

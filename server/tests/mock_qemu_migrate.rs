@@ -183,7 +183,7 @@ fn a_damaged_stream_never_starts_the_destination_and_the_source_runs_on() {
 #[case::unix_socket(true)]
 #[case::tcp_loopback(false)]
 fn a_source_and_a_destination_in_two_processes_end_with_equal_digests(#[case] unix: bool) {
-    use mock_qemu::migrate::{StreamAddr, incoming, outgoing};
+    use mock_qemu::migrate::{StreamAddr, incoming};
     let (src, dst) = servers();
     let dir = tempfile::tempdir().unwrap();
     let addr = if unix {

@@ -346,11 +346,11 @@ impl Client {
     }
 
     fn trace(&mut self, dir: Dir, header: &Header, payload: &[&[u8]], nfds: usize) {
-        if let Some(t) = self.trace.as_mut() {
-            if !t.record(self.started, dir, header, payload, nfds) {
-                tracing::warn!("writing the trace failed; tracing stops");
-                self.trace = None;
-            }
+        if let Some(t) = self.trace.as_mut()
+            && !t.record(self.started, dir, header, payload, nfds)
+        {
+            tracing::warn!("writing the trace failed; tracing stops");
+            self.trace = None;
         }
     }
 

@@ -40,27 +40,27 @@ pub fn describe(client: &mut Client, server_caps: &Capabilities) -> Result<Strin
         "server capabilities: {}",
         String::from_utf8_lossy(&server_caps.to_wire()).trim_end_matches('\0')
     );
-    if pci && dev.num_regions > PCI_CONFIG_REGION_INDEX {
-        if let Ok(cfg) = client.region_read(PCI_CONFIG_REGION_INDEX, 0, 16) {
-            let w =
-                |i: usize| u16::from_le_bytes([cfg.get(i).copied().unwrap_or(0), cfg.get(i + 1).copied().unwrap_or(0)]);
-            let class = u32::from_le_bytes([
-                cfg.get(8).copied().unwrap_or(0),
-                cfg.get(9).copied().unwrap_or(0),
-                cfg.get(10).copied().unwrap_or(0),
-                cfg.get(11).copied().unwrap_or(0),
-            ]) >> 8;
-            let _ = writeln!(
-                out,
-                "pci: vendor {:04x} device {:04x} rev {:02x} class {:06x} command {:04x} status {:04x}",
-                w(0),
-                w(2),
-                cfg.get(8).copied().unwrap_or(0),
-                class,
-                w(4),
-                w(6)
-            );
-        }
+    if pci
+        && dev.num_regions > PCI_CONFIG_REGION_INDEX
+        && let Ok(cfg) = client.region_read(PCI_CONFIG_REGION_INDEX, 0, 16)
+    {
+        let w = |i: usize| u16::from_le_bytes([cfg.get(i).copied().unwrap_or(0), cfg.get(i + 1).copied().unwrap_or(0)]);
+        let class = u32::from_le_bytes([
+            cfg.get(8).copied().unwrap_or(0),
+            cfg.get(9).copied().unwrap_or(0),
+            cfg.get(10).copied().unwrap_or(0),
+            cfg.get(11).copied().unwrap_or(0),
+        ]) >> 8;
+        let _ = writeln!(
+            out,
+            "pci: vendor {:04x} device {:04x} rev {:02x} class {:06x} command {:04x} status {:04x}",
+            w(0),
+            w(2),
+            cfg.get(8).copied().unwrap_or(0),
+            class,
+            w(4),
+            w(6)
+        );
     }
     let _ = writeln!(out, "regions:");
     for index in 0..dev.num_regions {

@@ -84,7 +84,7 @@ impl MappedRegion {
     /// turn an in-bounds access into SIGBUS.
     pub fn map_fd(fd: &OwnedFd, offset: u64, len: u64, read: bool, write: bool) -> Result<Self, MapError> {
         let size = usize::try_from(len).ok().and_then(NonZeroUsize::new).ok_or(MapError::BadLength { len })?;
-        if offset % page_size() != 0 {
+        if !offset.is_multiple_of(page_size()) {
             return Err(MapError::BadOffset { offset });
         }
         let needed = offset.checked_add(len).ok_or(MapError::BadOffset { offset })?;

@@ -39,7 +39,7 @@ fn hex(text: &str) -> Vec<u8> {
         .map(|l| l.split('#').next().unwrap_or_default())
         .flat_map(|l| l.chars().filter(|c| !c.is_whitespace()))
         .collect();
-    assert!(digits.len() % 2 == 0, "odd number of hex digits in vector {text:?}");
+    assert!(digits.len().is_multiple_of(2), "odd number of hex digits in vector {text:?}");
     (0..digits.len())
         .step_by(2)
         .map(|i| {

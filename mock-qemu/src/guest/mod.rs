@@ -167,7 +167,7 @@ impl Guest {
     /// PC layout: `ram_size` bytes, the first min(`ram_size`, 3 GiB) at address 0 (below the
     /// PCI hole at 3-4 GiB), the rest from 4 GiB. One sparse memfd per region.
     pub fn pc(ram_size: u64) -> Result<Guest, GuestError> {
-        if ram_size == 0 || ram_size % PAGE_SIZE != 0 {
+        if ram_size == 0 || !ram_size.is_multiple_of(PAGE_SIZE) {
             return Err(GuestError::BadRamSize { ram_size });
         }
         let low = ram_size.min(PCI_HOLE_START);
@@ -192,10 +192,10 @@ impl Guest {
             }
         }
         for w in sorted.windows(2) {
-            if let [(a_iova, a_len), (b_iova, b_len)] = *w {
-                if a_iova + a_len > b_iova {
-                    return Err(GuestError::Overlap { a_iova, a_len, b_iova, b_len });
-                }
+            if let [(a_iova, a_len), (b_iova, b_len)] = *w
+                && a_iova + a_len > b_iova
+            {
+                return Err(GuestError::Overlap { a_iova, a_len, b_iova, b_len });
             }
         }
         let mut ram = Vec::with_capacity(sorted.len());

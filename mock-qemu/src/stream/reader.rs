@@ -212,7 +212,7 @@ fn decode(kind: SectionKind, payload: Vec<u8>, at: u64) -> Result<Section, Strea
             let mut pages = Vec::with_capacity(count);
             for record in payload[4..].chunks_exact(RAM_PAGE_RECORD_LEN) {
                 let addr = be64(record, 0);
-                if addr % PAGE_SIZE as u64 != 0 {
+                if !addr.is_multiple_of(PAGE_SIZE as u64) {
                     return Err(malformed("RAM page address is not page-aligned"));
                 }
                 pages.push((addr, record[8..].to_vec()));

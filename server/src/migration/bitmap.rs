@@ -134,10 +134,10 @@ impl AtomicBitmap {
             let base = w as u64 * 64;
             let want = span_mask(base, start, end);
             let kept = v & !(want & span_mask(base, clear_from, clear_to));
-            if kept != 0 {
-                if let Some(c) = carry.word(w as u64) {
-                    c.fetch_or(kept, Ordering::Release);
-                }
+            if kept != 0
+                && let Some(c) = carry.word(w as u64)
+            {
+                c.fetch_or(kept, Ordering::Release);
             }
             place(out, base, start, v & want);
         }
@@ -195,7 +195,7 @@ fn place(out: &mut [u64], base: u64, start: u64, value: u64) {
     if base >= start {
         let rel = base - start;
         or_at(out, rel / 64, value << (rel % 64));
-        if rel % 64 != 0 {
+        if !rel.is_multiple_of(64) {
             or_at(out, rel / 64 + 1, value >> (64 - rel % 64));
         }
     } else {
@@ -204,10 +204,10 @@ fn place(out: &mut [u64], base: u64, start: u64, value: u64) {
 }
 
 fn or_at(out: &mut [u64], i: u64, v: u64) {
-    if v != 0 {
-        if let Some(w) = usize::try_from(i).ok().and_then(|i| out.get_mut(i)) {
-            *w |= v;
-        }
+    if v != 0
+        && let Some(w) = usize::try_from(i).ok().and_then(|i| out.get_mut(i))
+    {
+        *w |= v;
     }
 }
 

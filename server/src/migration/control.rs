@@ -105,10 +105,10 @@ mod tests {
             self.pre_copy
         }
         fn transition(&mut self, _: &mut DeviceContext<'_>, from: MigState, to: MigState) -> Result<(), ArcError> {
-            if let Some((arc, err)) = self.fail {
-                if arc == (from, to) {
-                    return Err(err);
-                }
+            if let Some((arc, err)) = self.fail
+                && arc == (from, to)
+            {
+                return Err(err);
             }
             self.arcs.push((from, to));
             Ok(())

@@ -205,8 +205,8 @@ impl LogRange {
     /// `k` a multiple of 64, and the report covers whole words: returns false (doing nothing)
     /// when those conditions do not hold.
     fn take_grouped(&self, t0: u64, count: u64, k: u64, o: u64, out: &mut [u64]) -> bool {
-        let ends_on_word = (t0 + count) % 64 == 0 || t0 + count == self.pages();
-        if t0 % 64 != 0 || k % 64 != 0 || !ends_on_word || !self.worth_flipping(count) {
+        let ends_on_word = (t0 + count).is_multiple_of(64) || t0 + count == self.pages();
+        if !t0.is_multiple_of(64) || !k.is_multiple_of(64) || !ends_on_word || !self.worth_flipping(count) {
             return false;
         }
         let (Ok(first), Ok(n), Ok(per)) =
@@ -411,14 +411,14 @@ impl DirtyLog {
         let clear_from = if r.iova + t0 * l < iova { t0 + 1 } else { t0 };
         let clear_to = if r.iova + (t1 + 1) * l > end { t1 } else { t1 + 1 };
         let s0 = r.iova + t0 * l; // byte address of tracked page t0
-        let aligned = s0 >= iova && (s0 - iova) % page_size == 0 && page_size >= l;
+        let aligned = s0 >= iova && (s0 - iova).is_multiple_of(page_size) && page_size >= l;
         let whole_pages = clear_from == t0 && clear_to == t1 + 1;
         if aligned && whole_pages && r.take_grouped(t0, count, page_size / l, (s0 - iova) / page_size, out) {
             return;
         }
         let mut taken = vec![0u64; usize::try_from(count.div_ceil(64)).unwrap_or(0)];
         r.take(t0, count, clear_from, clear_to, &mut taken);
-        if s0 >= iova && (s0 - iova) % page_size == 0 && page_size >= l {
+        if s0 >= iova && (s0 - iova).is_multiple_of(page_size) && page_size >= l {
             // Each output bit ORs k = page_size / l consecutive tracked bits.
             let k = page_size / l;
             let o = (s0 - iova) / page_size;
@@ -474,10 +474,10 @@ fn or_groups(taken: &[u64], count: u64, k: u64, o: u64, out: &mut [u64]) {
             if let Some(x) = usize::try_from(wi).ok().and_then(|i| out.get_mut(i)) {
                 *x |= w << sh;
             }
-            if sh != 0 {
-                if let Some(x) = usize::try_from(wi + 1).ok().and_then(|i| out.get_mut(i)) {
-                    *x |= w >> (64 - sh);
-                }
+            if sh != 0
+                && let Some(x) = usize::try_from(wi + 1).ok().and_then(|i| out.get_mut(i))
+            {
+                *x |= w >> (64 - sh);
             }
         }
     } else if k >= 64 {

@@ -72,12 +72,11 @@ impl NextHops {
         let mut table = [[None; STATES.len()]; STATES.len()];
         for from in STATES {
             for to in STATES {
-                if let (Some(i), Some(j)) = (slot(from), slot(to)) {
-                    if let Some(row) = table.get_mut(i) {
-                        if let Some(cell) = row.get_mut(j) {
-                            *cell = Self::search(&arcs, from, to).and_then(|p| p.get(1).copied());
-                        }
-                    }
+                if let (Some(i), Some(j)) = (slot(from), slot(to))
+                    && let Some(row) = table.get_mut(i)
+                    && let Some(cell) = row.get_mut(j)
+                {
+                    *cell = Self::search(&arcs, from, to).and_then(|p| p.get(1).copied());
                 }
             }
         }

@@ -44,19 +44,19 @@ impl PageSet {
     pub fn insert_all(&mut self) {
         self.words.fill(u64::MAX);
         let tail = self.len % 64;
-        if tail != 0 {
-            if let Some(last) = self.words.last_mut() {
-                *last = (1u64 << tail) - 1;
-            }
+        if tail != 0
+            && let Some(last) = self.words.last_mut()
+        {
+            *last = (1u64 << tail) - 1;
         }
     }
 
     /// Puts page `page` in the set (ignored past the end).
     pub fn insert(&mut self, page: usize) {
-        if page < self.len {
-            if let Some(w) = self.words.get_mut(page / 64) {
-                *w |= 1u64 << (page % 64);
-            }
+        if page < self.len
+            && let Some(w) = self.words.get_mut(page / 64)
+        {
+            *w |= 1u64 << (page % 64);
         }
     }
 

@@ -1,1 +1,7 @@
 //! harness
+
+#![forbid(unsafe_code)]
+
+pub mod proxy;
+pub mod report;
+pub mod scenario;

@@ -4,7 +4,7 @@ use std::fmt;
 use std::time::Duration;
 
 /// One pre-copy round on the source.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RoundStats {
     /// Round number (the first full RAM pass is round 0).
     pub round: u32,
@@ -23,7 +23,7 @@ pub struct RoundStats {
 }
 
 /// A whole migration.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct MigrationStats {
     /// Whether the device supported PRE_COPY.
     pub pre_copy: bool,

@@ -1,0 +1,336 @@
+//! One direction of one proxied connection: read whole messages, apply the faults due, send.
+
+use std::io::{self, IoSlice};
+use std::net::Shutdown;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
+use vfu_server::codec::{CodecError, Connection, Malformed};
+use vfu_server::wire::{HEADER_SIZE, Header};
+
+use super::fault::{Direction, FaultAction, FaultBook, FiredFault};
+
+/// Counters of one direction.
+#[derive(Debug, Default)]
+pub(crate) struct DirCounters {
+    pub(crate) received: AtomicU64,
+    pub(crate) forwarded: AtomicU64,
+    pub(crate) malformed: AtomicU64,
+}
+
+/// What every relay thread shares.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) book: FaultBook,
+    pub(crate) to_server: DirCounters,
+    pub(crate) to_client: DirCounters,
+    pub(crate) max_msg_size: usize,
+}
+
+impl Shared {
+    pub(crate) fn counters(&self, dir: Direction) -> &DirCounters {
+        match dir {
+            Direction::ToServer => &self.to_server,
+            Direction::ToClient => &self.to_client,
+        }
+    }
+}
+
+/// Both sockets of one proxied connection, for closing them.
+#[derive(Debug)]
+pub(crate) struct Ends {
+    pub(crate) client: UnixStream,
+    pub(crate) server: UnixStream,
+}
+
+impl Ends {
+    /// Shuts both sockets down both ways: the peers see EOF, blocked relay threads wake up.
+    pub(crate) fn close(&self) {
+        let _ = self.client.shutdown(Shutdown::Both);
+        let _ = self.server.shutdown(Shutdown::Both);
+    }
+}
+
+/// A message on its way out.
+struct Outgoing {
+    header: Header,
+    payload: Vec<u8>,
+    fds: Vec<OwnedFd>,
+    copies: u32,
+}
+
+/// Why a pump stops.
+enum Stop {
+    /// A fault closed the connection.
+    Closed,
+    /// The destination failed.
+    Send(io::Error),
+}
+
+/// Zeros streamed in place of payload bytes the codec skipped.
+static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+
+/// Relays one direction until its source closes, a send fails or a fault closes the connection.
+pub(crate) struct Pump {
+    pub(crate) dir: Direction,
+    pub(crate) connection: u64,
+    pub(crate) src: Connection,
+    pub(crate) dst: Connection,
+    pub(crate) ends: Arc<Ends>,
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl Pump {
+    pub(crate) fn run(mut self) {
+        let mut held: Vec<Outgoing> = Vec::new();
+        let end = loop {
+            match self.src.recv() {
+                Ok(m) => {
+                    if let Err(stop) = self.relay(m.header, m.payload, m.fds, &mut held) {
+                        break Some(stop);
+                    }
+                }
+                Err(CodecError::Closed) => break None,
+                Err(CodecError::Malformed { header, reason }) => {
+                    if let Err(e) = self.relay_malformed(header, reason) {
+                        break Some(Stop::Send(e));
+                    }
+                }
+                Err(CodecError::Io(e)) => {
+                    tracing::debug!(dir = self.dir.name(), error = %e, "proxy: reading failed");
+                    break None;
+                }
+            }
+        };
+        match end {
+            Some(Stop::Closed) => {}
+            Some(Stop::Send(e)) => {
+                tracing::debug!(dir = self.dir.name(), error = %e, "proxy: forwarding failed");
+                // Nobody takes what the source sends any more: make its writes fail too.
+                let _ = self.src.stream().shutdown(Shutdown::Read);
+                let _ = self.dst.stream().shutdown(Shutdown::Write);
+            }
+            None => {
+                // The sender closed: what is held goes out now, then the receiver sees EOF.
+                for h in held.drain(..) {
+                    let _ = self.send(&h);
+                }
+                let _ = self.dst.stream().shutdown(Shutdown::Write);
+            }
+        }
+    }
+
+    fn relay(
+        &mut self,
+        header: Header,
+        payload: Vec<u8>,
+        fds: Vec<OwnedFd>,
+        held: &mut Vec<Outgoing>,
+    ) -> Result<(), Stop> {
+        let counters = self.shared.counters(self.dir);
+        counters.received.fetch_add(1, Ordering::Relaxed);
+        let due = self.shared.book.due(self.dir, &header);
+        let mut out = Outgoing { header, payload, fds, copies: 1 };
+        let (mut delay, mut hold, mut drop, mut truncate, mut disconnect) = (0u64, false, false, None, false);
+        let mut fired = Vec::with_capacity(due.len());
+        for d in due {
+            let applied = match &d.action {
+                FaultAction::CorruptHeader { field, xor } => field.corrupt(&mut out.header, *xor),
+                FaultAction::CorruptPayload { offset, xor } => match out.payload.get_mut(*offset) {
+                    Some(b) => {
+                        *b ^= *xor;
+                        *xor != 0
+                    }
+                    None => false,
+                },
+                FaultAction::Truncate { keep } => {
+                    truncate = Some(truncate.map_or(*keep, |k: usize| k.min(*keep)));
+                    true
+                }
+                FaultAction::Duplicate => {
+                    out.copies += 1;
+                    true
+                }
+                FaultAction::Delay { millis } => {
+                    delay = delay.saturating_add(*millis);
+                    true
+                }
+                FaultAction::Reorder => {
+                    hold = true;
+                    true
+                }
+                FaultAction::DropFds => !std::mem::take(&mut out.fds).is_empty(),
+                FaultAction::AddFd => match std::fs::File::open("/dev/null") {
+                    Ok(f) => {
+                        out.fds.push(f.into());
+                        true
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "proxy: opening /dev/null for AddFd failed");
+                        false
+                    }
+                },
+                FaultAction::Drop => {
+                    drop = true;
+                    true
+                }
+                FaultAction::Disconnect => {
+                    disconnect = true;
+                    true
+                }
+            };
+            fired.push(FiredFault {
+                fault: d.fault,
+                action: d.action,
+                direction: self.dir,
+                connection: self.connection,
+                msg_id: header.msg_id,
+                cmd: header.cmd,
+                ordinal: d.ordinal,
+                applied,
+            });
+        }
+        // Recorded before acting, so whoever sees the effect also finds the record.
+        if !fired.is_empty() {
+            self.shared.book.record(fired);
+        }
+        if delay > 0 {
+            std::thread::sleep(Duration::from_millis(delay));
+        }
+        if disconnect {
+            self.ends.close();
+            return Err(Stop::Closed);
+        }
+        if let Some(keep) = truncate {
+            if let Err(e) = self.counted(|| self.send_prefix(&out, keep)) {
+                tracing::debug!(dir = self.dir.name(), error = %e, "proxy: sending a truncated message failed");
+            }
+            self.ends.close();
+            return Err(Stop::Closed);
+        }
+        if drop {
+            return Ok(());
+        }
+        if hold {
+            held.push(out);
+            return Ok(());
+        }
+        self.send(&out).map_err(Stop::Send)?;
+        for h in held.drain(..) {
+            self.send(&h).map_err(Stop::Send)?;
+        }
+        Ok(())
+    }
+
+    /// Sends `out` (`copies` times).
+    fn send(&self, out: &Outgoing) -> io::Result<()> {
+        let fds: Vec<BorrowedFd<'_>> = out.fds.iter().map(AsFd::as_fd).collect();
+        for _ in 0..out.copies {
+            self.counted(|| self.dst.send(&out.header, &[&out.payload], &fds))?;
+        }
+        Ok(())
+    }
+
+    /// Runs `send`, counting the message as forwarded from before it goes (so whoever sees
+    /// the effect of the message also sees it counted) unless the send fails.
+    fn counted(&self, send: impl FnOnce() -> io::Result<()>) -> io::Result<()> {
+        let forwarded = &self.shared.counters(self.dir).forwarded;
+        forwarded.fetch_add(1, Ordering::Relaxed);
+        send().inspect_err(|_| {
+            forwarded.fetch_sub(1, Ordering::Relaxed);
+        })
+    }
+
+    /// Sends the first `keep` bytes of `out` (header included), with its fds if any byte goes.
+    fn send_prefix(&self, out: &Outgoing, keep: usize) -> io::Result<()> {
+        let fds: Vec<BorrowedFd<'_>> = out.fds.iter().map(AsFd::as_fd).collect();
+        if keep >= HEADER_SIZE {
+            let body = out.payload.get(..keep - HEADER_SIZE).unwrap_or(&out.payload);
+            return self.dst.send(&out.header, &[body], &fds);
+        }
+        let head = header_bytes(&out.header);
+        send_raw(self.dst.stream(), head.get(..keep).unwrap_or_default(), &fds)
+    }
+
+    /// Forwards a message the codec reported as malformed so the receiver frames the stream as
+    /// the proxy did: the header as it came and, for a message that has a body, that many
+    /// bytes (zeros where the codec did not keep them). Its fds were closed by the codec.
+    fn relay_malformed(&self, header: Header, reason: Malformed) -> io::Result<()> {
+        let counters = self.shared.counters(self.dir);
+        counters.received.fetch_add(1, Ordering::Relaxed);
+        counters.malformed.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(dir = self.dir.name(), ?header, ?reason, "proxy: relaying a malformed message");
+        let body = match reason {
+            // Only the 16 header bytes were consumed; what follows is read as the next header.
+            Malformed::SizeBelowHeader => 0,
+            Malformed::TooLarge { .. } | Malformed::TooManyFds { .. } => {
+                (header.msg_size as usize).saturating_sub(HEADER_SIZE)
+            }
+        };
+        let mut parts: Vec<&[u8]> = Vec::with_capacity(body.div_ceil(ZEROS.len()));
+        let mut left = body;
+        while left > 0 {
+            let n = left.min(ZEROS.len());
+            parts.push(ZEROS.get(..n).unwrap_or_default());
+            left -= n;
+        }
+        self.counted(|| self.dst.send(&header, &parts, &[]))
+    }
+}
+
+/// The 16 bytes of `h` as they go on the wire (host byte order).
+fn header_bytes(h: &Header) -> [u8; HEADER_SIZE] {
+    let mut b = [0u8; HEADER_SIZE];
+    let fields: [&[u8]; 5] = [
+        &h.msg_id.to_ne_bytes(),
+        &h.cmd.to_ne_bytes(),
+        &h.msg_size.to_ne_bytes(),
+        &h.flags.to_ne_bytes(),
+        &h.error_no.to_ne_bytes(),
+    ];
+    let mut at = 0;
+    for f in fields {
+        if let Some(dst) = b.get_mut(at..at + f.len()) {
+            dst.copy_from_slice(f);
+        }
+        at += f.len();
+    }
+    b
+}
+
+/// Writes all of `bytes`, with `fds` attached to the first byte.
+fn send_raw(stream: &UnixStream, mut bytes: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+    let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+    let mut first = true;
+    while !bytes.is_empty() {
+        let iov = [IoSlice::new(bytes)];
+        let rights = [ControlMessage::ScmRights(&raw)];
+        let cmsgs: &[ControlMessage<'_>] = if first && !raw.is_empty() { &rights } else { &[] };
+        let n = match sendmsg::<()>(stream.as_raw_fd(), &iov, cmsgs, MsgFlags::MSG_NOSIGNAL, None) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            other => other.map_err(io::Error::from)?,
+        };
+        if n == 0 {
+            return Err(io::Error::new(io::ErrorKind::WriteZero, "socket accepted no bytes"));
+        }
+        first = false;
+        bytes = bytes.get(n..).unwrap_or_default();
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_bytes_are_the_wire_layout() {
+        let h = Header { msg_id: 0x0201, cmd: 0x0403, msg_size: 0x08070605, flags: 0x0c0b0a09, error_no: 0x100f0e0d };
+        let want: Vec<u8> = (1u8..=16).collect();
+        assert_eq!(header_bytes(&h).to_vec(), want);
+    }
+}

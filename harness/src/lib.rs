@@ -1,4 +1,5 @@
-//! harness
+//! The pieces of `miglab`, the scenario runner: the scenario format and its loader
+//! ([`scenario`]), a fault-injecting vfio-user proxy ([`proxy`]) and run reports ([`report`]).
 
 #![forbid(unsafe_code)]
 

@@ -220,3 +220,41 @@ fn retry_outgoing(
     });
     got.unwrap_or_else(|| panic!("the source never got through: {last:?}"))
 }
+
+/// A source whose device refuses an arc or a read, and a normal destination.
+fn faulty_source(flag: &str, value: &str) -> (ServerProcess, ServerProcess) {
+    let args = ["--device", "dma-engine", "--devmem-size", "4M", flag, value];
+    (ServerProcess::spawn(&args), ServerProcess::spawn(&["--device", "dma-engine", "--devmem-size", "4M"]))
+}
+
+#[test]
+fn a_read_that_fails_in_pre_copy_aborts_and_the_source_runs_on_with_its_state() {
+    let (src, dst) = faulty_source("--fail-read-after", "1M");
+    let err = migrate_between(src.socket(), dst.socket(), &options(many_rounds(3)), &CancelToken::default())
+        .expect_err("the source's device fails its stream");
+    let text = format!("{err}: {}", mock_qemu::migrate::error_chain(&err));
+    assert!(text.contains("EIO"), "{text}");
+    let mut s = src.connect();
+    // Back to RUNNING without a reset: PRE_COPY -> RUNNING is an arc, so the device kept its
+    // state (the priming FILL is still in device memory) and works.
+    assert_eq!(s.mig_state().unwrap(), MigState::Running);
+    let devmem = s.region_read(2, 0, 16).unwrap();
+    assert_ne!(devmem, vec![0; 16], "device memory survived the failed migration");
+    let mut driver = DmaEngineDriver::attach(&mut s).unwrap();
+    let guest = Guest::pc(RAM).unwrap();
+    guest.map_into(&mut s).unwrap();
+    assert_eq!(driver.run(&mut s, &DmaCommand::copy_to_guest(0, 0, PAGE_SIZE)).unwrap(), Status::Ok);
+}
+
+#[test]
+fn a_device_that_refuses_stop_copy_is_reset_as_qemu_does_and_the_source_runs_on() {
+    let (src, dst) = faulty_source("--fail-arc", "pre-copy:stop-copy");
+    let err = migrate_between(src.socket(), dst.socket(), &options(many_rounds(2)), &CancelToken::default())
+        .expect_err("the arc to STOP_COPY is refused");
+    let text = format!("{err}: {}", mock_qemu::migrate::error_chain(&err));
+    assert!(text.contains("StopCopy") && text.contains("reset"), "{text}");
+    let mut s = src.connect();
+    assert_eq!(s.mig_state().unwrap(), MigState::Running, "the reset left the device RUNNING");
+    let report = s.dma_logging_report(0, PAGE_SIZE, PAGE_SIZE);
+    assert_eq!(report.unwrap_err().errno(), Some(nix::errno::Errno::EINVAL), "logging was stopped");
+}

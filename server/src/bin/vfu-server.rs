@@ -9,6 +9,7 @@ use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
 use nix::sys::signal::{SigSet, Signal};
 use vfu_server::devices::dma_engine::{DmaEngine, DmaEngineConfig, parse_size};
+use vfu_server::wire::MigState;
 use vfu_server::{Device, Server, ServerConfig};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -29,12 +30,36 @@ struct Cli {
     /// dma-engine: size of device memory (BAR2), e.g. 8M, 64K, 1G; a power of two.
     #[arg(long, value_parser = parse_size_arg, default_value = "8M")]
     devmem_size: u64,
+    /// dma-engine fault injection: refuse the migration arc FROM:TO with EIO (states: running,
+    /// stop, stop-copy, resuming, pre-copy), e.g. pre-copy:stop-copy.
+    #[arg(long, value_name = "FROM:TO", value_parser = parse_arc)]
+    fail_arc: Option<(MigState, MigState)>,
+    /// dma-engine fault injection: fail MIG_DATA_READ with EIO once this many bytes of a
+    /// migration stream were read, e.g. 4M.
+    #[arg(long, value_name = "BYTES", value_parser = parse_size_arg)]
+    fail_read_after: Option<u64>,
     /// Largest data transfer accepted in one message (advertised as max_data_xfer_size).
     #[arg(long, value_parser = parse_size_arg, default_value = "1M")]
     max_data_xfer_size: u64,
     /// Serve a single client, then exit.
     #[arg(long)]
     once: bool,
+}
+
+fn parse_state(s: &str) -> Result<MigState, String> {
+    Ok(match s {
+        "running" => MigState::Running,
+        "stop" => MigState::Stop,
+        "stop-copy" => MigState::StopCopy,
+        "resuming" => MigState::Resuming,
+        "pre-copy" => MigState::PreCopy,
+        other => return Err(format!("{other:?}: expected running, stop, stop-copy, resuming or pre-copy")),
+    })
+}
+
+fn parse_arc(s: &str) -> Result<(MigState, MigState), String> {
+    let (from, to) = s.split_once(':').ok_or_else(|| format!("{s:?}: expected FROM:TO"))?;
+    Ok((parse_state(from)?, parse_state(to)?))
 }
 
 fn parse_size_arg(s: &str) -> Result<u64, String> {
@@ -44,8 +69,13 @@ fn parse_size_arg(s: &str) -> Result<u64, String> {
 fn build_device(cli: &Cli) -> anyhow::Result<Box<dyn Device>> {
     Ok(match cli.device {
         DeviceKind::DmaEngine => Box::new(
-            DmaEngine::new(DmaEngineConfig { devmem_size: cli.devmem_size, ..DmaEngineConfig::default() })
-                .context("invalid dma-engine options")?,
+            DmaEngine::new(DmaEngineConfig {
+                devmem_size: cli.devmem_size,
+                fail_arc: cli.fail_arc,
+                fail_read_after: cli.fail_read_after,
+                ..DmaEngineConfig::default()
+            })
+            .context("invalid dma-engine options")?,
         ),
     })
 }

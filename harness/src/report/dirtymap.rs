@@ -6,7 +6,7 @@
 use std::fmt::Write as _;
 
 use super::model::{DirtyRound, RunReport};
-use super::svg::{nice_step, num, open, text, text_width};
+use super::svg::{axis, nice_step, num, open, text, text_width};
 
 /// The most columns the map draws; more pages than this share columns.
 pub const MAX_COLUMNS: u64 = 480;
@@ -199,28 +199,9 @@ pub fn dirty_map_svg(report: &RunReport) -> String {
 
     // Page axis.
     let axis_y = y + 2.0;
-    let _ = writeln!(
-        body,
-        r##"<line x1="{}" y1="{ay}" x2="{}" y2="{ay}" stroke="#374151" stroke-width="1"/>"##,
-        num(LEFT),
-        num(LEFT + PLOT),
-        ay = num(axis_y)
-    );
-    let step = nice_step(b.pages, 8);
-    let mut p = 0;
-    while p <= b.pages {
-        let px = LEFT + p as f64 * PLOT / b.pages as f64;
-        let _ = writeln!(
-            body,
-            r##"<line x1="{px}" y1="{}" x2="{px}" y2="{}" stroke="#374151" stroke-width="1"/>"##,
-            num(axis_y),
-            num(axis_y + 5.0),
-            px = num(px)
-        );
-        text(&mut body, px, axis_y + 17.0, 10.0, r##"text-anchor="middle" fill="#374151""##, &p.to_string());
-        p += step;
-    }
-    text(&mut body, LEFT - 8.0, axis_y + 17.0, 10.0, r##"text-anchor="end" fill="#374151""##, "guest page");
+    let pages = b.pages;
+    let pos = |p: u64| LEFT + p as f64 * PLOT / pages as f64;
+    axis(&mut body, LEFT, PLOT, axis_y, pages, nice_step(pages, 8), pos, |p| p.to_string(), ("guest page", 8.0));
 
     // Legend.
     let mut lx = LEFT;

@@ -129,3 +129,42 @@ pub(crate) fn open(out: &mut String, width: f64, height: f64, title: &str) {
     let _ = writeln!(out, "<title>{}</title>", esc(title));
     let _ = writeln!(out, r##"<rect x="0" y="0" width="{w}" height="{h}" fill="#ffffff"/>"##);
 }
+
+/// A horizontal axis from `left` to `left + width` at `y`: a line, a tick and a label every
+/// `step` of `0..=span` (the value's position given by `pos`, its label by `label`), and the
+/// axis `name` to the left.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn axis(
+    out: &mut String,
+    left: f64,
+    width: f64,
+    y: f64,
+    span: u64,
+    step: u64,
+    pos: impl Fn(u64) -> f64,
+    label: impl Fn(u64) -> String,
+    name: (&str, f64),
+) {
+    use std::fmt::Write as _;
+    let _ = writeln!(
+        out,
+        r##"<line x1="{}" y1="{ay}" x2="{}" y2="{ay}" stroke="#374151" stroke-width="1"/>"##,
+        num(left),
+        num(left + width),
+        ay = num(y)
+    );
+    let mut v = 0;
+    while v <= span {
+        let px = pos(v);
+        let _ = writeln!(
+            out,
+            r##"<line x1="{px}" y1="{}" x2="{px}" y2="{}" stroke="#374151" stroke-width="1"/>"##,
+            num(y),
+            num(y + 5.0),
+            px = num(px)
+        );
+        text(out, px, y + 17.0, 10.0, r##"text-anchor="middle" fill="#374151""##, &label(v));
+        v += step.max(1);
+    }
+    text(out, left - name.1, y + 17.0, 10.0, r##"text-anchor="end" fill="#374151""##, name.0);
+}

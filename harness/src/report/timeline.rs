@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use super::model::{EventKind, RunReport, Side};
-use super::svg::{esc, ms_label, nice_step, num, open, place_labels, rows_used, text, text_width, truncate};
+use super::svg::{axis, esc, ms_label, nice_step, num, open, place_labels, rows_used, text, text_width, truncate};
 
 const WIDTH: f64 = 1200.0;
 const LEFT: f64 = 120.0;
@@ -353,28 +353,7 @@ pub fn timeline_svg(report: &RunReport) -> String {
     body.push_str(&marks);
 
     // Time axis.
-    let _ = writeln!(
-        body,
-        r##"<line x1="{}" y1="{ay}" x2="{}" y2="{ay}" stroke="#374151" stroke-width="1"/>"##,
-        num(LEFT),
-        num(LEFT + PLOT),
-        ay = num(axis_y)
-    );
-    let step = nice_step(g.end, 10);
-    let mut t = 0;
-    while t <= g.end {
-        let tx = x(t);
-        let _ = writeln!(
-            body,
-            r##"<line x1="{tx}" y1="{}" x2="{tx}" y2="{}" stroke="#374151" stroke-width="1"/>"##,
-            num(axis_y),
-            num(axis_y + 5.0),
-            tx = num(tx)
-        );
-        text(&mut body, tx, axis_y + 17.0, 10.0, r##"text-anchor="middle" fill="#374151""##, &ms_label(t));
-        t += step;
-    }
-    text(&mut body, LEFT - 10.0, axis_y + 17.0, 10.0, r##"text-anchor="end" fill="#374151""##, "time (ms)");
+    axis(&mut body, LEFT, PLOT, axis_y, g.end, nice_step(g.end, 10), x, ms_label, ("time (ms)", 10.0));
 
     // Legend.
     let mut lx = LEFT;

@@ -69,15 +69,8 @@ impl UnixIncoming {
     /// Accepts the source's connection, waiting at most `timeout` (for ever if `None`);
     /// [`io::ErrorKind::TimedOut`] if none came.
     pub fn accept(&self, timeout: Option<Duration>) -> io::Result<UnixStream> {
-        let stream = match timeout {
-            None => self.listener.accept()?.0,
-            Some(timeout) => {
-                self.listener.set_nonblocking(true)?;
-                let accepted = poll_accept(timeout, || self.listener.accept().map(|(stream, _)| stream));
-                self.listener.set_nonblocking(false)?;
-                accepted?
-            }
-        };
+        let l = &self.listener;
+        let stream = accept_within(timeout, |nb| l.set_nonblocking(nb), || l.accept().map(|(s, _)| s))?;
         stream.set_nonblocking(false)?;
         Ok(stream)
     }
@@ -122,15 +115,8 @@ impl TcpIncoming {
     /// Accepts the source's connection, waiting at most `timeout` (for ever if `None`);
     /// [`io::ErrorKind::TimedOut`] if none came.
     pub fn accept(&self, timeout: Option<Duration>) -> io::Result<TcpStream> {
-        let stream = match timeout {
-            None => self.listener.accept()?.0,
-            Some(timeout) => {
-                self.listener.set_nonblocking(true)?;
-                let accepted = poll_accept(timeout, || self.listener.accept().map(|(stream, _)| stream));
-                self.listener.set_nonblocking(false)?;
-                accepted?
-            }
-        };
+        let l = &self.listener;
+        let stream = accept_within(timeout, |nb| l.set_nonblocking(nb), || l.accept().map(|(s, _)| s))?;
         stream.set_nonblocking(false)?;
         stream.set_nodelay(true)?;
         Ok(stream)
@@ -170,6 +156,20 @@ pub fn connected_pair(transport: &Transport) -> io::Result<(BoxedWrite, BoxedRea
 }
 
 /// Retries a nonblocking `accept` until it yields a connection or `timeout` passes.
+/// Accepts one connection, for ever (`None`) or within `timeout`: the listener is made
+/// non-blocking for the wait and blocking again after it.
+fn accept_within<S>(
+    timeout: Option<Duration>,
+    set_nonblocking: impl Fn(bool) -> io::Result<()>,
+    mut accept: impl FnMut() -> io::Result<S>,
+) -> io::Result<S> {
+    let Some(timeout) = timeout else { return accept() };
+    set_nonblocking(true)?;
+    let accepted = poll_accept(timeout, &mut accept);
+    set_nonblocking(false)?;
+    accepted
+}
+
 fn poll_accept<S>(timeout: Duration, mut accept: impl FnMut() -> io::Result<S>) -> io::Result<S> {
     let deadline = Instant::now() + timeout;
     loop {

@@ -33,8 +33,12 @@
 //! server.serve_forever()?;
 //! # Ok::<(), vfu_server::ServerError>(())
 //! ```
+//!
+//! The `vfu-server` binary is [`cli::main_with_args`], which other executables may call to
+//! serve a sample device from their own binary.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
+pub mod cli;
 pub mod codec;
 pub mod device;
 pub mod devices;

@@ -5,7 +5,8 @@
 //! gives (from RUNNING to every target, and from STOP, STOP_COPY and PRE_COPY to every target),
 //! the refusals (STOP_COPY→PRE_COPY, states that do not exist, ERROR, the P2P states) and that a
 //! refusal changes nothing; the MIGRATION flags; PROBE; the flag and `argsz` checks of
-//! DEVICE_FEATURE; DEVICE_RESET from the saving and resuming states; and a client that
+//! DEVICE_FEATURE; DEVICE_RESET from the saving and resuming states; arcs refused by repeated
+//! `--fail-arc` flags (EIO, the walk stopping at the last completed hop); and a client that
 //! disconnects in PRE_COPY, after which the next client finds the device RUNNING with logging
 //! off and can migrate it.
 
@@ -118,6 +119,21 @@ fn nonexistent_error_and_p2p_states_are_refused_from_every_state() {
             assert_eq!(state(&mut c, &server), from, "a refused SET to {bad} must leave {from:?}");
         }
     }
+}
+
+#[test]
+fn every_fail_arc_given_is_refused_with_eio_and_stops_the_walk_there() {
+    let args = ["--device", "dma-engine", "--fail-arc", "pre-copy:stop-copy", "--fail-arc", "stop:resuming"];
+    let server = ServerProcess::spawn(&args);
+    let mut c = server.connect();
+    set(&mut c, &server, PreCopy);
+    assert_eq!(errno(c.set_mig_state(StopCopy)), Some(Errno::EIO), "PRE_COPY -> STOP_COPY");
+    assert_eq!(state(&mut c, &server), PreCopy);
+    set(&mut c, &server, Running);
+    assert_eq!(errno(c.set_mig_state(Resuming)), Some(Errno::EIO), "RUNNING -> STOP -> RESUMING");
+    assert_eq!(state(&mut c, &server), Stop, "the walk stops after the last arc that succeeded");
+    set(&mut c, &server, StopCopy);
+    set(&mut c, &server, Stop);
 }
 
 #[test]

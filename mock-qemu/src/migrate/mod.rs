@@ -32,9 +32,52 @@ use crate::guest::{Guest, GuestError};
 use crate::stream::{StreamError, StreamReader, StreamWriter};
 
 /// What keeps the guest busy during pre-copy: vCPU writes and device DMA.
+///
+/// It is also told what the source does (its phases and each dirty sync with the device's
+/// reports as they came back), so that a test harness can hold every report against the
+/// pages its workload wrote.
 pub trait Workload {
     /// One step of work on the source, between two reads of device data.
     fn step(&mut self, client: &mut Client, guest: &Guest) -> Result<(), String>;
+
+    /// A dirty sync of the source: the device's DMA_LOGGING_REPORT of each RAM region.
+    fn dirty_synced(&mut self, _sync: &DirtySync<'_>) {}
+
+    /// The source entered a phase of the migration.
+    fn phase(&mut self, _phase: Phase) {}
+}
+
+/// One dirty sync of the source, as [`Workload::dirty_synced`] sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct DirtySync<'a> {
+    /// The pre-copy round (from 1), or `None` for the final sync after the device stopped.
+    pub round: Option<u32>,
+    /// Page size of the reports (bit `i` of a report is page `iova + i * page_size`).
+    pub page_size: u64,
+    /// Each report: the range asked for, `(iova, length)`, and the bitmap the server returned.
+    pub reports: &'a [DirtyReport],
+}
+
+/// One DMA_LOGGING_REPORT: the range asked for and the bitmap that came back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirtyReport {
+    /// First address of the range.
+    pub iova: u64,
+    /// Length of the range in bytes.
+    pub length: u64,
+    /// The bitmap words as the server returned them.
+    pub bitmap: Vec<u64>,
+}
+
+/// Phases of the source, as [`Workload::phase`] sees them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// A round starts: 0 is the first pass over RAM, then the pre-copy rounds.
+    RoundStart(u32),
+    /// A round ended.
+    RoundEnd(u32),
+    /// The vCPUs stop: stop-and-copy begins.
+    Switchover,
 }
 
 /// Tunables of a migration.

@@ -24,7 +24,7 @@ use vfu_server::wire::{FEATURE_DMA_LOGGING_START, FEATURE_SET, MIGRATION_PRE_COP
 
 use super::device::{set_state, set_state_or_reset};
 use super::stats::{MigrationStats, RoundStats};
-use super::{CancelToken, MigrationError, MigrationParams, Workload};
+use super::{CancelToken, DirtyReport, DirtySync, MigrationError, MigrationParams, Phase, Workload};
 use crate::client::Client;
 use crate::guest::{Guest, PAGE_SIZE};
 use crate::stream::{Section, StreamWriter};
@@ -113,6 +113,7 @@ impl Source<'_> {
         out.write(&Section::DeviceEnd)?;
 
         // Round 0: every populated page of guest RAM.
+        self.phase(Phase::RoundStart(0));
         let t0 = Instant::now();
         let all: Vec<u64> = self.guest.populated_pages().map_err(MigrationError::Guest)?;
         let sent = self.send_pages(out, &all)?;
@@ -123,11 +124,13 @@ impl Source<'_> {
             ..Default::default()
         });
         out.write(&Section::RoundEnd { round: 0 })?;
+        self.phase(Phase::RoundEnd(0));
 
         // Pre-copy rounds.
         let mut switchover = "max rounds";
         for round in 1..=self.params.max_rounds {
             self.check_cancel()?;
+            self.phase(Phase::RoundStart(round));
             let t = Instant::now();
             let mut r = RoundStats { round, ..Default::default() };
             if pre_copy {
@@ -135,11 +138,12 @@ impl Source<'_> {
             } else if let Some(w) = self.workload.as_deref_mut() {
                 w.step(self.client, self.guest).map_err(MigrationError::Workload)?;
             }
-            let (pages, dev, vcpu) = self.dirty_sync()?;
+            let (pages, dev, vcpu) = self.dirty_sync(Some(round))?;
             r.device_dirty_pages = dev;
             r.vcpu_dirty_pages = vcpu;
             r.pages_sent = self.send_pages(out, &pages)?;
             out.write(&Section::RoundEnd { round })?;
+            self.phase(Phase::RoundEnd(round));
             r.micros = t.elapsed().as_micros() as u64;
             // vfio-user has no pre-copy size query: the device's part of what remains is taken
             // to be what its last round returned.
@@ -164,6 +168,7 @@ impl Source<'_> {
         self.check_cancel()?;
 
         // Switchover: the vCPUs stop; the device stops and its state is read to the end.
+        self.phase(Phase::Switchover);
         let stopped_at = Instant::now();
         // Config space is taken as the guest left it, before the device stops: QEMU saves its
         // own copy and never reads the device in STOP_COPY, where libvfio-user refuses region
@@ -179,7 +184,7 @@ impl Source<'_> {
         }
         set_state(self.client, MigState::StopCopy, MigState::Stop)?;
         stats.stop_copy_device_bytes = self.read_device(out, false)?;
-        let (pages, _, _) = self.dirty_sync()?;
+        let (pages, _, _) = self.dirty_sync(None)?;
         stats.stop_copy_pages = self.send_pages(out, &pages)?;
         out.write(&Section::DeviceConfig(config))?;
         out.write(&Section::DeviceEnd)?;
@@ -222,11 +227,18 @@ impl Source<'_> {
         }
     }
 
+    fn phase(&mut self, phase: Phase) {
+        if let Some(w) = self.workload.as_deref_mut() {
+            w.phase(phase);
+        }
+    }
+
     /// QEMU's dirty sync: a report per RAM region at the host page size, merged with the vCPU
     /// log and the pages the server wrote by message. Returns (pages, device's, vCPUs').
-    fn dirty_sync(&mut self) -> Result<(Vec<u64>, u64, u64), MigrationError> {
+    fn dirty_sync(&mut self, round: Option<u32>) -> Result<(Vec<u64>, u64, u64), MigrationError> {
         let mut pages = BTreeSet::new();
         let mut device = 0;
+        let mut reports = Vec::with_capacity(self.guest.regions().len());
         for region in self.guest.regions() {
             let bitmap =
                 self.client.dma_logging_report(region.iova, region.len, PAGE_SIZE).map_err(MigrationError::Client)?;
@@ -242,6 +254,10 @@ impl Source<'_> {
                     }
                 }
             }
+            reports.push(DirtyReport { iova: region.iova, length: region.len, bitmap });
+        }
+        if let Some(w) = self.workload.as_deref_mut() {
+            w.dirty_synced(&DirtySync { round, page_size: PAGE_SIZE, reports: &reports });
         }
         let vcpu = self.guest.take_vcpu_dirty();
         let vcpu_count = vcpu.len() as u64;

@@ -1,6 +1,9 @@
 //! The device's configuration, its validation, and the size parser for command-line flags.
 
+use std::fmt;
+
 use crate::migration::MigState;
+use crate::migration::fsm::DIRECT_ARCS;
 use crate::mmap::MapError;
 
 /// Default size of the device memory (BAR2): 8 MiB.
@@ -17,6 +20,83 @@ pub const MIN_CHUNK_SIZE: usize = 4 << 10;
 /// Largest accepted DMA chunk size: 1 MiB.
 pub const MAX_CHUNK_SIZE: usize = 1 << 20;
 
+/// A set of migration arcs `(from, to)`.
+///
+/// A bitmask rather than a `Vec`, so that [`DmaEngineConfig`] stays `Copy` and a lookup on
+/// every arc costs nothing: there are 8 states, so the 64 ordered pairs fit one `u64` (bit
+/// `from * 8 + to`). Iteration is in that order.
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct ArcSet(u64);
+
+impl ArcSet {
+    /// The empty set.
+    pub const fn new() -> Self {
+        Self(0)
+    }
+
+    const fn bit(from: MigState, to: MigState) -> u64 {
+        1 << ((from as u32) * 8 + to as u32)
+    }
+
+    /// Adds `from → to`; returns whether it was new.
+    pub fn insert(&mut self, from: MigState, to: MigState) -> bool {
+        let new = !self.contains(from, to);
+        self.0 |= Self::bit(from, to);
+        new
+    }
+
+    /// Whether `from → to` is in the set.
+    pub const fn contains(&self, from: MigState, to: MigState) -> bool {
+        self.0 & Self::bit(from, to) != 0
+    }
+
+    /// Whether the set is empty.
+    pub const fn is_empty(&self) -> bool {
+        self.0 == 0
+    }
+
+    /// How many arcs the set holds.
+    pub const fn len(&self) -> usize {
+        self.0.count_ones() as usize
+    }
+
+    /// The arcs, ordered by `(from, to)` state number.
+    pub fn iter(&self) -> impl Iterator<Item = (MigState, MigState)> + '_ {
+        let bits = self.0;
+        (0..64u32)
+            .filter(move |i| bits & (1 << i) != 0)
+            .filter_map(|i| Some((MigState::from_u32(i / 8)?, MigState::from_u32(i % 8)?)))
+    }
+}
+
+impl fmt::Debug for ArcSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_set().entries(self.iter()).finish()
+    }
+}
+
+impl FromIterator<(MigState, MigState)> for ArcSet {
+    fn from_iter<I: IntoIterator<Item = (MigState, MigState)>>(iter: I) -> Self {
+        let mut set = Self::new();
+        set.extend(iter);
+        set
+    }
+}
+
+impl Extend<(MigState, MigState)> for ArcSet {
+    fn extend<I: IntoIterator<Item = (MigState, MigState)>>(&mut self, iter: I) {
+        for (from, to) in iter {
+            self.insert(from, to);
+        }
+    }
+}
+
+impl<const N: usize> From<[(MigState, MigState); N]> for ArcSet {
+    fn from(arcs: [(MigState, MigState); N]) -> Self {
+        arcs.into_iter().collect()
+    }
+}
+
 /// How a [`DmaEngine`](super::DmaEngine) is built.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DmaEngineConfig {
@@ -28,9 +108,16 @@ pub struct DmaEngineConfig {
     /// [`MIN_CHUNK_SIZE`]..=[`MAX_CHUNK_SIZE`]. Not guest-visible, except that a command that
     /// faults midway has completed a whole number of chunks.
     pub chunk_size: usize,
-    /// Fault injection for tests: the migration arc `(from, to)` is refused with EIO (the
-    /// device stays where it was). `None` (the default) injects nothing.
-    pub fail_arc: Option<(MigState, MigState)>,
+    /// Whether the device supports PRE_COPY (the default). Without it the device is migrated
+    /// by stop-and-copy only: the server advertises the MIGRATION feature with STOP_COPY alone
+    /// and refuses every state change that would touch PRE_COPY (EINVAL), which is how a VMM
+    /// is tested against a device that cannot pre-copy (QEMU then skips the pre-copy phase).
+    pub pre_copy: bool,
+    /// Fault injection for tests: each of these migration arcs is refused with EIO (the device
+    /// stays where it was). Each must be a direct arc the device can be asked to take (one of
+    /// [`DIRECT_ARCS`], and none touching PRE_COPY without `pre_copy`), as any other would
+    /// never be asked for and so never fail. Empty (the default) injects nothing.
+    pub fail_arcs: ArcSet,
     /// Fault injection for tests: once this many bytes of an outgoing migration stream have
     /// been read, `read_data` fails with EIO; a read that would go past the mark fails as a
     /// whole, and so does every later read of that stream. `None` (the default) injects
@@ -40,7 +127,13 @@ pub struct DmaEngineConfig {
 
 impl Default for DmaEngineConfig {
     fn default() -> Self {
-        Self { devmem_size: DEFAULT_DEVMEM_SIZE, chunk_size: DEFAULT_CHUNK_SIZE, fail_arc: None, fail_read_after: None }
+        Self {
+            devmem_size: DEFAULT_DEVMEM_SIZE,
+            chunk_size: DEFAULT_CHUNK_SIZE,
+            pre_copy: true,
+            fail_arcs: ArcSet::new(),
+            fail_read_after: None,
+        }
     }
 }
 
@@ -57,6 +150,14 @@ impl DmaEngineConfig {
         let chunk = self.chunk_size;
         if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&chunk) || !chunk.is_power_of_two() {
             return Err(ConfigError::BadChunkSize { size: chunk });
+        }
+        for (from, to) in self.fail_arcs.iter() {
+            if !DIRECT_ARCS.contains(&(from, to)) {
+                return Err(ConfigError::FailArcNotAnArc { from, to });
+            }
+            if !self.pre_copy && (from == MigState::PreCopy || to == MigState::PreCopy) {
+                return Err(ConfigError::FailArcNeedsPreCopy { from, to });
+            }
         }
         Ok(())
     }
@@ -82,6 +183,24 @@ pub enum ConfigError {
     BadChunkSize {
         /// The size asked for.
         size: usize,
+    },
+    /// A `fail_arcs` entry is not a direct arc of the state machine: the server walks longer
+    /// paths one direct arc at a time, so the device would never be asked for it.
+    #[error("cannot fail {from:?}->{to:?}: not a direct migration arc")]
+    FailArcNotAnArc {
+        /// Where the arc starts.
+        from: MigState,
+        /// Where it ends.
+        to: MigState,
+    },
+    /// A `fail_arcs` entry touches PRE_COPY but `pre_copy` is off, so the server refuses the
+    /// arc (EINVAL) before the device could fail it.
+    #[error("cannot fail {from:?}->{to:?}: the device has no PRE_COPY")]
+    FailArcNeedsPreCopy {
+        /// Where the arc starts.
+        from: MigState,
+        /// Where it ends.
+        to: MigState,
     },
     /// The memfd behind the shared scratch memory (BAR4) could not be created or mapped.
     #[error("creating the shared scratch memory failed")]
@@ -187,5 +306,70 @@ mod tests {
     fn chunk_size_must_be_a_power_of_two_between_4k_and_1m(#[case] size: usize, #[case] ok: bool) {
         let c = DmaEngineConfig { chunk_size: size, ..DmaEngineConfig::default() };
         assert_eq!(c.validate().is_ok(), ok);
+    }
+
+    mod fail_arcs {
+        use super::*;
+        use MigState::{Error, PreCopy, Resuming, Running, Stop, StopCopy};
+
+        #[test]
+        fn every_direct_arc_may_be_failed() {
+            let c = DmaEngineConfig { fail_arcs: ArcSet::from(DIRECT_ARCS), ..DmaEngineConfig::default() };
+            assert_eq!(c.validate(), Ok(()));
+            assert_eq!(c.fail_arcs.len(), DIRECT_ARCS.len());
+        }
+
+        #[rstest]
+        #[case(Running, StopCopy)]
+        #[case(Running, Resuming)]
+        #[case(StopCopy, PreCopy)]
+        #[case(Stop, Stop)]
+        #[case(Error, Running)]
+        fn an_arc_the_server_never_asks_for_is_refused(#[case] from: MigState, #[case] to: MigState) {
+            let c = DmaEngineConfig { fail_arcs: ArcSet::from([(Running, Stop), (from, to)]), ..Default::default() };
+            assert_eq!(c.validate(), Err(ConfigError::FailArcNotAnArc { from, to }));
+        }
+
+        #[rstest]
+        #[case(Running, PreCopy)]
+        #[case(PreCopy, Running)]
+        #[case(PreCopy, StopCopy)]
+        fn an_arc_touching_pre_copy_is_refused_without_pre_copy(#[case] from: MigState, #[case] to: MigState) {
+            let c = DmaEngineConfig { pre_copy: false, fail_arcs: ArcSet::from([(from, to)]), ..Default::default() };
+            assert_eq!(c.validate(), Err(ConfigError::FailArcNeedsPreCopy { from, to }));
+            assert_eq!(DmaEngineConfig { pre_copy: true, ..c }.validate(), Ok(()));
+        }
+
+        #[test]
+        fn stop_and_copy_arcs_may_be_failed_without_pre_copy() {
+            let arcs = ArcSet::from([(Running, Stop), (Stop, StopCopy), (StopCopy, Stop), (Resuming, Stop)]);
+            let c = DmaEngineConfig { pre_copy: false, fail_arcs: arcs, ..Default::default() };
+            assert_eq!(c.validate(), Ok(()));
+        }
+    }
+
+    mod arc_set {
+        use super::*;
+        use MigState::{PreCopy, PreCopyP2p, Running, Stop, StopCopy};
+
+        #[test]
+        fn holds_each_arc_once_and_iterates_in_state_order() {
+            let mut set = ArcSet::new();
+            assert!(set.is_empty());
+            assert!(set.insert(PreCopy, StopCopy));
+            assert!(set.insert(Running, Stop));
+            assert!(!set.insert(Running, Stop), "a second insert is not new");
+            assert!(set.insert(PreCopyP2p, PreCopyP2p), "the highest pair fits");
+            assert_eq!(set.len(), 3);
+            assert!(set.contains(Running, Stop) && !set.contains(Stop, Running), "arcs are ordered pairs");
+            let arcs: Vec<_> = set.iter().collect();
+            assert_eq!(arcs, vec![(Running, Stop), (PreCopy, StopCopy), (PreCopyP2p, PreCopyP2p)]);
+            assert_eq!(arcs.into_iter().collect::<ArcSet>(), set);
+        }
+
+        #[test]
+        fn debug_lists_the_arcs() {
+            assert_eq!(format!("{:?}", ArcSet::from([(Stop, StopCopy)])), "{(Stop, StopCopy)}");
+        }
     }
 }

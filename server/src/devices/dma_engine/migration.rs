@@ -17,7 +17,8 @@
 //! | RESUMING→STOP | validates the incoming stream and commits it (below) |
 //!
 //! Any other pair, or an arc that does not start from the device's own state, is refused
-//! with EINVAL; the fault injection hook [`DmaEngineConfig::fail_arc`](super::DmaEngineConfig::fail_arc) refuses one chosen arc
+//! with EINVAL; the fault injection hook
+//! [`DmaEngineConfig::fail_arcs`](super::DmaEngineConfig::fail_arcs) refuses the chosen arcs
 //! with EIO. No arc ever leaves the device broken: every refusal keeps the state it was in.
 //!
 //! While the device is in STOP, STOP_COPY or RESUMING it changes no state of its own and does
@@ -26,6 +27,16 @@
 //! every state, as the server serves them: in STOP_COPY they no longer reach the stream
 //! (it carries the configuration as of entering STOP_COPY), in RESUMING the commit overwrites
 //! them with the migrated configuration. Region reads are always served.
+//!
+//! # Without PRE_COPY
+//!
+//! With [`DmaEngineConfig::pre_copy`](super::DmaEngineConfig::pre_copy) off, the device says
+//! so through [`Migratable::supports_pre_copy`]: the server then advertises the MIGRATION
+//! feature with STOP_COPY alone, drops every arc touching PRE_COPY from its next-hop table and
+//! refuses a SET that would need one with EINVAL, without calling the device. The device
+//! refuses those arcs too (EINVAL), so it holds the same contract when driven directly. The
+//! stream is then the STOP→STOP_COPY one: a single final part carrying the whole device
+//! memory.
 //!
 //! # The outgoing stream
 //!
@@ -338,12 +349,16 @@ impl DmaEngine {
 }
 
 impl Migratable for DmaEngine {
+    fn supports_pre_copy(&self) -> bool {
+        self.config.pre_copy
+    }
+
     fn transition(&mut self, _ctx: &mut DeviceContext<'_>, from: MigState, to: MigState) -> Result<(), ArcError> {
         use MigState::{PreCopy, Resuming, Running, Stop, StopCopy};
-        if from != self.mig.state {
+        if from != self.mig.state || (!self.config.pre_copy && (from == PreCopy || to == PreCopy)) {
             return Err(ArcError::Refused(Errno::EINVAL));
         }
-        if self.config.fail_arc == Some((from, to)) {
+        if self.config.fail_arcs.contains(from, to) {
             return Err(ArcError::Refused(Errno::EIO));
         }
         match (from, to) {

@@ -343,13 +343,97 @@ fn arcs_that_are_not_direct_or_not_from_the_current_state_are_refused_with_einva
 
 #[test]
 fn fail_arc_hook_refuses_with_eio() {
-    let config = DmaEngineConfig { devmem_size: DEVMEM, fail_arc: Some((PreCopy, StopCopy)), ..Default::default() };
-    let mut rig = Rig::with(config);
+    let fail_arcs = ArcSet::from([(PreCopy, StopCopy)]);
+    let mut rig = Rig::with(DmaEngineConfig { devmem_size: DEVMEM, fail_arcs, ..Default::default() });
     rig.walk(&[PreCopy]);
     assert_eq!(rig.arc(PreCopy, StopCopy), Err(ArcError::Refused(Errno::EIO)));
     assert_eq!(rig.dev.migration_state(), PreCopy);
     assert_eq!(devmem_pages(&rig.read_round(1 << 20)).len(), PAGES, "the stream goes on");
     rig.walk(&[Running, Stop, StopCopy]);
+}
+
+#[test]
+fn fail_arc_hook_refuses_each_chosen_arc_and_no_other() {
+    let fail_arcs = ArcSet::from([(PreCopy, StopCopy), (Stop, Resuming), (StopCopy, Stop)]);
+    let mut rig = Rig::with(DmaEngineConfig { devmem_size: DEVMEM, fail_arcs, ..Default::default() });
+    rig.walk(&[PreCopy]);
+    assert_eq!(rig.arc(PreCopy, StopCopy), Err(ArcError::Refused(Errno::EIO)));
+    rig.walk(&[Running, Stop]);
+    assert_eq!(rig.arc(Stop, Resuming), Err(ArcError::Refused(Errno::EIO)));
+    assert_eq!(rig.dev.migration_state(), Stop, "a refused arc keeps the state");
+    rig.walk(&[StopCopy]);
+    assert_eq!(rig.arc(StopCopy, Stop), Err(ArcError::Refused(Errno::EIO)));
+    assert_eq!(rig.dev.migration_state(), StopCopy);
+}
+
+mod without_pre_copy {
+    use super::*;
+    use crate::migration::control::MigrationCtl;
+    use crate::wire::MIGRATION_STOP_COPY;
+    use pretty_assertions::assert_eq;
+
+    fn rig() -> Rig {
+        Rig::with(DmaEngineConfig { devmem_size: DEVMEM, pre_copy: false, ..DmaEngineConfig::default() })
+    }
+
+    /// Drives `rig` to `target` the way the server does: through the controller it builds from
+    /// [`Migratable::supports_pre_copy`].
+    fn set(ctl: &mut MigrationCtl, rig: &mut Rig, target: MigState) -> Result<(), Errno> {
+        let mut ctx = DeviceContext::new(&rig.space, None, &mut rig.irqs);
+        ctl.set(target as u32, &mut rig.dev, &mut ctx)
+    }
+
+    #[test]
+    fn device_without_pre_copy_advertises_stop_copy_only() {
+        let rig = rig();
+        assert!(!rig.dev.supports_pre_copy());
+        assert_eq!(MigrationCtl::new(rig.dev.supports_pre_copy()).flags(), MIGRATION_STOP_COPY);
+        assert!(Rig::new().dev.supports_pre_copy(), "PRE_COPY is the default");
+    }
+
+    #[test]
+    fn running_to_pre_copy_is_refused_without_pre_copy() {
+        let mut rig = rig();
+        let mut ctl = MigrationCtl::new(rig.dev.supports_pre_copy());
+        assert_eq!(set(&mut ctl, &mut rig, PreCopy), Err(Errno::EINVAL));
+        assert_eq!((ctl.state(), rig.dev.migration_state()), (Running, Running));
+        assert_eq!(rig.arc(Running, PreCopy), Err(ArcError::Refused(Errno::EINVAL)), "the device refuses it too");
+        assert_eq!(rig.dev.migration_state(), Running);
+        assert_eq!(rig.dev.read_data(&mut [0; 64]), Err(Errno::EINVAL), "no stream was started");
+    }
+
+    #[test]
+    fn pre_copy_is_refused_from_every_state_without_pre_copy() {
+        let mut rig = rig();
+        let mut ctl = MigrationCtl::new(rig.dev.supports_pre_copy());
+        for from in [Running, Stop, StopCopy, Resuming] {
+            let mut ctx = DeviceContext::new(&rig.space, None, &mut rig.irqs);
+            rig.dev.reset(&mut ctx).unwrap();
+            ctl.reset();
+            assert_eq!(set(&mut ctl, &mut rig, from), Ok(()), "reaching {from:?}");
+            assert_eq!(set(&mut ctl, &mut rig, PreCopy), Err(Errno::EINVAL), "{from:?} -> PRE_COPY");
+            assert_eq!((ctl.state(), rig.dev.migration_state()), (from, from));
+        }
+    }
+
+    #[test]
+    fn running_to_stop_copy_walks_through_stop_and_migrates_everything() {
+        let mut src = rig();
+        src.dirty_everything();
+        let mut ctl = MigrationCtl::new(src.dev.supports_pre_copy());
+        assert_eq!(set(&mut ctl, &mut src, StopCopy), Ok(()));
+        let snap = src.dev.snapshot();
+        let stream = src.read_round(4096);
+        assert_eq!(devmem_pages(&stream).len(), PAGES, "the single final part carries all of device memory");
+        assert_eq!(set(&mut ctl, &mut src, Stop), Ok(()));
+
+        let mut dst = rig();
+        let mut ctl = MigrationCtl::new(dst.dev.supports_pre_copy());
+        assert_eq!(set(&mut ctl, &mut dst, Resuming), Ok(()));
+        dst.write_stream(&stream, 7);
+        assert_eq!(set(&mut ctl, &mut dst, Running), Ok(()), "RESUMING -> STOP -> RUNNING");
+        assert_eq!(dst.dev.snapshot(), snap);
+    }
 }
 
 #[test]

@@ -78,16 +78,29 @@
 //!
 //! # Migration
 //!
-//! The device is migratable with PRE_COPY ([`Device::migration`] returns it; see
-//! [`migration`] for the arcs, the errnos and the design, [`stream`] for the versioned,
-//! checksummed stream format). Device memory is pre-copied in rounds with the device's own
-//! dirty tracking at 4 KiB pages ([`pages`]): the first round sends all of it, later rounds
-//! what was written since. Registers, configuration space and the whole shared scratch memory
-//! (mmappable, so untrackable) go in STOP_COPY with the pages still dirty. While stopped (STOP,
-//! STOP_COPY, RESUMING) the device refuses writes to BAR0, BAR2 and BAR4 with EBUSY, so it
-//! never DMAs then; configuration space stays writable. DEVICE_RESET ends any migration and
-//! returns it to RUNNING; a guest reset (CTRL) leaves the migration state alone. For tests,
-//! [`DmaEngineConfig::fail_arc`] and [`DmaEngineConfig::fail_read_after`] inject failures.
+//! The device is migratable, with PRE_COPY unless [`DmaEngineConfig::pre_copy`] is off
+//! ([`Device::migration`] returns it; see [`migration`] for the arcs, the errnos and the
+//! design, [`stream`] for the versioned, checksummed stream format). Device memory is
+//! pre-copied in rounds with the device's own dirty tracking at 4 KiB pages ([`pages`]): the
+//! first round sends all of it, later rounds what was written since. Registers, configuration
+//! space and the whole shared scratch memory (mmappable, so untrackable) go in STOP_COPY with
+//! the pages still dirty. While stopped (STOP, STOP_COPY, RESUMING) the device refuses writes
+//! to BAR0, BAR2 and BAR4 with EBUSY, so it never DMAs then; configuration space stays
+//! writable. DEVICE_RESET ends any migration and returns it to RUNNING; a guest reset (CTRL)
+//! leaves the migration state alone.
+//!
+//! # Options
+//!
+//! [`DmaEngineConfig`], each checked by [`DmaEngineConfig::validate`] when the device is built
+//! (the `vfu-server` flag in parentheses, see [`crate::cli`]):
+//!
+//! | field | default | meaning |
+//! |---|---|---|
+//! | `devmem_size` (`--devmem-size`) | 8 MiB | size of BAR2: a power of two from 4 KiB to 1 GiB |
+//! | `chunk_size` (`--chunk-size`) | 64 KiB | bytes per DMA access and size of the bounce buffer: a power of two from 4 KiB to 1 MiB |
+//! | `pre_copy` (`--no-pre-copy` clears it) | on | PRE_COPY support; off, the device migrates by stop-and-copy only (MIGRATION flags STOP_COPY alone, every arc touching PRE_COPY refused with EINVAL) |
+//! | `fail_arcs` (`--fail-arc FROM:TO`, repeatable) | none | fault injection: these direct arcs are refused with EIO |
+//! | `fail_read_after` (`--fail-read-after`) | none | fault injection: MIG_DATA_READ fails with EIO once this many bytes of a stream were read |
 
 mod access;
 pub mod config;
@@ -119,7 +132,9 @@ use crate::wire::{
     IRQ_INFO_MASKABLE, IRQ_INFO_NORESIZE, PCI_CONFIG_REGION_INDEX, PCI_NUM_IRQS, PCI_NUM_REGIONS, SparseArea,
 };
 
-pub use config::{ConfigError, DEFAULT_CHUNK_SIZE, DEFAULT_DEVMEM_SIZE, DmaEngineConfig, SizeParseError, parse_size};
+pub use config::{
+    ArcSet, ConfigError, DEFAULT_CHUNK_SIZE, DEFAULT_DEVMEM_SIZE, DmaEngineConfig, SizeParseError, parse_size,
+};
 pub use pattern::{fill_pattern, fnv1a64, pattern_byte, splitmix64};
 pub use pci_config::{CONFIG_SPACE_SIZE, PciConfigState, SCRATCH_SIZE};
 pub use regs::{BAR0_SIZE, Registers, Status};

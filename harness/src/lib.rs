@@ -3,6 +3,9 @@
 
 #![forbid(unsafe_code)]
 
+pub mod oracle;
 pub mod proxy;
 pub mod report;
+pub mod run;
 pub mod scenario;
+pub mod trace;

@@ -232,6 +232,14 @@ impl FaultBook {
         due
     }
 
+    /// Adds a fault whose count of matching messages starts now; returns its index.
+    pub(crate) fn arm(&self, fault: ProxyFault) -> usize {
+        let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        s.faults.push(fault);
+        s.seen.push(0);
+        s.faults.len() - 1
+    }
+
     pub(crate) fn record(&self, fired: impl IntoIterator<Item = FiredFault>) {
         let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         for f in fired {

@@ -290,6 +290,13 @@ impl ProxyHandle {
         &self.path
     }
 
+    /// Arms one more fault, its occurrences counted from now (as the scenario's `fault` step
+    /// says); returns its index in [`fired`](Self::fired) records. A fault with `nth` 0 never
+    /// fires.
+    pub fn arm(&self, fault: ProxyFault) -> usize {
+        self.shared.book.arm(fault)
+    }
+
     /// The faults that fired so far, in firing order.
     pub fn fired(&self) -> Vec<FiredFault> {
         self.shared.book.fired()

@@ -166,6 +166,7 @@ fn check(s: &Scenario, file: &str) -> Vec<Problem> {
         check_regions(&regions.value, ram).into_iter().for_each(|m| problem(regions.referenced, m));
     }
 
+    let region_count = s.guest.regions().len();
     if s.steps.is_empty() {
         problem(Location::UNKNOWN, "expected at least one step".into());
     }
@@ -202,8 +203,19 @@ fn check(s: &Scenario, file: &str) -> Vec<Problem> {
             Step::Map(m) => {
                 need_connected(&sides, m.side, &mut problem);
                 let st = sides.get_mut(&m.side).expect("both sides are present");
-                if st.mapped {
-                    problem(at, format!("expected the {}'s guest RAM not to be mapped already", m.side.name()));
+                if st.mapped && m.regions.is_none() {
+                    problem(
+                        at,
+                        format!(
+                            "expected the {}'s guest RAM not to be mapped already (name `regions` to map more)",
+                            m.side.name()
+                        ),
+                    );
+                }
+                for &r in m.regions.iter().flatten() {
+                    if r as usize >= region_count {
+                        problem(at, format!("expected a guest RAM region index below {region_count}, found {r}"));
+                    }
                 }
                 st.mapped = true;
             }
@@ -284,7 +296,7 @@ fn check(s: &Scenario, file: &str) -> Vec<Problem> {
             Step::Interleave(i) => {
                 need_connected(&sides, i.side, &mut problem);
                 let w = &i.weights;
-                if w.dma == 0 && w.vcpu == 0 && w.region == 0 && w.state == 0 {
+                if w.dma == 0 && w.vcpu == 0 && w.region == 0 && w.state == 0 && w.data == 0 && w.reset == 0 {
                     problem(at, "expected at least one non-zero weight".into());
                 }
                 if i.invalid_percent > 100 {
@@ -299,15 +311,46 @@ fn check(s: &Scenario, file: &str) -> Vec<Problem> {
             }
             Step::Fault(f) => check_fault(f, at, &mut sides, &mut pending_hooks, &mut pending_stream, &mut problem),
             Step::Expect(e) => {
-                let alive_only = e.next_errno.is_none() && e.state.is_none() && e.commands_failed.is_none();
+                let alive_only = e.next_errno.is_none()
+                    && e.next_fails.is_none()
+                    && e.state.is_none()
+                    && e.commands_failed.is_none();
                 if alive_only && e.server_alive.is_none() {
                     problem(
                         at,
-                        "expected at least one check: next_errno, state, server_alive or commands_failed".into(),
+                        "expected at least one check: next_errno, next_fails, state, server_alive or commands_failed"
+                            .into(),
                     );
                 }
                 if !alive_only {
                     need_connected(&sides, e.side, &mut problem);
+                }
+            }
+            Step::DirtyReport(d) => {
+                need_connected(&sides, d.side, &mut problem);
+                if d.iova.is_some() != d.length.is_some() {
+                    problem(at, "expected both `iova` and `length`, or neither".into());
+                }
+                if !d.page_size.bytes().is_power_of_two() && d.expect_errno.is_none() {
+                    problem(
+                        at,
+                        format!(
+                            "expected a power-of-two `page_size` (or `expect_errno` for a refused one), found {}",
+                            d.page_size
+                        ),
+                    );
+                }
+            }
+            Step::Reset(r) | Step::GuestReset(r) => need_connected(&sides, r.side, &mut problem),
+            Step::Unmap(u) => {
+                need_connected(&sides, u.side, &mut problem);
+                for &r in u.regions.iter().flatten() {
+                    if r as usize >= region_count {
+                        problem(at, format!("expected a guest RAM region index below {region_count}, found {r}"));
+                    }
+                }
+                if u.regions.is_none() {
+                    sides.get_mut(&u.side).expect("both sides are present").mapped = false;
                 }
             }
             Step::Verify(v) => {
@@ -373,6 +416,9 @@ fn check_fault(
             }
         }
         Fault::Proxy { side, at: trigger, .. } => {
+            if trigger.after.is_some() {
+                problem(at, "expected a proxy trigger without `after` (proxy faults count from the fault step)".into());
+            }
             if trigger.nth == 0 {
                 problem(at, "expected `at.nth` of at least 1 (messages are counted from 1)".into());
             }
@@ -383,6 +429,15 @@ fn check_fault(
         Fault::DeviceArc { side, from, to } => {
             if from == to {
                 problem(at, "expected `from` and `to` to differ (an arc joins two states)".into());
+            } else if crate::oracle::protocol::next_hop(from.to_wire(), to.to_wire()) != Some(to.to_wire()) {
+                problem(
+                    at,
+                    format!(
+                        "expected a direct arc of the state machine (RUNNING->STOP, STOP->RUNNING, STOP->STOP_COPY, \
+                         STOP_COPY->STOP, STOP->RESUMING, RESUMING->STOP, RUNNING->PRE_COPY, PRE_COPY->RUNNING, \
+                         PRE_COPY->STOP_COPY), found {from:?}->{to:?}"
+                    ),
+                );
             }
             pending_hooks.push((*side, at));
         }

@@ -137,6 +137,9 @@ pub struct DmaEngineOptions {
     /// Largest data transfer the server accepts in one message (its `max_data_xfer_size`).
     #[serde(default = "default_max_data_xfer_size")]
     pub max_data_xfer_size: Size,
+    /// Whether the device offers PRE_COPY (false: STOP_COPY only, migrated by stop-and-copy).
+    #[serde(default = "yes")]
+    pub pre_copy: bool,
 }
 
 impl Default for DmaEngineOptions {
@@ -145,6 +148,7 @@ impl Default for DmaEngineOptions {
             devmem_size: default_devmem_size(),
             chunk_size: default_chunk_size(),
             max_data_xfer_size: default_max_data_xfer_size(),
+            pre_copy: true,
         }
     }
 }
@@ -175,6 +179,27 @@ pub struct GuestSpec {
     /// Where the RAM sits in the guest's physical (IOVA) space.
     #[serde(default)]
     pub layout: Layout,
+}
+
+impl GuestSpec {
+    /// The RAM regions as `(iova, len)`, in ascending address order: the PC layout puts up to
+    /// 3 GiB at 0 and the rest at 4 GiB.
+    pub fn regions(&self) -> Vec<(u64, u64)> {
+        let ram = self.ram.value.bytes();
+        let mut out = match &self.layout {
+            Layout::Pc => {
+                let low = ram.min(3 << 30);
+                let mut v = vec![(0, low)];
+                if ram > low {
+                    v.push((4 << 30, ram - low));
+                }
+                v
+            }
+            Layout::Regions(r) => r.value.iter().map(|r| (r.iova.bytes(), r.size.bytes())).collect(),
+        };
+        out.sort_unstable();
+        out
+    }
 }
 
 /// How guest RAM is laid out.
@@ -329,6 +354,16 @@ pub enum Step {
     Expect(ExpectStep),
     /// Check that the destination equals the source.
     Verify(VerifyStep),
+    /// DEVICE_FEATURE DMA_LOGGING_REPORT of a range, judged against the pages the device
+    /// wrote (a written page not reported fails the run).
+    DirtyReport(DirtyReportStep),
+    /// DEVICE_RESET: the device to power-on state, its migration state to RUNNING.
+    Reset(SideStep),
+    /// A reset the guest triggers inside the device (the dma-engine's CTRL register): the
+    /// migration state must not move.
+    GuestReset(SideStep),
+    /// DMA_UNMAP of guest RAM regions.
+    Unmap(UnmapStep),
 }
 
 impl Step {
@@ -348,6 +383,10 @@ impl Step {
             Step::Fault(_) => "fault",
             Step::Expect(_) => "expect",
             Step::Verify(_) => "verify",
+            Step::DirtyReport(_) => "dirty-report",
+            Step::Reset(_) => "reset",
+            Step::GuestReset(_) => "guest-reset",
+            Step::Unmap(_) => "unmap",
         }
     }
 }
@@ -398,6 +437,45 @@ pub struct MapStep {
     /// How the regions are offered.
     #[serde(default)]
     pub backing: Backing,
+    /// Which guest RAM regions (indexes in address order); every region not mapped yet when
+    /// absent.
+    #[serde(default)]
+    pub regions: Option<Vec<u32>>,
+}
+
+/// `unmap`.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UnmapStep {
+    /// The side whose server gets the DMA_UNMAPs.
+    #[serde(default)]
+    pub side: Side,
+    /// Which guest RAM regions (indexes in address order); every mapped one when absent.
+    #[serde(default)]
+    pub regions: Option<Vec<u32>>,
+}
+
+/// `dirty-report`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DirtyReportStep {
+    /// The side whose server reports.
+    #[serde(default)]
+    pub side: Side,
+    /// First address of the range; with `length`. Each guest RAM region when both are
+    /// absent.
+    #[serde(default)]
+    pub iova: Option<Size>,
+    /// Length of the range.
+    #[serde(default)]
+    pub length: Option<Size>,
+    /// Page size of the report: any power of two (a smaller one than the logging page size
+    /// repeats bits, a larger one ORs them).
+    #[serde(default = "page_size")]
+    pub page_size: Size,
+    /// The errno the report must fail with, when it must.
+    #[serde(default)]
+    pub expect_errno: Option<Errno>,
 }
 
 /// How guest RAM is offered to the server.
@@ -744,6 +822,12 @@ pub struct InterleaveWeights {
     /// Migration state changes (SET of a random state).
     #[serde(default = "one")]
     pub state: u32,
+    /// MIG_DATA_READ and MIG_DATA_WRITE, whatever the state.
+    #[serde(default = "one")]
+    pub data: u32,
+    /// DEVICE_RESET.
+    #[serde(default)]
+    pub reset: u32,
 }
 
 fn one() -> u32 {
@@ -752,7 +836,7 @@ fn one() -> u32 {
 
 impl Default for InterleaveWeights {
     fn default() -> Self {
-        Self { dma: 1, vcpu: 1, region: 1, state: 1 }
+        Self { dma: 1, vcpu: 1, region: 1, state: 1, data: 1, reset: 0 }
     }
 }
 
@@ -806,16 +890,31 @@ impl CommandName {
     }
 }
 
-/// When a fault fires: at the `nth` message of `command` counted from the fault step.
+/// When a fault fires: at the `nth` message of `command` (of any command when absent),
+/// counted from the fault step, or from the migration phase `after` names.
 #[derive(Debug, Clone, Copy, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Trigger {
-    /// The command whose message is counted.
-    pub command: CommandName,
-    /// Which message of that command, from 1.
+    /// The command whose messages are counted; every message when absent.
+    #[serde(default)]
+    pub command: Option<CommandName>,
+    /// Which message, from 1.
     #[serde(default = "one")]
     #[schemars(range(min = 1))]
     pub nth: u32,
+    /// Count from this phase of the next migration rather than from the fault step.
+    #[serde(default)]
+    pub after: Option<PhaseMark>,
+}
+
+/// A phase of a migration's source, to count a trigger's messages from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub enum PhaseMark {
+    /// The start of pre-copy round N (0: the first pass over guest RAM).
+    Round(u32),
+    /// The switchover: the vCPUs stop and the device goes to STOP_COPY.
+    Switchover,
 }
 
 /// A fault. Those with an `at` trigger are armed and fire later; the rest happen at the step.
@@ -1077,6 +1176,11 @@ pub struct ExpectStep {
     /// errno.
     #[serde(default)]
     pub next_errno: Option<Errno>,
+    /// The next step must fail, however: a refusal, a timeout, a closed connection (after a
+    /// fault that damages its messages). The side's client is then checked, and dropped if
+    /// its connection is gone.
+    #[serde(default)]
+    pub next_fails: Option<bool>,
     /// The device's migration state now (GET MIGRATION_DEVICE_STATE).
     #[serde(default)]
     pub state: Option<MigStateName>,

@@ -195,7 +195,7 @@ fn every_fault_kind_parses() {
     assert!(matches!(
         faults[2],
         Fault::Proxy {
-            at: Trigger { command: CommandName::DmaMap, nth: 2 },
+            at: Trigger { command: Some(CommandName::DmaMap), nth: 2, after: None },
             direction: Direction::ToServer,
             action: ProxyAction::CorruptHeader { field: HeaderField::MsgSize, xor: 1 },
             ..
@@ -364,7 +364,7 @@ fn an_empty_expect_and_a_bad_name_are_refused() {
         problems(&text),
         [
             "t.yaml:1:7: expected a name of lowercase letters, digits and '-', found \"Bad_Name\"",
-            "t.yaml:8:5: expected at least one check: next_errno, state, server_alive or commands_failed"
+            "t.yaml:8:5: expected at least one check: next_errno, next_fails, state, server_alive or commands_failed"
         ]
     );
 }

@@ -1,0 +1,202 @@
+//! A shadow of the dma-engine: what its device memory and counters must hold, from the
+//! commands and writes the harness gave it.
+//!
+//! The shadow is kept from the device's documented contract (the README's register table and
+//! command rules), never from reading the device, so after each command the harness can check
+//! the STATUS it predicted and the guest bytes the command must have produced, and at the end
+//! hold the device's snapshot against the shadow as well as against the other side.
+
+use mock_qemu::guest::dmae::{DeviceSnapshot, DmaCommand, DmaOp, Status};
+
+/// The FILL pattern: `splitmix64(seed + k)` is the little-endian word `k` of the command.
+pub fn fill_bytes(seed: u64, len: u64) -> Vec<u8> {
+    fn splitmix64(x: u64) -> u64 {
+        let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    let len = usize::try_from(len).unwrap_or(0);
+    let mut out = Vec::with_capacity(len + 8);
+    let mut k = 0u64;
+    while out.len() < len {
+        out.extend_from_slice(&splitmix64(seed.wrapping_add(k)).to_le_bytes());
+        k += 1;
+    }
+    out.truncate(len);
+    out
+}
+
+/// The counters a command moves.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// CMDS_COMPLETED.
+    pub completed: u64,
+    /// CMDS_FAILED.
+    pub failed: u64,
+    /// BYTES_TO_GUEST.
+    pub to_guest: u64,
+    /// BYTES_FROM_GUEST.
+    pub from_guest: u64,
+}
+
+/// The shadow of one dma-engine.
+#[derive(Debug, Clone)]
+pub struct DeviceShadow {
+    /// Device memory (BAR2).
+    pub devmem: Vec<u8>,
+    /// The counters.
+    pub counters: Counters,
+    /// The SCRATCH register.
+    pub scratch_reg: u64,
+}
+
+impl Default for DeviceShadow {
+    fn default() -> Self {
+        Self::new(0)
+    }
+}
+
+impl DeviceShadow {
+    /// A device at power-on.
+    pub fn new(devmem_size: u64) -> Self {
+        Self {
+            devmem: vec![0; usize::try_from(devmem_size).unwrap_or(0)],
+            counters: Counters::default(),
+            scratch_reg: 0,
+        }
+    }
+
+    fn devmem_size(&self) -> u64 {
+        self.devmem.len() as u64
+    }
+
+    /// The STATUS `cmd` must end with, given whether its guest range is wholly mapped with
+    /// the permission it needs.
+    pub fn predict(&self, cmd: &DmaCommand, guest_mapped: bool) -> Status {
+        let devmem = self.devmem_size();
+        if cmd.len == 0 {
+            Status::ZeroLength
+        } else if cmd.len > devmem.min(1 << 30)
+            || (cmd.op != DmaOp::Fill && cmd.dev_offset.checked_add(cmd.len).is_none_or(|e| e > devmem))
+        {
+            Status::OutOfRange
+        } else if !guest_mapped {
+            Status::DmaFault
+        } else {
+            Status::Ok
+        }
+    }
+
+    /// The bytes a command that ended OK must have written to the guest (FILL, COPY to the
+    /// guest), from the shadow as it is before the command is applied.
+    pub fn guest_bytes(&self, cmd: &DmaCommand) -> Option<Vec<u8>> {
+        match cmd.op {
+            DmaOp::Fill => Some(fill_bytes(cmd.seed, cmd.len)),
+            DmaOp::CopyToGuest => self.devmem_range(cmd.dev_offset, cmd.len).map(<[u8]>::to_vec),
+            DmaOp::CopyToDevice => None,
+        }
+    }
+
+    fn devmem_range(&self, offset: u64, len: u64) -> Option<&[u8]> {
+        let start = usize::try_from(offset).ok()?;
+        let end = start.checked_add(usize::try_from(len).ok()?)?;
+        self.devmem.get(start..end)
+    }
+
+    /// Applies a command that ended with `status`; `from_guest` is what a COPY to the device
+    /// read (the guest bytes before the command).
+    pub fn apply(&mut self, cmd: &DmaCommand, status: Status, from_guest: Option<&[u8]>) {
+        if status != Status::Ok {
+            self.counters.failed += 1;
+            return;
+        }
+        self.counters.completed += 1;
+        match cmd.op {
+            DmaOp::Fill | DmaOp::CopyToGuest => self.counters.to_guest += cmd.len,
+            DmaOp::CopyToDevice => {
+                self.counters.from_guest += cmd.len;
+                if let Some(bytes) = from_guest {
+                    self.write_devmem(cmd.dev_offset, bytes);
+                }
+            }
+        }
+    }
+
+    /// A write into device memory (BAR2 region write or COPY to the device).
+    pub fn write_devmem(&mut self, offset: u64, bytes: &[u8]) {
+        let Ok(start) = usize::try_from(offset) else { return };
+        if let Some(dst) = start.checked_add(bytes.len()).and_then(|end| self.devmem.get_mut(start..end)) {
+            dst.copy_from_slice(bytes);
+        }
+    }
+
+    /// A guest reset or DEVICE_RESET: power-on values, device memory zeroed.
+    pub fn reset(&mut self) {
+        self.devmem.fill(0);
+        self.counters = Counters::default();
+        self.scratch_reg = 0;
+    }
+
+    /// Where `snapshot` disagrees with the shadow, one line each.
+    pub fn differences(&self, snapshot: &DeviceSnapshot) -> Vec<String> {
+        let mut out = Vec::new();
+        let c = self.counters;
+        for (name, want) in [
+            ("CMDS_COMPLETED", c.completed),
+            ("CMDS_FAILED", c.failed),
+            ("BYTES_TO_GUEST", c.to_guest),
+            ("BYTES_FROM_GUEST", c.from_guest),
+            ("SCRATCH", self.scratch_reg),
+        ] {
+            match snapshot.register(name) {
+                Some(got) if got == want => {}
+                Some(got) => out.push(format!("{name}: the device has {got:#x}, the model {want:#x}")),
+                None => out.push(format!("{name}: missing from the snapshot")),
+            }
+        }
+        if snapshot.devmem != self.devmem {
+            let differing = snapshot.devmem.iter().zip(&self.devmem).filter(|(a, b)| a != b).count();
+            let first = snapshot.devmem.iter().zip(&self.devmem).position(|(a, b)| a != b);
+            out.push(format!(
+                "devmem: {differing} bytes differ from the model (first at {:#x}; {} bytes against {})",
+                first.unwrap_or(0),
+                snapshot.devmem.len(),
+                self.devmem.len()
+            ));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pretty_assertions::assert_eq;
+
+    #[test]
+    fn fill_pattern_words_are_splitmix_of_seed_plus_index() {
+        let b = fill_bytes(0, 16);
+        assert_eq!(u64::from_le_bytes(b[..8].try_into().unwrap()), 0xe220_a839_7b1d_cdaf);
+        assert_eq!(fill_bytes(5, 3), fill_bytes(5, 8)[..3].to_vec());
+    }
+
+    #[test]
+    fn validation_order_is_zero_length_then_range_then_mapping() {
+        let s = DeviceShadow::new(64 << 10);
+        assert_eq!(s.predict(&DmaCommand::fill(0, 0, 1), false), Status::ZeroLength);
+        assert_eq!(s.predict(&DmaCommand::copy_to_guest(60 << 10, 0, 8 << 10), false), Status::OutOfRange);
+        assert_eq!(s.predict(&DmaCommand::fill(0, 128 << 10, 1), true), Status::OutOfRange);
+        assert_eq!(s.predict(&DmaCommand::fill(0, 4096, 1), false), Status::DmaFault);
+        assert_eq!(s.predict(&DmaCommand::copy_to_device(0, 0, 4096), true), Status::Ok);
+    }
+
+    #[test]
+    fn copy_to_device_then_to_guest_returns_the_same_bytes() {
+        let mut s = DeviceShadow::new(64 << 10);
+        let cmd = DmaCommand::copy_to_device(0, 4096, 16);
+        s.apply(&cmd, Status::Ok, Some(&[7; 16]));
+        assert_eq!(s.guest_bytes(&DmaCommand::copy_to_guest(4096, 0, 16)), Some(vec![7; 16]));
+        assert_eq!(s.counters, Counters { completed: 1, from_guest: 16, ..Default::default() });
+    }
+}

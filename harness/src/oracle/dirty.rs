@@ -1,0 +1,330 @@
+//! The dirty-page oracle: the ground truth of every guest page the device wrote, held
+//! against each DMA_LOGGING_REPORT.
+//!
+//! The truth is kept at 4 KiB, whatever page size the server logs at: a page the device wrote
+//! while logging was on, inside a logged range, stays in the truth until a report covering it
+//! comes back. Each report is then judged: a truth page whose bits are not all set is lost
+//! (data loss: the run fails), a set bit over no truth page is over-reported (costly, not
+//! wrong: counted), a bit past the range is a protocol violation. Coarser logging or report
+//! page sizes over-report by design; they never excuse a lost page.
+
+use std::collections::BTreeSet;
+
+use nix::errno::Errno;
+
+use super::protocol::Expected;
+
+/// Guest page size of the truth.
+pub const PAGE: u64 = 4096;
+
+/// Most ranges a DMA_LOGGING_START may name.
+pub const MAX_RANGES: usize = 4096;
+
+/// Logging as the server runs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Log {
+    /// The hint and the ranges of the START (to tell a repeated START from a different one).
+    hint: u64,
+    explicit: Option<Vec<(u64, u64)>>,
+    /// Ranges of regions unmapped while logging everything, kept while they may hold bits.
+    orphans: Vec<(u64, u64)>,
+}
+
+/// The dirty-page model of one server.
+#[derive(Debug, Clone, Default)]
+pub struct DirtyModel {
+    mapped: Vec<(u64, u64)>,
+    log: Option<Log>,
+    truth: BTreeSet<u64>,
+}
+
+/// What a report was found to hold.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReportCheck {
+    /// 4 KiB pages written and not reported (addresses).
+    pub lost: Vec<u64>,
+    /// 4 KiB pages of the range reported dirty without a write (addresses).
+    pub over: Vec<u64>,
+    /// 4 KiB pages written and reported (addresses).
+    pub matched: Vec<u64>,
+    /// Bits set past the end of the range.
+    pub stray_bits: u64,
+}
+
+fn overlaps(a: (u64, u64), b: (u64, u64)) -> bool {
+    a.0 < b.0.saturating_add(b.1) && b.0 < a.0.saturating_add(a.1)
+}
+
+fn inside(inner: (u64, u64), outer: (u64, u64)) -> bool {
+    inner.0 >= outer.0 && inner.0.saturating_add(inner.1) <= outer.0.saturating_add(outer.1)
+}
+
+impl DirtyModel {
+    /// Whether logging is on.
+    pub fn logging(&self) -> bool {
+        self.log.is_some()
+    }
+
+    /// The ranges being logged now.
+    pub fn logged_ranges(&self) -> Vec<(u64, u64)> {
+        match &self.log {
+            None => Vec::new(),
+            Some(Log { explicit: Some(r), .. }) => r.clone(),
+            Some(Log { explicit: None, orphans, .. }) => {
+                let mut all = self.mapped.clone();
+                all.extend(orphans);
+                all.sort_unstable();
+                all
+            }
+        }
+    }
+
+    /// The truth: 4 KiB pages written and not yet reported.
+    pub fn pending(&self) -> &BTreeSet<u64> {
+        &self.truth
+    }
+
+    /// A DMA region was mapped.
+    pub fn mapped(&mut self, iova: u64, len: u64) {
+        self.mapped.push((iova, len));
+        self.mapped.sort_unstable();
+    }
+
+    /// A DMA region was unmapped: its bits stay until reported (QEMU syncs right after an
+    /// unmap); when logging everything its range stays while it may hold some.
+    pub fn unmapped(&mut self, iova: u64, len: u64) {
+        self.mapped.retain(|&r| r != (iova, len));
+        if let Some(Log { explicit: None, orphans, .. }) = &mut self.log {
+            orphans.push((iova, len));
+        }
+    }
+
+    /// Every mapping is gone (a disconnect, a restarted server): logging stops with it.
+    pub fn forget_all(&mut self) {
+        self.mapped.clear();
+        self.log = None;
+        self.truth.clear();
+    }
+
+    /// What DMA_LOGGING_START with `hint` and `ranges` (empty: everything mapped) gets.
+    pub fn predict_start(&self, hint: u64, ranges: &[(u64, u64)]) -> Expected {
+        if hint == 0 {
+            return Expected::Errno(Errno::EINVAL);
+        }
+        if ranges.len() > MAX_RANGES {
+            return Expected::Errno(Errno::E2BIG);
+        }
+        let bad = ranges.iter().any(|&(iova, len)| len == 0 || iova.checked_add(len).is_none());
+        let overlap = ranges.iter().enumerate().any(|(i, &a)| ranges[i + 1..].iter().any(|&b| overlaps(a, b)));
+        if bad || overlap {
+            return Expected::Errno(Errno::EINVAL);
+        }
+        match &self.log {
+            None => Expected::Ok,
+            Some(log) if log.hint == hint && log.explicit.as_deref() == Some(ranges).filter(|r| !r.is_empty()) => {
+                Expected::Ok
+            }
+            Some(log) if log.hint == hint && log.explicit.is_none() && ranges.is_empty() => Expected::Ok,
+            Some(_) => Expected::Errno(Errno::EBUSY),
+        }
+    }
+
+    /// Whether `chosen` is a page size the server may pick for `hint`: a power of two of at
+    /// least 4 KiB and at least the hint.
+    pub fn admits_page_size(hint: u64, chosen: u64) -> bool {
+        chosen.is_power_of_two() && chosen >= PAGE && chosen >= hint
+    }
+
+    /// DMA_LOGGING_START succeeded.
+    pub fn started(&mut self, hint: u64, ranges: &[(u64, u64)]) {
+        if self.log.is_none() {
+            self.truth.clear();
+            let explicit = (!ranges.is_empty()).then(|| {
+                let mut r = ranges.to_vec();
+                r.sort_unstable();
+                r
+            });
+            self.log = Some(Log { hint, explicit, orphans: Vec::new() });
+        }
+    }
+
+    /// DMA_LOGGING_STOP.
+    pub fn stopped(&mut self) {
+        self.log = None;
+        self.truth.clear();
+    }
+
+    /// The device wrote guest memory at these 4 KiB page addresses.
+    pub fn device_wrote(&mut self, pages: impl IntoIterator<Item = u64>) {
+        let ranges = self.logged_ranges();
+        for p in pages {
+            if ranges.iter().any(|&r| overlaps((p, PAGE), r)) {
+                self.truth.insert(p);
+            }
+        }
+    }
+
+    /// What DMA_LOGGING_REPORT of `[iova, iova + length)` at `page_size` gets.
+    pub fn predict_report(&self, iova: u64, length: u64, page_size: u64) -> Expected {
+        if self.log.is_none() || !page_size.is_power_of_two() || length == 0 || iova.checked_add(length).is_none() {
+            return Expected::Errno(Errno::EINVAL);
+        }
+        let firm = match &self.log {
+            Some(Log { explicit: Some(r), .. }) => r.clone(),
+            _ => self.mapped.clone(),
+        };
+        let all = self.logged_ranges();
+        if firm.iter().any(|&r| inside((iova, length), r)) {
+            Expected::Ok
+        } else if all.iter().any(|&r| overlaps((iova, length), r)) {
+            // Across adjacent ranges, or over a region unmapped while logging: the server
+            // may keep or drop such a range.
+            Expected::Either(&[Errno::EINVAL])
+        } else {
+            Expected::Errno(Errno::EINVAL)
+        }
+    }
+
+    /// Judges a report the server returned and clears what it covered from the truth.
+    pub fn take_report(&mut self, iova: u64, length: u64, page_size: u64, bitmap: &[u64]) -> ReportCheck {
+        let bit = |i: u64| {
+            usize::try_from(i / 64).ok().and_then(|w| bitmap.get(w)).is_some_and(|word| word >> (i % 64) & 1 == 1)
+        };
+        let end = iova.saturating_add(length);
+        let bits = length.div_ceil(page_size);
+        let mut check = ReportCheck::default();
+        let words = bitmap.len() as u64;
+        for i in bits..words.saturating_mul(64) {
+            if bit(i) {
+                check.stray_bits += 1;
+            }
+        }
+        // Every truth page of the range needs every bit that covers it.
+        let written: Vec<u64> = self.truth.range(iova / PAGE * PAGE..end).copied().collect();
+        for &p in &written {
+            let from = p.max(iova);
+            let to = (p + PAGE).min(end);
+            if from >= to {
+                continue;
+            }
+            let all = ((from - iova) / page_size..=(to - 1 - iova) / page_size).all(bit);
+            if all {
+                check.matched.push(p)
+            } else {
+                check.lost.push(p)
+            }
+            self.truth.remove(&p);
+        }
+        // Every set bit needs a truth page under it.
+        let truth: BTreeSet<u64> = written.into_iter().collect();
+        for i in 0..bits {
+            if !bit(i) {
+                continue;
+            }
+            let lo = iova + i * page_size;
+            let hi = (lo + page_size).min(end);
+            let first = lo / PAGE * PAGE;
+            let pages: Vec<u64> = (first..hi).step_by(PAGE as usize).collect();
+            if !pages.iter().any(|p| truth.contains(p)) {
+                check.over.extend(pages);
+            }
+        }
+        if let Some(Log { explicit: None, orphans, .. }) = &mut self.log {
+            let truth = &self.truth;
+            orphans.retain(|&r| truth.iter().any(|&p| overlaps((p, PAGE), r)) && !inside(r, (iova, length)));
+        }
+        check
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pretty_assertions::assert_eq;
+
+    fn logging_everything() -> DirtyModel {
+        let mut m = DirtyModel::default();
+        m.mapped(0, 1 << 20);
+        m.started(PAGE, &[]);
+        m
+    }
+
+    #[test]
+    fn a_written_page_missing_from_the_report_is_lost() {
+        let mut m = logging_everything();
+        m.device_wrote([0x3000, 0x5000]);
+        let check = m.take_report(0, 1 << 20, PAGE, &[1 << 3]);
+        assert_eq!((check.lost, check.matched), (vec![0x5000], vec![0x3000]));
+        assert!(m.pending().is_empty());
+    }
+
+    #[test]
+    fn a_bit_without_a_write_is_over_reported_not_lost() {
+        let mut m = logging_everything();
+        let check = m.take_report(0, 1 << 20, PAGE, &[1 << 7]);
+        assert_eq!((check.lost, check.over), (Vec::<u64>::new(), vec![0x7000]));
+    }
+
+    #[test]
+    fn a_coarse_report_page_covers_its_small_pages() {
+        let mut m = logging_everything();
+        m.device_wrote([0x21000]);
+        let check = m.take_report(0, 1 << 20, 64 << 10, &[1 << 2]);
+        assert_eq!(check.matched, vec![0x21000]);
+        assert!(check.over.is_empty());
+    }
+
+    #[test]
+    fn a_fine_report_needs_every_bit_of_the_page() {
+        let mut m = logging_everything();
+        m.device_wrote([0x1000]);
+        // 1 KiB pages: page 0x1000 is bits 4..8; bit 7 missing.
+        assert_eq!(m.take_report(0, 64 << 10, 1024, &[0b0111_0000]).lost, vec![0x1000]);
+    }
+
+    #[test]
+    fn bits_past_the_range_are_stray() {
+        let mut m = logging_everything();
+        assert_eq!(m.take_report(0, 3 * PAGE, PAGE, &[0b1000]).stray_bits, 1);
+    }
+
+    #[test]
+    fn a_report_of_a_sub_range_keeps_the_rest_of_the_truth() {
+        let mut m = logging_everything();
+        m.device_wrote([0x1000, 0x9000]);
+        assert_eq!(m.take_report(0, 0x8000, PAGE, &[0b10]).matched, vec![0x1000]);
+        assert_eq!(m.pending().iter().copied().collect::<Vec<_>>(), vec![0x9000]);
+    }
+
+    #[test]
+    fn writes_outside_the_logged_ranges_are_not_truth() {
+        let mut m = DirtyModel::default();
+        m.mapped(0, 1 << 20);
+        m.started(PAGE, &[(0, 0x4000)]);
+        m.device_wrote([0x1000, 0x8000]);
+        assert_eq!(m.pending().iter().copied().collect::<Vec<_>>(), vec![0x1000]);
+        assert_eq!(m.predict_report(0x8000, PAGE, PAGE), Expected::Errno(Errno::EINVAL));
+    }
+
+    #[test]
+    fn a_second_start_with_other_parameters_is_busy() {
+        let m = logging_everything();
+        assert_eq!(m.predict_start(PAGE, &[]), Expected::Ok);
+        assert_eq!(m.predict_start(2 * PAGE, &[]), Expected::Errno(Errno::EBUSY));
+        assert_eq!(
+            DirtyModel::default().predict_start(PAGE, &[(0, 8192), (4096, 8192)]),
+            Expected::Errno(Errno::EINVAL)
+        );
+    }
+
+    #[test]
+    fn an_unmapped_region_keeps_its_bits_until_reported() {
+        let mut m = logging_everything();
+        m.mapped(4 << 30, 1 << 20);
+        m.device_wrote([(4 << 30) + PAGE]);
+        m.unmapped(4 << 30, 1 << 20);
+        assert_eq!(m.predict_report(4 << 30, 1 << 20, PAGE), Expected::Either(&[Errno::EINVAL]));
+        assert_eq!(m.take_report(4 << 30, 1 << 20, PAGE, &[0b10]).matched, vec![(4 << 30) + PAGE]);
+        assert_eq!(m.predict_report(4 << 30, 1 << 20, PAGE), Expected::Errno(Errno::EINVAL));
+    }
+}

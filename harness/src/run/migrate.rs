@@ -1,0 +1,259 @@
+//! The `migrate` step: mock-qemu's QEMU flow between the two sides, with the scenario's
+//! workload as the oracle's eyes during pre-copy, then the outcome held against the
+//! scenario's expectation and the destination against the source and the model.
+
+use std::time::Duration;
+
+use mock_qemu::guest::Guest;
+use mock_qemu::guest::dmae::DmaEngineDriver;
+use mock_qemu::migrate::{CancelToken, Endpoints, MigrationError, MigrationParams, Phase, migrate};
+use mock_qemu::stream::{FaultyWriter, Transport, connected_pair};
+use vfu_server::wire::MigState;
+
+use super::workload::{HarnessWorkload, Mark};
+use super::{Run, StepOutcome, Verification, index, rng_for};
+use crate::report::{EventKind, PageDiff};
+use crate::scenario::model::{self as m, MigrateOutcome, MigrationErrorKind, Side, TransportKind};
+
+/// Bandwidth assumed for the switchover budget when the scenario names none: a measured one
+/// would make the number of rounds depend on the machine, and the run would not replay.
+pub const NOMINAL_BANDWIDTH: u64 = 1 << 30;
+
+/// Pages whose bytes the report keeps, for hex diffs.
+const PAGES_WITH_BYTES: usize = crate::report::MAX_PAGE_DIFFS;
+
+/// Differing pages the report lists.
+const PAGES_LISTED: usize = 4096;
+
+fn kind_of(e: &MigrationError) -> MigrationErrorKind {
+    use MigrationErrorKind as K;
+    match e {
+        MigrationError::NotMigratable(_) => K::NotMigratable,
+        MigrationError::NoStopCopy { .. } => K::NoStopCopy,
+        MigrationError::NoDirtyTracking(_) => K::NoDirtyTracking,
+        MigrationError::Client(_) => K::Client,
+        MigrationError::State(_) => K::State,
+        MigrationError::Stream(_) => K::Stream,
+        MigrationError::Guest(_) => K::Guest,
+        MigrationError::Workload(_) => K::Workload,
+        MigrationError::EndlessStream { .. } => K::EndlessStream,
+        MigrationError::Cancelled => K::Cancelled,
+        MigrationError::SourceAborted { .. } => K::SourceAborted,
+        MigrationError::DestinationRefused(_) => K::DestinationRefused,
+        MigrationError::DestinationFailed { .. } => K::DestinationFailed,
+    }
+}
+
+fn kebab(k: MigrationErrorKind) -> String {
+    let debug = format!("{k:?}");
+    let mut out = String::new();
+    for (i, c) in debug.chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            out.push('-');
+        }
+        out.push(c.to_ascii_lowercase());
+    }
+    out
+}
+
+impl Run<'_> {
+    pub(super) fn migrate(&mut self, mg: &m::MigrateStep) -> StepOutcome {
+        let (fi, ti) = (index(mg.from), index(mg.to));
+        let src_guest = self.sides[fi].dev.guest.clone().ok_or("the source has no guest RAM")?;
+        let dst_guest = self.sides[ti].dev.guest.clone().ok_or("the destination has no guest RAM")?;
+        let mut src_client = self.sides[fi].client.take().ok_or("the source has no client")?;
+        let Some(dst_client) = self.sides[ti].client.take() else {
+            self.sides[fi].client = Some(src_client);
+            return Err("the destination has no client".into());
+        };
+        let mut dev = std::mem::take(&mut self.sides[fi].dev);
+        let ranges = src_guest.logging_ranges();
+        if dev.dirty.predict_start(mock_qemu::guest::PAGE_SIZE, &ranges) == crate::oracle::Expected::Ok {
+            dev.dirty.started(mock_qemu::guest::PAGE_SIZE, &ranges);
+        }
+        let mut workload = HarnessWorkload::new(dev, self.scenario.workload.clone(), rng_for(self.seed, self.step, 2))?;
+        let cancel = CancelToken::default();
+        if let Some(n) = mg.cancel_after_rounds {
+            workload.cancel_after(n, cancel.clone());
+        }
+        for t in std::mem::take(&mut self.phase_triggers) {
+            let trigger = match &t.fault {
+                m::Fault::ClientDisconnect { at: Some(at), .. } | m::Fault::ServerKill { at: Some(at), .. } => *at,
+                _ => continue,
+            };
+            let armed = if index(t.side) == fi {
+                self.armed_on(&trigger, &t.fault, &src_client, fi)?
+            } else if index(t.side) == ti {
+                self.armed_on(&trigger, &t.fault, &dst_client, ti)?
+            } else {
+                self.armed(t.side, &trigger, &t.fault)?
+            };
+            workload.arm_at(t.mark, self.sides[index(t.side)].tap.clone(), armed);
+        }
+        let transport = match mg.transport {
+            TransportKind::Pipe => Transport::Pipe,
+            TransportKind::Unix => Transport::Unix(self.dir.path().join(format!("stream-{}.sock", self.step))),
+            TransportKind::Tcp => Transport::Tcp,
+        };
+        let (writer, reader) = connected_pair(&transport).map_err(|e| format!("the migration stream: {e}"))?;
+        let writer: Box<dyn std::io::Write + Send> = match self.stream_fault.take() {
+            Some(f) => {
+                self.event(Some(mg.from), EventKind::Fault { name: format!("stream {f:?}") });
+                Box::new(FaultyWriter::new(writer, f))
+            }
+            None => writer,
+        };
+        let b = &mg.budget;
+        let params = MigrationParams {
+            max_rounds: b.max_rounds,
+            bandwidth: Some(b.bandwidth.map_or(NOMINAL_BANDWIDTH, |s| s.bytes())),
+            downtime: Duration::from_millis(b.downtime_ms),
+            read_size: u32::try_from(mg.read_size.bytes()).unwrap_or(u32::MAX),
+            use_pre_copy: mg.pre_copy,
+            max_device_bytes: b.max_device_bytes.bytes(),
+        };
+        let ends = Endpoints {
+            source: &mut src_client,
+            source_guest: &src_guest,
+            destination: dst_client,
+            destination_guest: dst_guest.clone(),
+        };
+        let result = migrate(ends, &params, Some(&mut workload), &cancel, writer, reader);
+
+        // Everything back where it belongs.
+        self.sides[fi].client = Some(src_client);
+        self.timeline_marks(mg.from, &workload.marks);
+        self.dirty.extend(std::mem::take(&mut workload.rounds));
+        self.over_reported += workload.over_reported;
+        let lost: u64 = self.dirty.iter().map(|r| r.lost().len() as u64).sum();
+        self.lost = lost;
+        let findings = std::mem::take(&mut workload.findings);
+        self.sides[fi].dev = workload.into_dev();
+        self.sides[fi].dev.dirty.stopped();
+
+        let outcome = match result {
+            Ok(done) => {
+                self.sides[ti].client = Some(done.destination);
+                self.stats = Some(done.stats);
+                let ver = self.compare(fi, ti, &src_guest, &dst_guest, lost);
+                self.verification = Some(ver);
+                let shadow = self.sides[fi].dev.shadow.clone();
+                let (src, dst) = (&mut self.sides[fi], fi);
+                let _ = dst;
+                src.dev.model.state = MigState::Stop;
+                src.live = false;
+                let d = &mut self.sides[ti];
+                d.dev.shadow = shadow;
+                d.dev.model.reset();
+                d.dev.driver = None;
+                d.live = true;
+                match mg.expect {
+                    MigrateOutcome::Migrated => Ok(None),
+                    other => Err(format!("the device migrated; the scenario expects {other:?}")),
+                }
+            }
+            Err(failed) => {
+                let failed = *failed;
+                if let Some(c) = failed.destination {
+                    self.sides[ti].client = Some(*c);
+                }
+                let kind = kind_of(&failed.error);
+                let why =
+                    format!("{} ({}: {})", failed.error, kebab(kind), mock_qemu::migrate::error_chain(&failed.error));
+                self.event(Some(mg.from), EventKind::Note { text: format!("migration failed: {why}") });
+                self.resync(mg.to);
+                let expected = match mg.expect {
+                    MigrateOutcome::Migrated => Err(format!("the migration failed: {why}")),
+                    MigrateOutcome::Aborted => Ok(()),
+                    MigrateOutcome::Error(k) if k == kind => Ok(()),
+                    MigrateOutcome::Error(k) => {
+                        Err(format!("the migration failed with {}, not {}: {why}", kebab(kind), kebab(k)))
+                    }
+                };
+                expected.and_then(|()| self.source_runs_on(mg.from)).map(|()| None)
+            }
+        };
+        if !findings.is_empty() {
+            let n = findings.len();
+            let shown: Vec<&str> = findings.iter().take(5).map(String::as_str).collect();
+            return Err(format!("{n} finding(s) of the oracle during the migration: {}", shown.join("; ")));
+        }
+        outcome
+    }
+
+    /// After a failed migration: the source device runs, logging stopped, its state what the
+    /// model says (the failed migration changed nothing the guest can see).
+    fn source_runs_on(&mut self, side: Side) -> Result<(), String> {
+        let ctx = self.side(side);
+        if !ctx.server_alive() {
+            return Ok(());
+        }
+        let Some(client) = ctx.client.as_mut() else { return Ok(()) };
+        let state = client.mig_state().map_err(|e| format!("the source after the failure: {e}"))?;
+        if state != MigState::Running {
+            return Err(format!("the source device is in {state:?} after the failed migration, not RUNNING"));
+        }
+        ctx.dev.model.state = MigState::Running;
+        ctx.dev.model.resume = Default::default();
+        let snap = DmaEngineDriver::snapshot(client).map_err(|e| format!("reading the source device: {e}"))?;
+        let diff = ctx.dev.shadow.differences(&snap);
+        if !diff.is_empty() {
+            return Err(format!("the source device changed in the failed migration: {}", diff.join("; ")));
+        }
+        Ok(())
+    }
+
+    /// The destination against the source (and the model) right after the switchover.
+    fn compare(&mut self, fi: usize, ti: usize, src: &Guest, dst: &Guest, lost: u64) -> Verification {
+        let mut ver = Verification { lost, ..Verification::default() };
+        match dst.diff_pages(src) {
+            Ok(pages) => {
+                ver.ram_diff_count = pages.len();
+                ver.ram_diff = pages
+                    .iter()
+                    .take(PAGES_LISTED)
+                    .enumerate()
+                    .map(|(i, &addr)| {
+                        let bytes = |g: &Guest| {
+                            if i < PAGES_WITH_BYTES { g.read_vec(addr, 4096).unwrap_or_default() } else { Vec::new() }
+                        };
+                        PageDiff { addr, first_bytes_source: bytes(src), first_bytes_destination: bytes(dst) }
+                    })
+                    .collect();
+            }
+            Err(e) => ver.device_diff.push(format!("comparing guest RAM: {e}")),
+        }
+        let snap = |c: Option<&mut mock_qemu::Client>| c.map(DmaEngineDriver::snapshot);
+        let a = snap(self.sides[fi].client.as_mut());
+        let b = snap(self.sides[ti].client.as_mut());
+        match (a, b) {
+            (Some(Ok(a)), Some(Ok(b))) => {
+                ver.compared = true;
+                ver.device_diff.extend(b.differences(&a));
+                ver.model_diff = self.sides[fi].dev.shadow.differences(&b);
+            }
+            (a, b) => {
+                let why = |x: Option<Result<_, mock_qemu::ClientError>>| match x {
+                    Some(Err(e)) => e.to_string(),
+                    None => "no client".into(),
+                    Some(Ok(_)) => "read".into(),
+                };
+                ver.device_diff.push(format!("device snapshots: source {}, destination {}", why(a), why(b)));
+            }
+        }
+        ver
+    }
+
+    fn timeline_marks(&mut self, side: Side, marks: &[(std::time::Instant, Mark)]) {
+        for (at, mark) in marks {
+            let t_micros = at.saturating_duration_since(self.started).as_micros() as u64;
+            let kind = match mark {
+                Mark::Phase(Phase::RoundStart(r)) => EventKind::RoundStart { round: *r },
+                Mark::Phase(Phase::RoundEnd(r)) => EventKind::RoundEnd { round: *r },
+                Mark::Phase(Phase::Switchover) => EventKind::Switchover,
+                Mark::Armed(label) => EventKind::Note { text: format!("{label} armed") },
+            };
+            self.timeline.push(crate::report::TimelineEvent { t_micros, side: super::report_side(side), kind });
+        }
+    }
+}

@@ -1,0 +1,347 @@
+//! One side of a run: its server process (behind a proxy when the scenario damages its
+//! messages), its client, its guest, the dma-engine driver, and the oracle's models of it.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use mock_qemu::client::{ClientOptions, TraceOptions};
+use mock_qemu::guest::dmae::{DmaCommand, DmaEngineDriver, DmaOp, DriverError, Status};
+use mock_qemu::guest::{Backing, Guest};
+use mock_qemu::{Client, ClientError};
+use nix::errno::Errno;
+use vfu_server::wire::MigState;
+
+use super::server::{Hooks, ServerCommand, ServerProcess, connect};
+use super::tap::Tap;
+use crate::oracle::{DeviceModel, DeviceShadow, DirtyModel, Expected};
+use crate::proxy::{Proxy, ProxyHandle};
+use crate::scenario::model::{DmaEngineOptions, Side};
+
+/// A side's outgoing migration stream as far as the harness has read it by hand.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OutStream {
+    /// Bytes read since the stream began (RUNNING→PRE_COPY or STOP→STOP_COPY).
+    pub offset: u64,
+    /// Whether the end-of-stream short read in STOP_COPY came.
+    pub ended: bool,
+}
+
+/// The device side of a side, apart from its client, so that a workload can hold it while a
+/// migration holds the client.
+#[derive(Default)]
+pub struct Dev {
+    /// The guest whose RAM the client maps.
+    pub guest: Option<Guest>,
+    /// Indexes of the guest RAM regions mapped now.
+    pub mapped: BTreeSet<usize>,
+    /// The dma-engine driver, attached on first use.
+    pub driver: Option<DmaEngineDriver>,
+    /// The protocol model of its device.
+    pub model: DeviceModel,
+    /// The dirty-page model of its server.
+    pub dirty: DirtyModel,
+    /// The shadow of its device.
+    pub shadow: DeviceShadow,
+}
+
+/// Everything the runner holds of one side.
+pub struct SideCtx {
+    /// Which side.
+    pub side: Side,
+    /// The server, while it runs.
+    pub server: Option<ServerProcess>,
+    /// The proxy in front of it, when the scenario has proxy faults for this side.
+    pub proxy: Option<ProxyHandle>,
+    /// The client, while connected.
+    pub client: Option<Client>,
+    /// Guest, driver and models.
+    pub dev: Dev,
+    /// How guest RAM was mapped.
+    pub backing: Backing,
+    /// Whether this side holds the running guest (the source before a migration, the
+    /// destination after one).
+    pub live: bool,
+    /// Hooks the server gets when it next starts.
+    pub hooks: Hooks,
+    /// The outgoing stream read by hand.
+    pub out: OutStream,
+    /// Its trace tap.
+    pub tap: Tap,
+    /// Whether a trigger killed its server (restarted after the step).
+    pub killed: bool,
+    socket: PathBuf,
+    log: PathBuf,
+}
+
+/// A failed request: its errno when the server answered one.
+pub fn errno_of(e: &ClientError) -> Option<Errno> {
+    e.errno()
+}
+
+impl SideCtx {
+    /// A side whose server will listen in `dir`.
+    pub fn new(side: Side, dir: &Path, options: &DmaEngineOptions) -> Self {
+        Self {
+            side,
+            server: None,
+            proxy: None,
+            client: None,
+            dev: Dev {
+                model: DeviceModel::new(options.pre_copy, BTreeSet::new()),
+                shadow: DeviceShadow::new(options.devmem_size.value.bytes()),
+                ..Dev::default()
+            },
+            backing: Backing::Fd,
+            live: side == Side::Source,
+            hooks: Hooks::default(),
+            out: OutStream::default(),
+            tap: Tap::default(),
+            killed: false,
+            socket: dir.join(format!("{}.sock", side.name())),
+            log: dir.join(format!("{}-server.log", side.name())),
+        }
+    }
+
+    /// The server's log file.
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
+    /// Starts the server with the pending hooks (and the proxy when asked), fresh models.
+    pub fn start_server(
+        &mut self,
+        command: &ServerCommand,
+        options: &DmaEngineOptions,
+        proxied: bool,
+    ) -> Result<(), String> {
+        let server = ServerProcess::start(command, &self.socket, &self.log, options, &self.hooks)
+            .map_err(|e| format!("starting the {} server: {e}", self.side.name()))?;
+        self.dev.model = DeviceModel::new(options.pre_copy, self.hooks.fail_arcs.iter().copied().collect());
+        self.dev.shadow = DeviceShadow::new(options.devmem_size.value.bytes());
+        self.dev.dirty = DirtyModel::default();
+        self.dev.mapped.clear();
+        self.dev.driver = None;
+        self.out = OutStream::default();
+        self.hooks = Hooks::default();
+        self.server = Some(server);
+        self.killed = false;
+        if proxied && self.proxy.is_none() {
+            let path = self.socket.with_extension("proxy.sock");
+            let proxy = Proxy::start(&path, &self.socket, Vec::new())
+                .map_err(|e| format!("starting the {} proxy: {e}", self.side.name()))?;
+            self.proxy = Some(proxy);
+        }
+        Ok(())
+    }
+
+    /// Connects a client and negotiates, tracing into the tap. A side without the running
+    /// guest gets a fresh one (a new QEMU process).
+    pub fn connect(&mut self, strict: bool, twin_socket: bool, timeout: Duration) -> Result<(), String> {
+        let path = self.proxy.as_ref().map_or(self.socket.clone(), |p| p.path().to_owned());
+        let stream = connect(&path, Duration::from_secs(10))
+            .map_err(|e| format!("connecting to the {} server at {}: {e}", self.side.name(), path.display()))?;
+        let options = ClientOptions::with_timeout(timeout).strict(strict).twin_socket(twin_socket);
+        let mut client = Client::from_stream_with(stream, &options);
+        client.set_trace_with(
+            Box::new(self.tap.clone()),
+            TraceOptions { session: self.side.name().into(), timestamps: false },
+        );
+        client.negotiate(&options.capabilities).map_err(|e| format!("VERSION: {e}"))?;
+        self.client = Some(client);
+        self.dev.driver = None;
+        if !self.live {
+            self.dev.guest = None;
+        }
+        Ok(())
+    }
+
+    /// The client, or why there is none.
+    pub fn client(&mut self) -> Result<&mut Client, String> {
+        let name = self.side.name();
+        self.client.as_mut().ok_or_else(|| format!("the {name} has no client"))
+    }
+
+    /// The guest, made on first use with `layout`.
+    pub fn guest(&mut self, layout: &[(u64, u64)]) -> Result<Guest, String> {
+        if self.dev.guest.is_none() {
+            self.dev.guest = Some(Guest::with_layout(layout).map_err(|e| format!("guest RAM: {e}"))?);
+        }
+        self.dev.guest.clone().ok_or_else(|| "no guest".into())
+    }
+
+    /// DMA_MAP of guest regions (all not mapped yet when `regions` is `None`).
+    pub fn map(&mut self, layout: &[(u64, u64)], backing: Backing, regions: Option<&[u32]>) -> Result<(), String> {
+        let guest = self.guest(layout)?;
+        let wanted: Vec<usize> = match regions {
+            Some(r) => r.iter().map(|&i| i as usize).collect(),
+            None => (0..guest.regions().len()).filter(|i| !self.dev.mapped.contains(i)).collect(),
+        };
+        let client = self.client.as_mut().ok_or("no client")?;
+        for i in wanted {
+            guest.map_region(client, i, backing).map_err(|e| format!("DMA_MAP of region {i}: {e}"))?;
+            let r = &guest.regions()[i];
+            self.dev.dirty.mapped(r.iova, r.len);
+            self.dev.mapped.insert(i);
+        }
+        if backing == Backing::Message {
+            client.set_dma_service(guest.dma_service());
+        }
+        self.backing = backing;
+        Ok(())
+    }
+
+    /// DMA_UNMAP of mapped guest regions (all when `regions` is `None`).
+    pub fn unmap(&mut self, regions: Option<&[u32]>) -> Result<(), String> {
+        let guest = self.dev.guest.clone().ok_or("no guest RAM to unmap")?;
+        let wanted: Vec<usize> = match regions {
+            Some(r) => r.iter().map(|&i| i as usize).collect(),
+            None => self.dev.mapped.iter().copied().collect(),
+        };
+        let client = self.client.as_mut().ok_or("no client")?;
+        for i in wanted {
+            let r = guest.regions().get(i).ok_or_else(|| format!("no guest RAM region {i}"))?;
+            client.dma_unmap(r.iova, r.len, 0).map_err(|e| format!("DMA_UNMAP of region {i}: {e}"))?;
+            self.dev.dirty.unmapped(r.iova, r.len);
+            self.dev.mapped.remove(&i);
+        }
+        Ok(())
+    }
+
+    /// The client goes away: the server drops the mappings and logging, and resets a device
+    /// caught anywhere but RUNNING.
+    pub fn disconnect(&mut self) {
+        self.tap.disarm();
+        self.client = None;
+        self.dev.driver = None;
+        self.dev.mapped.clear();
+        self.dev.dirty.forget_all();
+        if self.dev.model.state != MigState::Running {
+            self.dev.model.reset();
+            self.dev.shadow.reset();
+        }
+        self.dev.model.resume = Default::default();
+        if !self.live {
+            self.dev.guest = None;
+        }
+    }
+
+    /// SIGKILL of the server; the client is dropped with it.
+    pub fn kill_server(&mut self) {
+        self.tap.disarm();
+        if let Some(mut s) = self.server.take() {
+            s.kill();
+        }
+        self.client = None;
+        self.dev.driver = None;
+        self.dev.mapped.clear();
+        self.dev.dirty.forget_all();
+    }
+
+    /// Whether the server process runs.
+    pub fn server_alive(&mut self) -> bool {
+        self.server.as_mut().is_some_and(ServerProcess::alive)
+    }
+}
+
+impl Dev {
+    /// Whether `[addr, addr + len)` is wholly in mapped guest RAM.
+    pub fn is_mapped(&self, addr: u64, len: u64) -> bool {
+        let Some(guest) = &self.guest else { return false };
+        let Some(end) = addr.checked_add(len) else { return false };
+        let mut ranges: Vec<(u64, u64)> =
+            self.mapped.iter().filter_map(|&i| guest.regions().get(i)).map(|r| (r.iova, r.end())).collect();
+        ranges.sort_unstable();
+        let mut at = addr;
+        for (s, e) in ranges {
+            if e <= at {
+                continue;
+            }
+            if s > at {
+                return false;
+            }
+            at = e;
+            if at >= end {
+                return true;
+            }
+        }
+        at >= end
+    }
+
+    /// The driver, attached now if it is not.
+    pub fn driver(&mut self, client: &mut Client) -> Result<&mut DmaEngineDriver, String> {
+        if self.driver.is_none() {
+            self.driver = Some(DmaEngineDriver::attach(client).map_err(|e| format!("attaching the driver: {e}"))?);
+        }
+        self.driver.as_mut().ok_or_else(|| "no driver".into())
+    }
+
+    /// Runs one dma-engine command and holds it against the oracle: the STATUS the shadow
+    /// predicts (or EBUSY/EIO when the state refuses the doorbell), the guest bytes it must
+    /// have written, the truth of the pages it wrote. Returns the findings.
+    pub fn run_command(&mut self, client: &mut Client, cmd: &DmaCommand) -> Result<Vec<String>, String> {
+        let mut findings = Vec::new();
+        let write_guest = cmd.op != DmaOp::CopyToDevice;
+        let guest_ok = self.is_mapped(cmd.guest_addr, cmd.len) && self.guest.is_some();
+        let allowed = self.model.region_write();
+        let predicted = self.shadow.predict(cmd, guest_ok);
+        let from_guest = match (&self.guest, cmd.op, predicted) {
+            (Some(g), DmaOp::CopyToDevice, Status::Ok) => Some(
+                g.read_vec(cmd.guest_addr, cmd.len).map_err(|e| format!("reading the guest before {cmd:?}: {e}"))?,
+            ),
+            _ => None,
+        };
+        let expected_bytes = if predicted == Status::Ok && write_guest { self.shadow.guest_bytes(cmd) } else { None };
+        let result = {
+            let driver = match self.driver(client) {
+                Ok(d) => d,
+                Err(e) if allowed != Expected::Ok => {
+                    // Attaching writes config space and SET_IRQS; a stopped device refuses
+                    // nothing of that, an ERROR one refuses the reads.
+                    return Ok(if allowed == Expected::Errno(Errno::EIO) { Vec::new() } else { vec![e] });
+                }
+                Err(e) => return Err(e),
+            };
+            driver.run(client, cmd)
+        };
+        match (result, &allowed) {
+            (Ok(status), Expected::Ok) => {
+                if status != predicted {
+                    findings.push(format!("{cmd:?} ended {status:?}; the model predicts {predicted:?}"));
+                }
+                if status == Status::Ok {
+                    if let (Some(want), Some(g)) = (&expected_bytes, &self.guest) {
+                        match g.read_vec(cmd.guest_addr, cmd.len) {
+                            Ok(got) if &got == want => {}
+                            Ok(got) => {
+                                let at = got.iter().zip(want).position(|(a, b)| a != b).unwrap_or(0);
+                                findings.push(format!(
+                                    "{cmd:?} left guest byte {:#x} = {:#04x}, the model says {:#04x}",
+                                    cmd.guest_addr + at as u64,
+                                    got.get(at).copied().unwrap_or(0),
+                                    want.get(at).copied().unwrap_or(0)
+                                ));
+                            }
+                            Err(e) => findings.push(format!("reading the guest after {cmd:?}: {e}")),
+                        }
+                    }
+                    if write_guest {
+                        self.dirty.device_wrote(cmd.guest_pages_written());
+                    }
+                }
+                self.shadow.apply(cmd, status, from_guest.as_deref());
+            }
+            (Ok(status), refused) => {
+                findings.push(format!("{cmd:?} ran ({status:?}) in {:?}; the model says {refused}", self.model.state));
+            }
+            (Err(DriverError::Client { source, step }), want) => {
+                let got = errno_of(&source);
+                if !want.admits(got) || got.is_none() {
+                    findings.push(format!("{cmd:?}: {step} failed ({source}); the model says {want}"));
+                }
+            }
+            (Err(e), want) => findings.push(format!("{cmd:?}: {e}; the model says {want}")),
+        }
+        Ok(findings)
+    }
+}

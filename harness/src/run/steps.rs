@@ -1,0 +1,316 @@
+//! The steps but `migrate` and `interleave`: each asks the oracle, makes its requests and
+//! holds the replies against the prediction.
+
+use std::time::Duration;
+
+use mock_qemu::guest::Backing;
+use mock_qemu::guest::dmae::DmaCommand;
+use nix::errno::Errno;
+use rand::RngCore;
+use vfu_server::devices::dma_engine::REGION_REGS;
+use vfu_server::devices::dma_engine::regs::REG_CTRL;
+use vfu_server::wire::MigState;
+
+use super::side::errno_of;
+use super::{Buffer, Run, StepOutcome, index};
+use crate::oracle::{Expected, ResumeData};
+use crate::report::EventKind;
+use crate::scenario::model::{self as m, DataSource, DmaCommandSpec, Side, Step};
+
+/// Judges a reply against a prediction: `Ok(None)` success as predicted, `Ok(Some)` a
+/// predicted refusal, `Err` a disagreement.
+pub(super) fn judge(what: &str, want: &Expected, got: Option<Errno>) -> StepOutcome {
+    if want.admits(got) {
+        Ok(got)
+    } else {
+        let got = got.map_or("success".to_string(), |e| format!("{e:?}"));
+        Err(format!("{what}: the server answered {got}; the model predicts {want}"))
+    }
+}
+
+pub(super) fn errno_name(e: m::Errno) -> Errno {
+    use m::Errno as E;
+    match e {
+        E::EPERM => Errno::EPERM,
+        E::ENOENT => Errno::ENOENT,
+        E::EIO => Errno::EIO,
+        E::E2BIG => Errno::E2BIG,
+        E::EBADF => Errno::EBADF,
+        E::EAGAIN => Errno::EAGAIN,
+        E::ENOMEM => Errno::ENOMEM,
+        E::EFAULT => Errno::EFAULT,
+        E::EBUSY => Errno::EBUSY,
+        E::EEXIST => Errno::EEXIST,
+        E::ENODEV => Errno::ENODEV,
+        E::EINVAL => Errno::EINVAL,
+        E::ENOTTY => Errno::ENOTTY,
+        E::ENOSPC => Errno::ENOSPC,
+        E::ERANGE => Errno::ERANGE,
+        E::ENOSYS => Errno::ENOSYS,
+        E::ENOTSUP => Errno::ENOTSUP,
+        E::EOVERFLOW => Errno::EOVERFLOW,
+        E::EBADMSG => Errno::EBADMSG,
+        E::EPROTO => Errno::EPROTO,
+        E::ENODATA => Errno::ENODATA,
+        E::EPIPE => Errno::EPIPE,
+        E::ECONNRESET => Errno::ECONNRESET,
+        E::ETIMEDOUT => Errno::ETIMEDOUT,
+    }
+}
+
+impl Run<'_> {
+    pub(super) fn dispatch(&mut self, step: &Step) -> StepOutcome {
+        match step {
+            Step::Connect(c) => self.connect(c),
+            Step::Map(mp) => {
+                let backing = match mp.backing {
+                    m::Backing::Fd => Backing::Fd,
+                    m::Backing::Message => Backing::Message,
+                };
+                let layout = self.layout.clone();
+                self.side(mp.side).map(&layout, backing, mp.regions.as_deref()).map(|()| None)
+            }
+            Step::Unmap(u) => self.side(u.side).unmap(u.regions.as_deref()).map(|()| None),
+            Step::Program(p) => {
+                for spec in &p.commands {
+                    let cmd = match *spec {
+                        DmaCommandSpec::Fill { guest_addr, len, seed } => {
+                            DmaCommand::fill(guest_addr.bytes(), len.bytes(), seed)
+                        }
+                        DmaCommandSpec::CopyToDevice { guest_addr, dev_offset, len } => {
+                            DmaCommand::copy_to_device(guest_addr.bytes(), dev_offset.bytes(), len.bytes())
+                        }
+                        DmaCommandSpec::CopyToGuest { dev_offset, guest_addr, len } => {
+                            DmaCommand::copy_to_guest(dev_offset.bytes(), guest_addr.bytes(), len.bytes())
+                        }
+                    };
+                    self.command(p.side, &cmd)?;
+                }
+                Ok(None)
+            }
+            Step::StartLogging(l) => {
+                let ranges: Vec<(u64, u64)> =
+                    l.ranges.iter().flatten().map(|r| (r.iova.bytes(), r.size.bytes())).collect();
+                let hint = l.page_size.bytes();
+                let ctx = self.side(l.side);
+                let want = ctx.dev.dirty.predict_start(hint, &ranges);
+                match ctx.client()?.dma_logging_start(hint, &ranges) {
+                    Ok(chosen) => {
+                        if !crate::oracle::DirtyModel::admits_page_size(hint, chosen) {
+                            return Err(format!("DMA_LOGGING_START chose page size {chosen} for a hint of {hint}"));
+                        }
+                        ctx.dev.dirty.started(hint, &ranges);
+                        judge("DMA_LOGGING_START", &want, None)
+                    }
+                    Err(e) => judge("DMA_LOGGING_START", &want, errno_of(&e)).map_err(|m| format!("{m} ({e})")),
+                }
+            }
+            Step::StopLogging(s) => {
+                let ctx = self.side(s.side);
+                let result = ctx.client()?.dma_logging_stop();
+                ctx.dev.dirty.stopped();
+                judge("DMA_LOGGING_STOP", &Expected::Ok, result.err().as_ref().and_then(errno_of))
+            }
+            Step::SetState(st) => self.set_state(st.side, st.state.to_wire() as u32),
+            Step::ReadData(r) => self.read_data(r),
+            Step::WriteData(w) => self.write_data(w),
+            Step::Migrate(mg) => self.migrate(mg),
+            Step::Interleave(i) => self.interleave(i),
+            Step::Fault(f) => self.fault(f),
+            Step::Expect(e) => self.expect(e),
+            Step::Verify(v) => self.verify(v),
+            Step::DirtyReport(d) => self.dirty_report(d),
+            Step::Reset(s) => {
+                let ctx = self.side(s.side);
+                let result = ctx.client()?.reset();
+                judge("DEVICE_RESET", &Expected::Ok, result.err().as_ref().and_then(errno_of))?;
+                ctx.dev.model.reset();
+                ctx.dev.shadow.reset();
+                ctx.dev.driver = None;
+                ctx.out = Default::default();
+                Ok(None)
+            }
+            Step::GuestReset(s) => {
+                let ctx = self.side(s.side);
+                let want = ctx.dev.model.region_write();
+                let before = ctx.dev.model.state;
+                let got = ctx.client()?.write_u32(REGION_REGS, REG_CTRL, 1).err().as_ref().and_then(errno_of);
+                let out = judge("CTRL reset write", &want, got)?;
+                if got.is_none() {
+                    ctx.dev.shadow.reset();
+                }
+                let now = ctx.client()?.mig_state().map_err(|e| format!("GET MIG_DEVICE_STATE: {e}"))?;
+                if now != before {
+                    return Err(format!("a guest reset moved the migration state from {before:?} to {now:?}"));
+                }
+                Ok(out)
+            }
+        }
+    }
+
+    /// The side's context.
+    pub(super) fn side(&mut self, side: Side) -> &mut super::SideCtx {
+        &mut self.sides[index(side)]
+    }
+
+    /// Runs one command on `side`'s device against the oracle.
+    pub(super) fn command(&mut self, side: Side, cmd: &DmaCommand) -> Result<(), String> {
+        let ctx = self.side(side);
+        let client = ctx.client.as_mut().ok_or("no client")?;
+        let findings = ctx.dev.run_command(client, cmd)?;
+        match findings.first() {
+            Some(f) => Err(f.clone()),
+            None => Ok(()),
+        }
+    }
+
+    fn connect(&mut self, c: &m::ConnectStep) -> StepOutcome {
+        let i = index(c.side);
+        if self.sides[i].server.is_none() {
+            let (command, options, proxied) = (&self.options.server, &self.scenario.device.options, self.proxied[i]);
+            self.sides[i].start_server(command, options, proxied)?;
+        }
+        self.sides[i].connect(c.strict, c.twin_socket, Duration::from_millis(c.timeout_ms))?;
+        self.event(Some(c.side), EventKind::Note { text: "connected".into() });
+        Ok(None)
+    }
+
+    /// SET of the raw state `target`, held against the model.
+    pub(super) fn set_state(&mut self, side: Side, target: u32) -> StepOutcome {
+        let ctx = self.side(side);
+        let p = ctx.dev.model.predict_set(target);
+        let got = ctx.client()?.set_mig_state_raw(target).err().as_ref().and_then(errno_of);
+        let ok = got.is_none();
+        match judge(&format!("SET MIG_DEVICE_STATE {target}"), &p.expected, got) {
+            Ok(out) => {
+                for &(from, to) in &p.arcs {
+                    if (from, to) == (MigState::Running, MigState::PreCopy)
+                        || (from, to) == (MigState::Stop, MigState::StopCopy)
+                    {
+                        ctx.out = Default::default();
+                    }
+                }
+                ctx.dev.model.apply_set(target, &p, ok);
+                Ok(out)
+            }
+            Err(e) => {
+                if let Ok(now) = ctx.client()?.mig_state() {
+                    ctx.dev.model.state = now;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn read_data(&mut self, r: &m::ReadDataStep) -> StepOutcome {
+        let ctx = self.side(r.side);
+        let want = ctx.dev.model.data_read();
+        let chunk = u32::try_from(r.chunk.bytes()).map_err(|_| "chunk above 4 GiB")?;
+        let limit = r.size.map_or(u64::MAX, |s| s.bytes());
+        let start = ctx.out.offset;
+        let mut data = Vec::new();
+        let mut ended = false;
+        while (data.len() as u64) < limit {
+            let ask = chunk.min(u32::try_from(limit - data.len() as u64).unwrap_or(u32::MAX));
+            match ctx.client()?.mig_data_read(ask) {
+                Ok(bytes) => {
+                    let short = bytes.len() < ask as usize;
+                    data.extend_from_slice(&bytes);
+                    if short {
+                        ended = ctx.dev.model.state == MigState::StopCopy;
+                        break;
+                    }
+                }
+                Err(e) if data.is_empty() => {
+                    return judge("MIG_DATA_READ", &want, errno_of(&e)).map_err(|m| format!("{m} ({e})"));
+                }
+                Err(e) => return Err(format!("MIG_DATA_READ after {} bytes: {e}", data.len())),
+            }
+        }
+        judge("MIG_DATA_READ", &want, None)?;
+        ctx.out.offset += data.len() as u64;
+        ctx.out.ended |= ended;
+        if let Some(name) = &r.buffer {
+            self.buffers.insert(name.clone(), Buffer { whole: start == 0 && ended, data });
+        }
+        Ok(None)
+    }
+
+    fn write_data(&mut self, w: &m::WriteDataStep) -> StepOutcome {
+        let (data, what) = match &w.data {
+            DataSource::Buffer(name) => {
+                let b = self.buffers.get(&name.value).ok_or_else(|| format!("no buffer {:?}", name.value))?;
+                (b.data.clone(), if b.whole { ResumeData::Whole } else { ResumeData::Invalid })
+            }
+            DataSource::Random(n) => {
+                let mut rng = super::rng_for(self.seed, self.step, 1);
+                let mut d = vec![0u8; usize::try_from(n.bytes()).map_err(|_| "too many bytes")?];
+                rng.fill_bytes(&mut d);
+                (d, ResumeData::Invalid)
+            }
+        };
+        let ctx = self.side(w.side);
+        let want = ctx.dev.model.data_write();
+        let chunk = usize::try_from(w.chunk.bytes()).unwrap_or(usize::MAX).max(1);
+        for (k, piece) in data.chunks(chunk).enumerate() {
+            if let Err(e) = ctx.client()?.mig_data_write(piece) {
+                if k == 0 {
+                    return judge("MIG_DATA_WRITE", &want, errno_of(&e)).map_err(|m| format!("{m} ({e})"));
+                }
+                return Err(format!("MIG_DATA_WRITE of chunk {k}: {e}"));
+            }
+        }
+        judge("MIG_DATA_WRITE", &want, None)?;
+        ctx.dev.model.wrote_data(what);
+        Ok(None)
+    }
+
+    fn dirty_report(&mut self, d: &m::DirtyReportStep) -> StepOutcome {
+        let ps = d.page_size.bytes();
+        let ctx = &mut self.sides[index(d.side)];
+        let ranges: Vec<(u64, u64)> = match (d.iova, d.length) {
+            (Some(i), Some(l)) => vec![(i.bytes(), l.bytes())],
+            _ => {
+                let guest = ctx.dev.guest.clone().ok_or("no guest RAM")?;
+                ctx.dev.mapped.iter().filter_map(|&i| guest.regions().get(i)).map(|r| (r.iova, r.len)).collect()
+            }
+        };
+        let (mut out, mut lost, mut over, mut problem) = (None, 0, 0, None);
+        for (iova, length) in ranges {
+            let want = ctx.dev.dirty.predict_report(iova, length, ps);
+            match ctx.client()?.dma_logging_report(iova, length, ps) {
+                Ok(bitmap) => {
+                    judge("DMA_LOGGING_REPORT", &want, None)?;
+                    let check = ctx.dev.dirty.take_report(iova, length, ps, &bitmap);
+                    lost += check.lost.len() as u64;
+                    over += check.over.len() as u64;
+                    if !check.lost.is_empty() && problem.is_none() {
+                        let shown: Vec<String> = check.lost.iter().take(8).map(|a| format!("{a:#x}")).collect();
+                        problem = Some(format!(
+                            "data loss: {} page(s) the device wrote are missing from the report of \
+                             {iova:#x}+{length:#x} at page size {ps}: {}",
+                            check.lost.len(),
+                            shown.join(", ")
+                        ));
+                    }
+                    if check.stray_bits > 0 && problem.is_none() {
+                        problem = Some(format!("{} bit(s) set past the range {iova:#x}+{length:#x}", check.stray_bits));
+                    }
+                }
+                Err(e) => out = judge("DMA_LOGGING_REPORT", &want, errno_of(&e)).map_err(|m| format!("{m} ({e})"))?,
+            }
+        }
+        self.lost += lost;
+        self.over_reported += over;
+        if let Some(p) = problem {
+            return Err(p);
+        }
+        if let Some(want) = d.expect_errno.map(errno_name) {
+            return match out {
+                Some(got) if got == want => Ok(Some(got)),
+                other => Err(format!("the report got {other:?}; the scenario expects {want:?}")),
+            };
+        }
+        Ok(out)
+    }
+}

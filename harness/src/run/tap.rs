@@ -1,0 +1,303 @@
+//! The trace tap: where a side's client writes its message trace.
+//!
+//! It keeps the lines until the runner moves them into the run's trace file (so the lines of
+//! the two sides, whose clients run on two threads during a migration, never interleave by
+//! chance), reads the migration state changes off them for the timeline, and fires the
+//! triggers armed on the Nth message of a command: the client traces each request before it
+//! sends it, so a trigger fires just before that message leaves.
+//!
+//! A payload longer than [`PAYLOAD_KEPT`] bytes (migration data, large DMA) keeps its first
+//! bytes only, followed by `"payload_len"` and `"payload_xxh3"` of the whole payload: a
+//! trace stays small enough to keep with every report, and two traces still differ wherever
+//! a payload byte does.
+
+use std::collections::BTreeMap;
+use std::io::{self, Write};
+use std::os::unix::net::UnixStream;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use vfu_server::wire::{Command, FEATURE_MIG_DEVICE_STATE, FEATURE_SET, MigState};
+
+/// What a trigger does when it fires.
+#[derive(Debug)]
+pub enum TriggerAction {
+    /// SIGKILL the server with this pid.
+    KillServer(i32),
+    /// Shut the client's socket down (this is a clone of it).
+    Disconnect(UnixStream),
+}
+
+/// A trigger armed on a side's client messages.
+#[derive(Debug)]
+pub struct Armed {
+    /// The command counted (any when `None`).
+    pub cmd: Option<u16>,
+    /// Fire on this occurrence, from 1.
+    pub nth: u32,
+    /// Occurrences seen.
+    pub seen: u32,
+    /// What to do.
+    pub action: TriggerAction,
+    /// A label for the trace and the timeline.
+    pub label: String,
+}
+
+/// A state change seen on the wire.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeenChange {
+    /// When.
+    pub at: Instant,
+    /// The new state.
+    pub to: MigState,
+}
+
+/// A fired trigger.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fired {
+    /// When.
+    pub at: Instant,
+    /// Its label.
+    pub label: String,
+}
+
+/// Payload bytes a trace line keeps.
+pub const PAYLOAD_KEPT: usize = 4096;
+
+/// `line` with its payload cut to [`PAYLOAD_KEPT`] bytes and the length and XXH3 of the
+/// whole appended; unchanged when the payload is short or the line is not of the expected
+/// shape.
+fn shorten(line: &[u8]) -> Vec<u8> {
+    const KEY: &[u8] = b"\"payload\": \"";
+    if line.len() <= 2 * PAYLOAD_KEPT + 512 {
+        return line.to_vec();
+    }
+    let Some(start) = line.windows(KEY.len()).position(|w| w == KEY).map(|p| p + KEY.len()) else {
+        return line.to_vec();
+    };
+    let Some(len) = line[start..].iter().position(|&b| b == b'"') else { return line.to_vec() };
+    if len <= 2 * PAYLOAD_KEPT {
+        return line.to_vec();
+    }
+    let hex = &line[start..start + len];
+    let bytes: Vec<u8> = hex
+        .chunks(2)
+        .filter_map(|p| std::str::from_utf8(p).ok().and_then(|p| u8::from_str_radix(p, 16).ok()))
+        .collect();
+    let mut out = Vec::with_capacity(2 * PAYLOAD_KEPT + 256);
+    out.extend_from_slice(&line[..start + 2 * PAYLOAD_KEPT]);
+    out.extend_from_slice(
+        format!(
+            "\", \"payload_len\": {}, \"payload_xxh3\": \"{:016x}",
+            bytes.len(),
+            xxhash_rust::xxh3::xxh3_64(&bytes)
+        )
+        .as_bytes(),
+    );
+    out.extend_from_slice(&line[start + len..]);
+    out
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    lines: Vec<u8>,
+    partial: Vec<u8>,
+    pending_sets: BTreeMap<u16, MigState>,
+    pending_reset: Option<u16>,
+    changes: Vec<SeenChange>,
+    armed: Vec<Armed>,
+    fired: Vec<Fired>,
+    messages: u64,
+}
+
+/// A side's trace tap; clones share it.
+#[derive(Debug, Clone, Default)]
+pub struct Tap(Arc<Mutex<Inner>>);
+
+fn hex_u32(hex: &str, byte: usize) -> Option<u32> {
+    let s = hex.get(byte * 2..byte * 2 + 8)?;
+    let v = u32::from_str_radix(s, 16).ok()?;
+    Some(v.swap_bytes())
+}
+
+impl Tap {
+    fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Arms a trigger.
+    pub fn arm(&self, armed: Armed) {
+        self.inner().armed.push(armed);
+    }
+
+    /// Drops every armed trigger (a side's client or server is gone).
+    pub fn disarm(&self) {
+        self.inner().armed.clear();
+    }
+
+    /// The trace lines written since the last call.
+    pub fn take_lines(&self) -> Vec<u8> {
+        std::mem::take(&mut self.inner().lines)
+    }
+
+    /// The state changes seen since the last call.
+    pub fn take_changes(&self) -> Vec<SeenChange> {
+        std::mem::take(&mut self.inner().changes)
+    }
+
+    /// The triggers fired since the last call.
+    pub fn take_fired(&self) -> Vec<Fired> {
+        std::mem::take(&mut self.inner().fired)
+    }
+
+    /// Messages traced so far.
+    pub fn messages(&self) -> u64 {
+        self.inner().messages
+    }
+
+    fn line(inner: &mut Inner, line: &[u8]) {
+        inner.messages += 1;
+        let Ok(text) = std::str::from_utf8(line) else { return };
+        // Only the fields needed; data payloads can be megabytes, so no full JSON parse.
+        let field = |key: &str| -> Option<&str> {
+            let at = text.find(key)? + key.len();
+            let rest = &text[at..];
+            let end = rest.find([',', '}']).unwrap_or(rest.len());
+            Some(rest[..end].trim().trim_matches('"'))
+        };
+        let (Some(dir), Some(cmd), Some(msg_id), Some(flags)) = (
+            field("\"dir\": "),
+            field("\"cmd\": ").and_then(|c| c.parse::<u16>().ok()),
+            field("\"msg_id\": ").and_then(|c| c.parse::<u16>().ok()),
+            field("\"flags\": ").and_then(|c| c.parse::<u32>().ok()),
+        ) else {
+            return;
+        };
+        if dir == "c2s" && flags & 0xf == 0 {
+            Self::count(inner, cmd);
+            if cmd == Command::DeviceFeature as u16 {
+                let payload = text.find("\"payload\": \"").map(|i| &text[i + 12..]).unwrap_or("");
+                let feature_flags = hex_u32(payload, 4).unwrap_or(0);
+                if feature_flags == FEATURE_SET | FEATURE_MIG_DEVICE_STATE
+                    && let Some(state) = hex_u32(payload, 8).and_then(MigState::from_u32)
+                {
+                    inner.pending_sets.insert(msg_id, state);
+                }
+            } else if cmd == Command::DeviceReset as u16 {
+                inner.pending_reset = Some(msg_id);
+            }
+        } else if dir == "s2c" && flags & 0xf == 1 {
+            let ok = flags & 0x20 == 0;
+            let to = if cmd == Command::DeviceFeature as u16 {
+                inner.pending_sets.remove(&msg_id)
+            } else if cmd == Command::DeviceReset as u16 && inner.pending_reset == Some(msg_id) {
+                inner.pending_reset = None;
+                Some(MigState::Running)
+            } else {
+                None
+            };
+            if let Some(to) = to.filter(|_| ok) {
+                inner.changes.push(SeenChange { at: Instant::now(), to });
+            }
+        }
+    }
+
+    fn count(inner: &mut Inner, cmd: u16) {
+        let mut due = Vec::new();
+        for (i, a) in inner.armed.iter_mut().enumerate() {
+            if a.cmd.is_none_or(|c| c == cmd) {
+                a.seen += 1;
+                if a.seen == a.nth {
+                    due.push(i);
+                }
+            }
+        }
+        for i in due.into_iter().rev() {
+            let a = inner.armed.remove(i);
+            match &a.action {
+                TriggerAction::KillServer(pid) => {
+                    let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
+                }
+                TriggerAction::Disconnect(stream) => {
+                    let _ = stream.shutdown(std::net::Shutdown::Both);
+                }
+            }
+            tracing::info!(label = %a.label, "trigger fired");
+            inner.fired.push(Fired { at: Instant::now(), label: a.label });
+        }
+    }
+}
+
+impl Write for Tap {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let mut inner = self.inner();
+        inner.partial.extend_from_slice(buf);
+        while let Some(nl) = inner.partial.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = inner.partial.drain(..=nl).collect();
+            Self::line(&mut inner, &line);
+            let short = shorten(&line);
+            inner.lines.extend_from_slice(&short);
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(dir: &str, id: u16, cmd: u16, flags: u32, payload: &str) -> String {
+        format!(
+            "{{\"session\": \"source\", \"dir\": \"{dir}\", \"msg_id\": {id}, \"cmd\": {cmd}, \"size\": 0, \
+             \"flags\": {flags}, \"error_no\": 0, \"nfds\": 0, \"payload\": \"{payload}\", \"cmd_name\": \"X\"}}\n"
+        )
+    }
+
+    #[test]
+    fn a_successful_set_reply_is_a_state_change_and_a_refused_one_is_not() {
+        let mut tap = Tap::default();
+        // argsz 16, flags SET | MIG_DEVICE_STATE (0x20002), state 6 (PRE_COPY).
+        let set = "1000000002000200060000000000000000";
+        tap.write_all(line("c2s", 7, 16, 0, set).as_bytes()).unwrap();
+        tap.write_all(line("s2c", 7, 16, 1, "").as_bytes()).unwrap();
+        tap.write_all(line("c2s", 8, 16, 0, set).as_bytes()).unwrap();
+        tap.write_all(line("s2c", 8, 16, 0x21, "").as_bytes()).unwrap();
+        let changes = tap.take_changes();
+        assert_eq!(changes.iter().map(|c| c.to).collect::<Vec<_>>(), vec![MigState::PreCopy]);
+        assert_eq!(tap.messages(), 4);
+    }
+
+    #[test]
+    fn a_long_payload_keeps_its_head_its_length_and_its_hash() {
+        let payload = "ab".repeat(3 * PAYLOAD_KEPT);
+        let long = line("c2s", 1, 18, 0, &payload);
+        let short = String::from_utf8(shorten(long.as_bytes())).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&short).unwrap();
+        assert_eq!(v["payload"].as_str().unwrap().len(), 2 * PAYLOAD_KEPT);
+        assert_eq!(v["payload_len"], 3 * PAYLOAD_KEPT);
+        assert_eq!(v["payload_xxh3"], format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&vec![0xab; 3 * PAYLOAD_KEPT])));
+        assert_eq!(v["cmd_name"], "X");
+        let small = line("c2s", 1, 18, 0, "abcd");
+        assert_eq!(shorten(small.as_bytes()), small.as_bytes());
+    }
+
+    #[test]
+    fn a_trigger_fires_on_its_nth_request_of_the_command() {
+        let mut tap = Tap::default();
+        let (a, b) = UnixStream::pair().unwrap();
+        tap.arm(Armed { cmd: Some(9), nth: 2, seen: 0, action: TriggerAction::Disconnect(a), label: "x".into() });
+        tap.write_all(line("c2s", 1, 9, 0, "").as_bytes()).unwrap();
+        tap.write_all(line("c2s", 2, 10, 0, "").as_bytes()).unwrap();
+        assert!(tap.take_fired().is_empty());
+        tap.write_all(line("c2s", 3, 9, 0, "").as_bytes()).unwrap();
+        assert_eq!(tap.take_fired().len(), 1);
+        let mut buf = [0u8; 1];
+        assert_eq!(std::io::Read::read(&mut &b, &mut buf).unwrap(), 0, "the peer sees the shutdown");
+    }
+}

@@ -3,12 +3,36 @@
 default:
     @just --list
 
-# Live-migrate a running dma-engine and its guest between two vfu-server processes, as QEMU
-# would (pre-copy rounds with vCPU writes and device DMA running, dirty-page logging,
-# stop-and-copy), and check that the destination equals the source. Extra arguments go to
-# `mock-qemu migrate` (see `mock-qemu migrate --help`), e.g. `just live-migrate --ram 6G`.
-# The scenario harness (`just scenario NAME`) will supersede this recipe.
-live-migrate *args="--max-rounds 5 --downtime-ms 1":
+# The report goes to reports/NAME-SEED/; on failure the one command that replays the run is printed.
+# Run a scenario by name (scenarios/NAME.yaml) or path, e.g. `just scenario live-migrate --seed 7`.
+scenario name *args="":
+    cargo build --release --locked -p harness
+    target/release/miglab scenario {{name}} {{args}}
+
+# Every scenario of the catalogue, one after the other (CI runs them as tests).
+scenarios *args="":
+    #!/usr/bin/env bash
+    set -uo pipefail
+    cargo build --release --locked -p harness
+    failed=0
+    for f in scenarios/*.yaml scenarios/regressions/*.yaml; do
+        [ -e "$f" ] || continue
+        target/release/miglab scenario "$f" {{args}} || failed=1
+    done
+    exit $failed
+
+# Check scenario files: each mistake as FILE:LINE:COLUMN: what was expected.
+check *files="scenarios/*.yaml":
+    cargo run --release --locked -p harness --bin miglab -- check {{files}}
+
+# Decode a message trace for a person, e.g. `just trace reports/live-migrate-42/trace.jsonl --step 6`.
+trace file *args="":
+    cargo run --release --locked -p harness --bin miglab -- trace {{file}} {{args}}
+
+# The dma-engine under load, QEMU's flow, the destination compared with the source. Extra
+# arguments go to `mock-qemu migrate` (see `mock-qemu migrate --help`).
+# mock-qemu's own migration between two vfu-server processes, without the harness.
+mock-migrate *args="--max-rounds 5 --downtime-ms 1":
     #!/usr/bin/env bash
     set -euo pipefail
     cargo build --release --locked -p vfu-server -p mock-qemu
@@ -31,7 +55,7 @@ test:
 bench:
     cargo bench -p vfu-server --locked
 
-# Serve a device on a UNIX socket (Ctrl-C stops it and removes the socket).
+# Serve a device on a UNIX socket; Ctrl-C stops it and removes the socket.
 serve socket="/tmp/miglab.sock" device="dma-engine" *args="":
     cargo run --release -p vfu-server --locked -- --socket {{socket}} --device {{device}} {{args}}
 

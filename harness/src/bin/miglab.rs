@@ -179,6 +179,7 @@ fn run(name: &str, seed: Option<u64>, reports: PathBuf, server: Option<PathBuf>)
     let options = RunOptions { seed, server, reports: Some(reports) };
     match run_scenario(&scenario, &file, &options) {
         Ok(out) => {
+            print!("{}", harness::report::terminal_rounds(&out.report));
             print!("{}", harness::report::terminal_summary(&out.report));
             if let Some(w) = &out.written {
                 println!("report: {}", w.summary.display());

@@ -141,7 +141,7 @@ pub fn dirty_map_svg(report: &RunReport) -> String {
             y + 12.0,
             LABEL_SIZE,
             r##"text-anchor="end" fill="#111827""##,
-            &format!("round {}", round.round),
+            &round.label(),
         );
         let _ = writeln!(
             body,

@@ -31,7 +31,7 @@ pub use dirtymap::{MAX_COLUMNS, dirty_map_svg};
 pub use hexdiff::hex_diff;
 pub use junit::junit_xml;
 pub use model::{Counts, DirtyRound, EventKind, Outcome, PageDiff, RunReport, Side, StepResult, TimelineEvent};
-pub use summary::{MAX_PAGE_DIFFS, replay_command, summary_markdown, terminal_summary};
+pub use summary::{MAX_PAGE_DIFFS, replay_command, summary_markdown, terminal_rounds, terminal_summary};
 pub use timeline::timeline_svg;
 
 /// Why a report could not be written.

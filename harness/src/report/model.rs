@@ -171,9 +171,17 @@ pub struct DirtyRound {
     /// Page numbers the dirty log reported for this round.
     #[serde(default)]
     pub reported: Vec<u64>,
+    /// Whether this is the final sync, after the device stopped (stop-and-copy).
+    #[serde(default)]
+    pub stop_copy: bool,
 }
 
 impl DirtyRound {
+    /// "round N", or "stop-copy" for the final sync.
+    pub fn label(&self) -> String {
+        if self.stop_copy { "stop-copy".into() } else { format!("round {}", self.round) }
+    }
+
     /// Pages written but not reported, ascending: data loss.
     pub fn lost(&self) -> Vec<u64> {
         difference(&self.written, &self.reported)

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::fmt::Write as _;
 
 use super::hexdiff::hex_diff;
-use super::model::{Outcome, RunReport};
+use super::model::{DirtyRound, Outcome, RunReport};
 use super::svg::ms_label;
 
 /// How many differing pages `summary.md` shows as hex diffs.
@@ -37,6 +37,53 @@ pub(crate) fn human_micros(micros: u64) -> String {
     } else {
         format!("{}.{:03} s", micros / 1_000_000, (micros % 1_000_000) / 1000)
     }
+}
+
+/// The last migration's rounds as a terminal table: what the device and the vCPUs dirtied,
+/// what was sent, and the dirty log's truth against its reports. Empty without a migration.
+pub fn terminal_rounds(report: &RunReport) -> String {
+    let Some(s) = &report.stats else { return String::new() };
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:>9} {:>13} {:>10} {:>10} {:>10} {:>8} {:>9} {:>5} {:>5}",
+        "round", "device bytes", "dev dirty", "vcpu dirty", "pages sent", "written", "reported", "lost", "over"
+    );
+    let dirty = |d: Option<&DirtyRound>| match d {
+        Some(d) => format!(
+            "{:>8} {:>9} {:>5} {:>5}",
+            d.written.len(),
+            d.reported.len(),
+            d.lost().len(),
+            d.over_reported().len()
+        ),
+        None => format!("{:>8} {:>9} {:>5} {:>5}", "-", "-", "-", "-"),
+    };
+    for r in &s.rounds {
+        let d = report.dirty.iter().find(|d| d.round == r.round && !d.stop_copy);
+        let _ = writeln!(
+            out,
+            "{:>9} {:>13} {:>10} {:>10} {:>10} {}",
+            r.round,
+            r.device_bytes,
+            r.device_dirty_pages,
+            r.vcpu_dirty_pages,
+            r.pages_sent,
+            dirty(d)
+        );
+    }
+    let d = report.dirty.iter().find(|d| d.stop_copy);
+    let _ = writeln!(
+        out,
+        "{:>9} {:>13} {:>10} {:>10} {:>10} {}",
+        "stop-copy",
+        s.stop_copy_device_bytes,
+        "",
+        "",
+        s.stop_copy_pages,
+        dirty(d)
+    );
+    out
 }
 
 /// The few lines the terminal shows after a run; on failure they end with the replay command.
@@ -151,7 +198,7 @@ fn rounds_section(md: &mut String, report: &RunReport) {
     let numbers: BTreeSet<u32> = stats
         .into_iter()
         .flat_map(|s| s.rounds.iter().map(|r| r.round))
-        .chain(report.dirty.iter().map(|d| d.round))
+        .chain(report.dirty.iter().filter(|d| !d.stop_copy).map(|d| d.round))
         .collect();
     if numbers.is_empty() && stats.is_none() {
         return;
@@ -162,7 +209,7 @@ fn rounds_section(md: &mut String, report: &RunReport) {
     let dash = || "–".to_owned();
     for n in &numbers {
         let r = stats.and_then(|s| s.rounds.iter().find(|r| r.round == *n));
-        let d = report.dirty.iter().find(|d| d.round == *n);
+        let d = report.dirty.iter().find(|d| d.round == *n && !d.stop_copy);
         let lost = d.map(|d| d.lost().len());
         let lost_cell = match lost {
             Some(0) => "0".to_owned(),
@@ -184,7 +231,17 @@ fn rounds_section(md: &mut String, report: &RunReport) {
         );
     }
     if let Some(s) = stats {
-        let _ = writeln!(md, "| stop-copy | | {} | | | {} | | | | | |", s.stop_copy_device_bytes, s.stop_copy_pages);
+        let d = report.dirty.iter().find(|d| d.stop_copy);
+        let _ = writeln!(
+            md,
+            "| stop-copy | | {} | | | {} | | {} | {} | {} | {} |",
+            s.stop_copy_device_bytes,
+            s.stop_copy_pages,
+            d.map_or_else(dash, |d| d.written.len().to_string()),
+            d.map_or_else(dash, |d| d.reported.len().to_string()),
+            d.map_or_else(dash, |d| d.lost().len().to_string()),
+            d.map_or_else(dash, |d| d.over_reported().len().to_string()),
+        );
         let _ = writeln!(
             md,
             "\nSwitchover: {}; downtime {}; total {}; {} device bytes, {} pages, {} stream bytes; pre-copy {}; log page size {}.\n",
@@ -205,8 +262,8 @@ fn rounds_section(md: &mut String, report: &RunReport) {
         if !lost.is_empty() {
             let _ = writeln!(
                 md,
-                "- round {}: **{} pages lost** (written, not reported): {}",
-                d.round,
+                "- {}: **{} pages lost** (written, not reported): {}",
+                d.label(),
                 lost.len(),
                 list_pages(&lost)
             );
@@ -214,8 +271,8 @@ fn rounds_section(md: &mut String, report: &RunReport) {
         if !over.is_empty() {
             let _ = writeln!(
                 md,
-                "- round {}: {} pages over-reported (reported, not written): {}",
-                d.round,
+                "- {}: {} pages over-reported (reported, not written): {}",
+                d.label(),
                 over.len(),
                 list_pages(&over)
             );

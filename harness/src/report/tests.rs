@@ -39,9 +39,9 @@ pub(super) fn sample() -> RunReport {
     ];
     timeline.sort_by_key(|e| e.t_micros);
     let dirty = vec![
-        DirtyRound { round: 0, page_count: 64, written: (0..64).collect(), reported: (0..64).collect() },
-        DirtyRound { round: 1, page_count: 64, written: vec![3, 4, 5, 40], reported: vec![3, 4, 5, 6, 7, 40] },
-        DirtyRound { round: 2, page_count: 64, written: vec![10, 11, 50], reported: vec![10] },
+        DirtyRound { round: 0, page_count: 64, written: (0..64).collect(), reported: (0..64).collect(), stop_copy: false },
+        DirtyRound { round: 1, page_count: 64, written: vec![3, 4, 5, 40], reported: vec![3, 4, 5, 6, 7, 40], stop_copy: false },
+        DirtyRound { round: 2, page_count: 64, written: vec![10, 11, 50], reported: vec![10], stop_copy: false },
     ];
     let mut src = vec![0u8; 64];
     for (i, b) in src.iter_mut().enumerate() {
@@ -278,7 +278,7 @@ fn many_pages_are_bucketed_and_a_bucket_shows_its_worst_page() {
     let mut reported = written.clone();
     reported.retain(|&p| p != 50_001); // 50_001 = 7 * 7143: written, lost
     reported.push(99_999); // over-reported
-    let round = DirtyRound { round: 0, page_count: pages, written, reported };
+    let round = DirtyRound { round: 0, page_count: pages, written, reported, stop_copy: false };
     let b = buckets(std::slice::from_ref(&round));
     assert_eq!(b, Buckets { pages, per_column: pages.div_ceil(MAX_COLUMNS), columns: 479 });
     assert!(b.columns <= MAX_COLUMNS);

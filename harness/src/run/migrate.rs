@@ -123,10 +123,11 @@ impl Run<'_> {
         // Everything back where it belongs.
         self.sides[fi].client = Some(src_client);
         self.timeline_marks(mg.from, &workload.marks);
-        self.dirty.extend(std::mem::take(&mut workload.rounds));
+        // The report's rounds are the last migration's, as its statistics are.
+        self.dirty = std::mem::take(&mut workload.rounds);
         self.over_reported += workload.over_reported;
         let lost: u64 = self.dirty.iter().map(|r| r.lost().len() as u64).sum();
-        self.lost = lost;
+        self.lost += lost;
         let findings = std::mem::take(&mut workload.findings);
         self.sides[fi].dev = workload.into_dev();
         self.sides[fi].dev.dirty.stopped();

@@ -242,6 +242,7 @@ impl Workload for HarnessWorkload {
             page_count: self.index.pages(),
             written: self.index.numbers(&written),
             reported: self.index.numbers(&reported),
+            stop_copy: sync.round.is_none(),
         });
     }
 

@@ -135,14 +135,7 @@ pub fn dirty_map_svg(report: &RunReport) -> String {
     }
     for round in &report.dirty {
         let cells = row_cells(round, b);
-        text(
-            &mut body,
-            LEFT - 8.0,
-            y + 12.0,
-            LABEL_SIZE,
-            r##"text-anchor="end" fill="#111827""##,
-            &round.label(),
-        );
+        text(&mut body, LEFT - 8.0, y + 12.0, LABEL_SIZE, r##"text-anchor="end" fill="#111827""##, &round.label());
         let _ = writeln!(
             body,
             r#"<rect x="{}" y="{}" width="{}" height="{}" fill="{}"/>"#,

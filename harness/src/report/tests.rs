@@ -39,8 +39,20 @@ pub(super) fn sample() -> RunReport {
     ];
     timeline.sort_by_key(|e| e.t_micros);
     let dirty = vec![
-        DirtyRound { round: 0, page_count: 64, written: (0..64).collect(), reported: (0..64).collect(), stop_copy: false },
-        DirtyRound { round: 1, page_count: 64, written: vec![3, 4, 5, 40], reported: vec![3, 4, 5, 6, 7, 40], stop_copy: false },
+        DirtyRound {
+            round: 0,
+            page_count: 64,
+            written: (0..64).collect(),
+            reported: (0..64).collect(),
+            stop_copy: false,
+        },
+        DirtyRound {
+            round: 1,
+            page_count: 64,
+            written: vec![3, 4, 5, 40],
+            reported: vec![3, 4, 5, 6, 7, 40],
+            stop_copy: false,
+        },
         DirtyRound { round: 2, page_count: 64, written: vec![10, 11, 50], reported: vec![10], stop_copy: false },
     ];
     let mut src = vec![0u8; 64];

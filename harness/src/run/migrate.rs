@@ -118,6 +118,7 @@ impl Run<'_> {
             destination: dst_client,
             destination_guest: dst_guest.clone(),
         };
+        let resets = self.sides[fi].tap.resets();
         let result = migrate(ends, &params, Some(&mut workload), &cancel, writer, reader);
 
         // Everything back where it belongs.
@@ -131,6 +132,13 @@ impl Run<'_> {
         let findings = std::mem::take(&mut workload.findings);
         self.sides[fi].dev = workload.into_dev();
         self.sides[fi].dev.dirty.stopped();
+        if self.sides[fi].tap.resets() > resets {
+            // QEMU's recovery: a device that cannot return to RUNNING by an arc is reset, and
+            // its state is lost with it.
+            self.sides[fi].dev.shadow.reset();
+            self.sides[fi].dev.driver = None;
+            self.event(Some(mg.from), EventKind::Note { text: "the source device was reset by the recovery".into() });
+        }
 
         let outcome = match result {
             Ok(done) => {

@@ -110,6 +110,7 @@ struct Inner {
     armed: Vec<Armed>,
     fired: Vec<Fired>,
     messages: u64,
+    resets: u64,
 }
 
 /// A side's trace tap; clones share it.
@@ -150,6 +151,11 @@ impl Tap {
     /// The triggers fired since the last call.
     pub fn take_fired(&self) -> Vec<Fired> {
         std::mem::take(&mut self.inner().fired)
+    }
+
+    /// Successful DEVICE_RESETs seen so far.
+    pub fn resets(&self) -> u64 {
+        self.inner().resets
     }
 
     /// Messages traced so far.
@@ -194,6 +200,7 @@ impl Tap {
                 inner.pending_sets.remove(&msg_id)
             } else if cmd == Command::DeviceReset as u16 && inner.pending_reset == Some(msg_id) {
                 inner.pending_reset = None;
+                inner.resets += u64::from(ok);
                 Some(MigState::Running)
             } else {
                 None

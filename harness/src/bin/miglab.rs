@@ -22,7 +22,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run a scenario: by name (scenarios/NAME.yaml) or path. The report goes to
-    /// reports/<name>-<seed>/; the exit status is 1 when the scenario fails.
+    /// reports/NAME-SEED/; the exit status is 1 when the scenario fails.
     Scenario {
         /// The scenario's name or file.
         scenario: String,

@@ -6,7 +6,9 @@
 //! comes back. Each report is then judged: a truth page whose bits are not all set is lost
 //! (data loss: the run fails), a set bit over no truth page is over-reported (costly, not
 //! wrong: counted), a bit past the range is a protocol violation. Coarser logging or report
-//! page sizes over-report by design; they never excuse a lost page.
+//! page sizes over-report by design; they never excuse a lost page. A report clears only the
+//! logging pages it covers whole; a written page in one it covers in part must be reported
+//! again by the next report that reaches it.
 
 use std::collections::BTreeSet;
 
@@ -25,6 +27,8 @@ pub const MAX_RANGES: usize = 4096;
 struct Log {
     /// The hint and the ranges of the START (to tell a repeated START from a different one).
     hint: u64,
+    /// The page size the server chose: it tracks, and clears, whole pages of this size.
+    page_size: u64,
     explicit: Option<Vec<(u64, u64)>>,
     /// Ranges of regions unmapped while logging everything, kept while they may hold bits.
     orphans: Vec<(u64, u64)>,
@@ -135,8 +139,8 @@ impl DirtyModel {
         chosen.is_power_of_two() && chosen >= PAGE && chosen >= hint
     }
 
-    /// DMA_LOGGING_START succeeded.
-    pub fn started(&mut self, hint: u64, ranges: &[(u64, u64)]) {
+    /// DMA_LOGGING_START succeeded, the server logging at `page_size`.
+    pub fn started(&mut self, hint: u64, page_size: u64, ranges: &[(u64, u64)]) {
         if self.log.is_none() {
             self.truth.clear();
             let explicit = (!ranges.is_empty()).then(|| {
@@ -144,7 +148,7 @@ impl DirtyModel {
                 r.sort_unstable();
                 r
             });
-            self.log = Some(Log { hint, explicit, orphans: Vec::new() });
+            self.log = Some(Log { hint, page_size: page_size.max(PAGE), explicit, orphans: Vec::new() });
         }
     }
 
@@ -199,7 +203,9 @@ impl DirtyModel {
                 check.stray_bits += 1;
             }
         }
-        // Every truth page of the range needs every bit that covers it.
+        // Every truth page of the range needs every bit that covers it; it leaves the truth
+        // when the logging page holding it lies wholly inside the range.
+        let log_page = self.log.as_ref().map_or(PAGE, |l| l.page_size);
         let written: Vec<u64> = self.truth.range(iova / PAGE * PAGE..end).copied().collect();
         for &p in &written {
             let from = p.max(iova);
@@ -213,7 +219,10 @@ impl DirtyModel {
             } else {
                 check.lost.push(p)
             }
-            self.truth.remove(&p);
+            let tracked = p / log_page * log_page;
+            if tracked >= iova && tracked.saturating_add(log_page) <= end {
+                self.truth.remove(&p);
+            }
         }
         // Every set bit needs a truth page under it.
         let truth: BTreeSet<u64> = written.into_iter().collect();
@@ -245,7 +254,7 @@ mod tests {
     fn logging_everything() -> DirtyModel {
         let mut m = DirtyModel::default();
         m.mapped(0, 1 << 20);
-        m.started(PAGE, &[]);
+        m.started(PAGE, PAGE, &[]);
         m
     }
 
@@ -256,6 +265,16 @@ mod tests {
         let check = m.take_report(0, 1 << 20, PAGE, &[1 << 3]);
         assert_eq!((check.lost, check.matched), (vec![0x5000], vec![0x3000]));
         assert!(m.pending().is_empty());
+    }
+
+    #[test]
+    fn a_page_a_report_covers_in_part_must_be_reported_again() {
+        let mut m = logging_everything();
+        m.device_wrote([0x60000]);
+        // 512-byte report pages over 0x60400+0x800: the logging page is covered in part.
+        assert_eq!(m.take_report(0x60400, 0x800, 512, &[0b1111]).matched, vec![0x60000]);
+        assert_eq!(m.pending().iter().copied().collect::<Vec<_>>(), vec![0x60000]);
+        assert_eq!(m.take_report(0x60000, PAGE, PAGE, &[0]).lost, vec![0x60000]);
     }
 
     #[test]
@@ -300,7 +319,7 @@ mod tests {
     fn writes_outside_the_logged_ranges_are_not_truth() {
         let mut m = DirtyModel::default();
         m.mapped(0, 1 << 20);
-        m.started(PAGE, &[(0, 0x4000)]);
+        m.started(PAGE, PAGE, &[(0, 0x4000)]);
         m.device_wrote([0x1000, 0x8000]);
         assert_eq!(m.pending().iter().copied().collect::<Vec<_>>(), vec![0x1000]);
         assert_eq!(m.predict_report(0x8000, PAGE, PAGE), Expected::Errno(Errno::EINVAL));

@@ -79,6 +79,13 @@ pub enum ResumeData {
     /// Nothing written yet.
     #[default]
     Nothing,
+    /// The first `next` bytes of the outgoing stream `stream`, in order.
+    Prefix {
+        /// Which stream: the side it came from and its number there.
+        stream: (u8, u64),
+        /// Bytes of it delivered.
+        next: u64,
+    },
     /// One whole stream, read from a device of the same configuration to its end.
     Whole,
     /// Something that is not a whole stream (random bytes, a part of one).
@@ -147,7 +154,7 @@ impl DeviceModel {
             if (at, next) == (MigState::Resuming, MigState::Stop) {
                 match self.resume {
                     ResumeData::Whole => {}
-                    ResumeData::Nothing | ResumeData::Invalid => {
+                    ResumeData::Nothing | ResumeData::Invalid | ResumeData::Prefix { .. } => {
                         return SetPrediction { expected: Expected::OneOf(INVALID_STREAM_ERRNOS), arcs, end: at };
                     }
                     ResumeData::Unknown => {
@@ -204,6 +211,23 @@ impl DeviceModel {
     /// MIG_DATA_WRITE in the current state.
     pub fn data_write(&self) -> Expected {
         if self.state == MigState::Resuming { Expected::Ok } else { Expected::Errno(Errno::EINVAL) }
+    }
+
+    /// Records `len` bytes of outgoing stream `stream` from offset `start` written in
+    /// RESUMING (`ended`: they reach the end of that stream): whole once every byte from the
+    /// first to the last came, in order.
+    pub fn wrote_stream(&mut self, stream: (u8, u64), start: u64, len: u64, ended: bool) {
+        let next = match self.resume {
+            ResumeData::Nothing if start == 0 => Some(len),
+            ResumeData::Prefix { stream: s, next } if s == stream && start == next => Some(next + len),
+            _ => None,
+        };
+        self.resume = match next {
+            Some(_) if ended => ResumeData::Whole,
+            Some(next) => ResumeData::Prefix { stream, next },
+            None if self.resume == ResumeData::Whole => ResumeData::Unknown,
+            None => ResumeData::Invalid,
+        };
     }
 
     /// Records data written in RESUMING.
@@ -275,6 +299,23 @@ mod tests {
         let mut whole = at(Resuming);
         whole.wrote_data(ResumeData::Whole);
         assert_eq!(whole.predict_set(Running as u32).arcs, vec![(Resuming, Stop), (Stop, Running)]);
+    }
+
+    #[test]
+    fn a_stream_delivered_in_pieces_in_order_is_whole() {
+        let mut m = at(Resuming);
+        m.wrote_stream((0, 1), 0, 100, false);
+        assert_eq!(m.resume, ResumeData::Prefix { stream: (0, 1), next: 100 });
+        m.wrote_stream((0, 1), 100, 50, true);
+        assert_eq!(m.resume, ResumeData::Whole);
+        let mut gap = at(Resuming);
+        gap.wrote_stream((0, 1), 0, 100, false);
+        gap.wrote_stream((0, 1), 150, 50, true);
+        assert_eq!(gap.resume, ResumeData::Invalid);
+        let mut other = at(Resuming);
+        other.wrote_stream((0, 1), 0, 100, false);
+        other.wrote_stream((0, 2), 100, 50, true);
+        assert_eq!(other.resume, ResumeData::Invalid);
     }
 
     #[test]

@@ -279,7 +279,7 @@ fn reset(ctx: &mut SideCtx) -> Result<Option<String>, String> {
         ctx.dev.model.reset();
         ctx.dev.shadow.reset();
         ctx.dev.driver = None;
-        ctx.out = Default::default();
+        ctx.out.restart();
     }
     Ok(check("DEVICE_RESET".into(), &Expected::Ok, got))
 }

@@ -69,7 +69,7 @@ impl Run<'_> {
         let mut dev = std::mem::take(&mut self.sides[fi].dev);
         let ranges = src_guest.logging_ranges();
         if dev.dirty.predict_start(mock_qemu::guest::PAGE_SIZE, &ranges) == crate::oracle::Expected::Ok {
-            dev.dirty.started(mock_qemu::guest::PAGE_SIZE, &ranges);
+            dev.dirty.started(mock_qemu::guest::PAGE_SIZE, mock_qemu::guest::PAGE_SIZE, &ranges);
         }
         let mut workload = HarnessWorkload::new(dev, self.scenario.workload.clone(), rng_for(self.seed, self.step, 2))?;
         let cancel = CancelToken::default();

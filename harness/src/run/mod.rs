@@ -79,8 +79,11 @@ pub enum RunError {
 #[derive(Debug, Clone)]
 struct Buffer {
     data: Vec<u8>,
-    /// A whole stream: read from its first byte to its end.
-    whole: bool,
+    /// The outgoing stream it was read from (side, number) and where in it.
+    stream: (u8, u64),
+    start: u64,
+    /// Whether it reaches the end of that stream.
+    ended: bool,
 }
 
 /// A trigger that counts from a phase of the next migration.

@@ -21,7 +21,10 @@ use crate::scenario::model::{DmaEngineOptions, Side};
 /// A side's outgoing migration stream as far as the harness has read it by hand.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct OutStream {
-    /// Bytes read since the stream began (RUNNING→PRE_COPY or STOP→STOP_COPY).
+    /// The stream's number on this side (a new one begins with RUNNING→PRE_COPY or
+    /// STOP→STOP_COPY).
+    pub id: u64,
+    /// Bytes read since the stream began.
     pub offset: u64,
     /// Whether the end-of-stream short read in STOP_COPY came.
     pub ended: bool,
@@ -43,6 +46,13 @@ pub struct Dev {
     pub dirty: DirtyModel,
     /// The shadow of its device.
     pub shadow: DeviceShadow,
+}
+
+impl OutStream {
+    /// A new stream begins.
+    pub fn restart(&mut self) {
+        *self = OutStream { id: self.id + 1, ..OutStream::default() };
+    }
 }
 
 /// Everything the runner holds of one side.
@@ -122,7 +132,7 @@ impl SideCtx {
         self.dev.dirty = DirtyModel::default();
         self.dev.mapped.clear();
         self.dev.driver = None;
-        self.out = OutStream::default();
+        self.out.restart();
         self.hooks = Hooks::default();
         self.server = Some(server);
         self.killed = false;

@@ -99,7 +99,7 @@ impl Run<'_> {
                         if !crate::oracle::DirtyModel::admits_page_size(hint, chosen) {
                             return Err(format!("DMA_LOGGING_START chose page size {chosen} for a hint of {hint}"));
                         }
-                        ctx.dev.dirty.started(hint, &ranges);
+                        ctx.dev.dirty.started(hint, chosen, &ranges);
                         judge("DMA_LOGGING_START", &want, None)
                     }
                     Err(e) => judge("DMA_LOGGING_START", &want, errno_of(&e)).map_err(|m| format!("{m} ({e})")),
@@ -127,7 +127,7 @@ impl Run<'_> {
                 ctx.dev.model.reset();
                 ctx.dev.shadow.reset();
                 ctx.dev.driver = None;
-                ctx.out = Default::default();
+                ctx.out.restart();
                 Ok(None)
             }
             Step::GuestReset(s) => {
@@ -187,7 +187,7 @@ impl Run<'_> {
                     if (from, to) == (MigState::Running, MigState::PreCopy)
                         || (from, to) == (MigState::Stop, MigState::StopCopy)
                     {
-                        ctx.out = Default::default();
+                        ctx.out.restart();
                     }
                 }
                 ctx.dev.model.apply_set(target, &p, ok);
@@ -231,22 +231,23 @@ impl Run<'_> {
         ctx.out.offset += data.len() as u64;
         ctx.out.ended |= ended;
         if let Some(name) = &r.buffer {
-            self.buffers.insert(name.clone(), Buffer { whole: start == 0 && ended, data });
+            let stream = (index(r.side) as u8, ctx.out.id);
+            self.buffers.insert(name.clone(), Buffer { data, stream, start, ended });
         }
         Ok(None)
     }
 
     fn write_data(&mut self, w: &m::WriteDataStep) -> StepOutcome {
-        let (data, what) = match &w.data {
+        let (data, origin) = match &w.data {
             DataSource::Buffer(name) => {
                 let b = self.buffers.get(&name.value).ok_or_else(|| format!("no buffer {:?}", name.value))?;
-                (b.data.clone(), if b.whole { ResumeData::Whole } else { ResumeData::Invalid })
+                (b.data.clone(), Some((b.stream, b.start, b.ended)))
             }
             DataSource::Random(n) => {
                 let mut rng = super::rng_for(self.seed, self.step, 1);
                 let mut d = vec![0u8; usize::try_from(n.bytes()).map_err(|_| "too many bytes")?];
                 rng.fill_bytes(&mut d);
-                (d, ResumeData::Invalid)
+                (d, None)
             }
         };
         let ctx = self.side(w.side);
@@ -261,7 +262,10 @@ impl Run<'_> {
             }
         }
         judge("MIG_DATA_WRITE", &want, None)?;
-        ctx.dev.model.wrote_data(what);
+        match origin {
+            Some((stream, start, ended)) => ctx.dev.model.wrote_stream(stream, start, data.len() as u64, ended),
+            None => ctx.dev.model.wrote_data(ResumeData::Invalid),
+        }
         Ok(None)
     }
 

@@ -181,8 +181,8 @@ impl Source<'_> {
             set_state_or_reset(self.client, MigState::StopCopy)?;
         } else {
             set_state_or_reset(self.client, MigState::Stop)?;
+            set_state(self.client, MigState::StopCopy, MigState::Stop)?;
         }
-        set_state(self.client, MigState::StopCopy, MigState::Stop)?;
         stats.stop_copy_device_bytes = self.read_device(out, false)?;
         let (pages, _, _) = self.dirty_sync(None)?;
         stats.stop_copy_pages = self.send_pages(out, &pages)?;

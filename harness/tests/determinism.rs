@@ -9,7 +9,12 @@ use harness::scenario::load_path;
 fn trace_of(file: &str, seed: Option<u64>) -> Vec<u8> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios").join(file);
     let scenario = load_path(&path).expect("the scenario loads");
-    let options = RunOptions { seed, server: ServerCommand::miglab(env!("CARGO_BIN_EXE_miglab")), reports: None };
+    let options = RunOptions {
+        seed,
+        server: ServerCommand::miglab(env!("CARGO_BIN_EXE_miglab")),
+        reports: None,
+        concurrent: false,
+    };
     let out = run_scenario(&scenario, &path, &options).expect("the run starts");
     assert!(out.report.passed(), "{}", harness::report::terminal_summary(&out.report));
     out.trace

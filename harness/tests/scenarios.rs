@@ -10,8 +10,12 @@ use harness::scenario::load_path;
 fn run_file(path: &Path) -> datatest_stable::Result<()> {
     let scenario = load_path(path)?;
     let reports = Path::new(env!("CARGO_TARGET_TMPDIR")).join("scenario-reports");
-    let options =
-        RunOptions { seed: None, server: ServerCommand::miglab(env!("CARGO_BIN_EXE_miglab")), reports: Some(reports) };
+    let options = RunOptions {
+        seed: None,
+        server: ServerCommand::miglab(env!("CARGO_BIN_EXE_miglab")),
+        reports: Some(reports),
+        concurrent: false,
+    };
     let out = run_scenario(&scenario, path, &options)?;
     if out.report.passed() {
         return Ok(());

@@ -35,6 +35,10 @@ enum Command {
         /// A vfu-server-compatible executable to test instead of the built-in server.
         #[arg(long)]
         server: Option<PathBuf>,
+        /// Concurrent mode: the device's background writer does DMA from a device thread during
+        /// each migration, racing the dirty reports (the trace no longer replays byte for byte).
+        #[arg(long)]
+        concurrent: bool,
     },
     /// Decode a message trace (a report's trace.jsonl, or any trace of mock-qemu's format).
     Trace {
@@ -75,7 +79,9 @@ enum Command {
 
 fn main() -> ExitCode {
     match Cli::parse().command {
-        Command::Scenario { scenario, seed, reports, server } => run(&scenario, seed, reports, server),
+        Command::Scenario { scenario, seed, reports, server, concurrent } => {
+            run(&scenario, seed, reports, server, concurrent)
+        }
         Command::Trace { file, session, step, payload_bytes } => {
             let options = DecodeOptions { session, step, payload_bytes };
             match decode_trace_file(&file, &options, &mut std::io::stdout().lock()) {
@@ -153,7 +159,7 @@ fn resolve(name: &str) -> PathBuf {
     Path::new("scenarios").join(format!("{name}.yaml"))
 }
 
-fn run(name: &str, seed: Option<u64>, reports: PathBuf, server: Option<PathBuf>) -> ExitCode {
+fn run(name: &str, seed: Option<u64>, reports: PathBuf, server: Option<PathBuf>, concurrent: bool) -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "error".into()))
         .with_writer(std::io::stderr)
@@ -176,7 +182,7 @@ fn run(name: &str, seed: Option<u64>, reports: PathBuf, server: Option<PathBuf>)
             }
         },
     };
-    let options = RunOptions { seed, server, reports: Some(reports) };
+    let options = RunOptions { seed, server, reports: Some(reports), concurrent };
     match run_scenario(&scenario, &file, &options) {
         Ok(out) => {
             print!("{}", harness::report::terminal_rounds(&out.report));

@@ -105,6 +105,8 @@ pub struct DeviceModel {
     pub failing_arcs: BTreeSet<(MigState, MigState)>,
     /// The data delivered since RESUMING was entered.
     pub resume: ResumeData,
+    /// Bytes of an outgoing stream after which the device's reads fail with EIO.
+    pub fail_read_after: Option<u64>,
 }
 
 /// The prediction for a SET of the device state.
@@ -127,7 +129,7 @@ impl Default for DeviceModel {
 impl DeviceModel {
     /// A device in RUNNING.
     pub fn new(pre_copy: bool, failing_arcs: BTreeSet<(MigState, MigState)>) -> Self {
-        Self { state: MigState::Running, pre_copy, failing_arcs, resume: ResumeData::Nothing }
+        Self { state: MigState::Running, pre_copy, failing_arcs, resume: ResumeData::Nothing, fail_read_after: None }
     }
 
     /// What SET of the raw state number `target` does, without doing it.
@@ -205,6 +207,17 @@ impl DeviceModel {
         match self.state {
             MigState::PreCopy | MigState::StopCopy => Expected::Ok,
             _ => Expected::Errno(Errno::EINVAL),
+        }
+    }
+
+    /// MIG_DATA_READ of `ask` bytes when `offset` bytes of the outgoing stream were read: a
+    /// read that would pass the failure mark fails whole, and every read after it; one that
+    /// only might (the device may have fewer bytes to give) may go either way.
+    pub fn data_read_at(&self, offset: u64, ask: u64) -> Expected {
+        match (self.data_read(), self.fail_read_after) {
+            (Expected::Ok, Some(mark)) if offset >= mark => Expected::Errno(Errno::EIO),
+            (Expected::Ok, Some(mark)) if offset + ask > mark => Expected::Either(&[Errno::EIO]),
+            (want, _) => want,
         }
     }
 

@@ -241,7 +241,7 @@ impl Acceptor {
     fn serve(&self, client: UnixStream) -> io::Result<()> {
         client.set_nonblocking(false)?;
         let connection = self.conns.accepted.fetch_add(1, Ordering::Relaxed);
-        let server = UnixStream::connect(&self.server_path)?;
+        let server = connect_retrying(&self.server_path)?;
         let ends = Arc::new(Ends { client: client.try_clone()?, server: server.try_clone()? });
         let conn = |s: UnixStream| Connection::new(s, self.shared.max_msg_size, SCM_MAX_FDS);
         let pumps = [
@@ -270,6 +270,23 @@ impl Acceptor {
         live.retain(|(_, ts)| !ts.iter().all(JoinHandle::is_finished));
         live.push((ends, threads));
         Ok(())
+    }
+}
+
+/// Connects to the server, retrying a refused connection for a while: a server that has just
+/// bound its socket may not listen yet.
+fn connect_retrying(path: &Path) -> io::Result<UnixStream> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut pause = std::time::Duration::from_micros(200);
+    loop {
+        match UnixStream::connect(path) {
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused && std::time::Instant::now() < deadline => {
+                // Nothing to wait on but time: the server's listen() is not observable.
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(std::time::Duration::from_millis(20));
+            }
+            r => return r,
+        }
     }
 }
 

@@ -18,6 +18,9 @@ pub struct RunReport {
     pub seed: u64,
     /// The scenario file.
     pub file: PathBuf,
+    /// Whether the run was concurrent (`--concurrent`): then it does not replay byte for byte.
+    #[serde(default)]
+    pub concurrent: bool,
     /// Whether the run passed.
     pub outcome: Outcome,
     /// When the run started, RFC 3339 (passed in by the caller; the report never reads the clock).

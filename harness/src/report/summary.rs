@@ -16,9 +16,10 @@ const MAX_PAGES_LISTED: usize = 32;
 /// The command that replays the run: `cargo run -p harness --bin miglab -- scenario <file> --seed <seed>`.
 pub fn replay_command(report: &RunReport) -> String {
     format!(
-        "cargo run -p harness --bin miglab -- scenario {} --seed {}",
+        "cargo run -p harness --bin miglab -- scenario {} --seed {}{}",
         shell_quote(&report.file.display().to_string()),
-        report.seed
+        report.seed,
+        if report.concurrent { " --concurrent" } else { "" }
     )
 }
 

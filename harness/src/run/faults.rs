@@ -185,6 +185,12 @@ impl Run<'_> {
         if e.next_fails == Some(true) {
             self.next_fails[i] = true;
         }
+        if let Some(want) = e.rounds {
+            let got = self.stats.as_ref().map(|s| s.rounds.len().saturating_sub(1) as u32);
+            if got != Some(want) {
+                return Err(format!("the last migration ran {got:?} pre-copy rounds; the scenario expects {want}"));
+            }
+        }
         if let Some(alive) = e.server_alive {
             let got = self.sides[i].server_alive();
             if got != alive {

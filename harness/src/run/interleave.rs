@@ -15,7 +15,7 @@ use vfu_server::devices::dma_engine::regs::REG_SCRATCH;
 use vfu_server::devices::dma_engine::{REGION_DEVMEM, REGION_REGS};
 use vfu_server::wire::MigState;
 
-use super::side::{SideCtx, errno_of};
+use super::side::{SideCtx, refused, refused_err};
 use super::steps::judge;
 use super::workload::{PageIndex, VcpuWriter, random_command};
 use super::{Run, StepOutcome, index, rng_for};
@@ -115,7 +115,7 @@ impl Run<'_> {
         if ctx.dev.model.state != MigState::Running {
             let p = ctx.dev.model.predict_set(MigState::Running as u32);
             if p.expected == Expected::Ok {
-                let got = ctx.client()?.set_mig_state_raw(MigState::Running as u32).err().as_ref().and_then(errno_of);
+                let got = refused(ctx.client()?.set_mig_state_raw(MigState::Running as u32))?;
                 if let Some(f) = check("SET RUNNING at the end".into(), &p.expected, got) {
                     findings.push(f);
                 }
@@ -156,14 +156,14 @@ fn region_op(ctx: &mut SideCtx, invalid: bool, rng: &mut ChaCha8Rng) -> Result<O
         let want = out_of_bounds(if write { model.region_write() } else { model.region_read() });
         let offset = devmem - 4;
         let got = if write {
-            client.region_write(REGION_DEVMEM, offset, &[0; 8]).err()
+            refused(client.region_write(REGION_DEVMEM, offset, &[0; 8]))?
         } else {
-            client.region_read(REGION_DEVMEM, offset, 8).err()
+            refused(client.region_read(REGION_DEVMEM, offset, 8))?
         };
         return Ok(check(
             format!("{} of 8 bytes at BAR2 {offset:#x}", if write { "write" } else { "read" }),
             &want,
-            got.as_ref().and_then(errno_of),
+            got,
         ));
     }
     Ok(match rng.random_range(0..4) {
@@ -174,13 +174,13 @@ fn region_op(ctx: &mut SideCtx, invalid: bool, rng: &mut ChaCha8Rng) -> Result<O
                     Some(format!("SCRATCH reads {v:#x}; the model says {:#x}", ctx.dev.shadow.scratch_reg))
                 }
                 Ok(_) => check("read SCRATCH".into(), &want, None),
-                Err(e) => check("read SCRATCH".into(), &want, errno_of(&e)),
+                Err(e) => check("read SCRATCH".into(), &want, refused_err(&e)?),
             }
         }
         1 => {
             let want = model.region_write();
             let v = rng.next_u64();
-            let got = client.write_u64(REGION_REGS, REG_SCRATCH, v).err().as_ref().and_then(errno_of);
+            let got = refused(client.write_u64(REGION_REGS, REG_SCRATCH, v))?;
             if got.is_none() {
                 ctx.dev.shadow.scratch_reg = v;
             }
@@ -205,7 +205,7 @@ fn region_op(ctx: &mut SideCtx, invalid: bool, rng: &mut ChaCha8Rng) -> Result<O
                         check(format!("read BAR2 {offset:#x}+{len:#x}"), &want, None)
                     }
                 }
-                Err(e) => check(format!("read BAR2 {offset:#x}+{len:#x}"), &want, errno_of(&e)),
+                Err(e) => check(format!("read BAR2 {offset:#x}+{len:#x}"), &want, refused_err(&e)?),
             }
         }
         _ => {
@@ -214,7 +214,7 @@ fn region_op(ctx: &mut SideCtx, invalid: bool, rng: &mut ChaCha8Rng) -> Result<O
             let offset = rng.random_range(0..=devmem - len);
             let mut data = vec![0u8; len as usize];
             rng.fill_bytes(&mut data);
-            let got = client.region_write(REGION_DEVMEM, offset, &data).err().as_ref().and_then(errno_of);
+            let got = refused(client.region_write(REGION_DEVMEM, offset, &data))?;
             if got.is_none() {
                 ctx.dev.shadow.write_devmem(offset, &data);
             }
@@ -236,7 +236,7 @@ fn state_op(ctx: &mut SideCtx, invalid: bool, rng: &mut ChaCha8Rng) -> Result<Op
         *SETTABLE.choose(rng).unwrap_or(&MigState::Running) as u32
     };
     let p = ctx.dev.model.predict_set(target);
-    let got = ctx.client()?.set_mig_state_raw(target).err().as_ref().and_then(errno_of);
+    let got = refused(ctx.client()?.set_mig_state_raw(target))?;
     let finding = check(format!("SET {target} from {:?}", ctx.dev.model.state), &p.expected, got);
     if finding.is_some() {
         ctx.dev.model.state = ctx.client()?.mig_state().map_err(|e| format!("GET MIG_DEVICE_STATE: {e}"))?;
@@ -255,17 +255,17 @@ fn data_op(ctx: &mut SideCtx, invalid: bool, rng: &mut ChaCha8Rng) -> Result<Opt
         state != MigState::Resuming
     };
     if read {
-        let want = ctx.dev.model.data_read();
+        let want = ctx.dev.model.data_read_at(ctx.out.offset, 4096);
         let got = ctx.client()?.mig_data_read(4096);
         if let Ok(bytes) = &got {
             ctx.out.offset += bytes.len() as u64;
         }
-        Ok(check(format!("MIG_DATA_READ in {state:?}"), &want, got.err().as_ref().and_then(errno_of)))
+        Ok(check(format!("MIG_DATA_READ in {state:?}"), &want, refused(got)?))
     } else {
         let want = ctx.dev.model.data_write();
         let mut data = vec![0u8; rng.random_range(1..=4096)];
         rng.fill_bytes(&mut data);
-        let got = ctx.client()?.mig_data_write(&data).err().as_ref().and_then(errno_of);
+        let got = refused(ctx.client()?.mig_data_write(&data))?;
         if got.is_none() {
             ctx.dev.model.wrote_data(ResumeData::Invalid);
         }
@@ -274,7 +274,7 @@ fn data_op(ctx: &mut SideCtx, invalid: bool, rng: &mut ChaCha8Rng) -> Result<Opt
 }
 
 fn reset(ctx: &mut SideCtx) -> Result<Option<String>, String> {
-    let got = ctx.client()?.reset().err().as_ref().and_then(errno_of);
+    let got = refused(ctx.client()?.reset())?;
     if got.is_none() {
         ctx.dev.model.reset();
         ctx.dev.shadow.reset();

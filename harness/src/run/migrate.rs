@@ -71,7 +71,10 @@ impl Run<'_> {
         if dev.dirty.predict_start(mock_qemu::guest::PAGE_SIZE, &ranges) == crate::oracle::Expected::Ok {
             dev.dirty.started(mock_qemu::guest::PAGE_SIZE, mock_qemu::guest::PAGE_SIZE, &ranges);
         }
+        let background = if self.options.concurrent { self.background_window(fi, &src_guest) } else { None };
+        dev.dma_exclude = background.map(|p| (p.addr, p.len));
         let mut workload = HarnessWorkload::new(dev, self.scenario.workload.clone(), rng_for(self.seed, self.step, 2))?;
+        workload.background_params = background;
         let cancel = CancelToken::default();
         if let Some(n) = mg.cancel_after_rounds {
             workload.cancel_after(n, cancel.clone());
@@ -130,9 +133,23 @@ impl Run<'_> {
         let lost: u64 = self.dirty.iter().map(|r| r.lost().len() as u64).sum();
         self.lost += lost;
         let findings = std::mem::take(&mut workload.findings);
+        let background = workload.background.as_ref().map(|b| b.params);
         self.sides[fi].dev = workload.into_dev();
         self.sides[fi].dev.dirty.stopped();
-        if self.sides[fi].tap.resets() > resets {
+        self.sides[fi].dev.dma_exclude = None;
+        // The device as it stopped, for the destination's model.
+        let stopped_shadow = self.sides[fi].dev.shadow.clone();
+        // The states mock-qemu moved the devices to.
+        for i in [fi, ti] {
+            if let Some(s) = self.sides[i].tap.last_state() {
+                self.sides[i].dev.model.state = s;
+            }
+        }
+        // A trigger that fired in the migration (a dropped client, a killed server) is applied
+        // before anything is asked of the sides.
+        let fired = self.drain_fired();
+        let source_reset = self.sides[fi].tap.resets() > resets;
+        if source_reset {
             // QEMU's recovery: a device that cannot return to RUNNING by an arc is reset, and
             // its state is lost with it.
             self.sides[fi].dev.shadow.reset();
@@ -143,16 +160,26 @@ impl Run<'_> {
         let outcome = match result {
             Ok(done) => {
                 self.sides[ti].client = Some(done.destination);
+                let cleanup = done.stats.cleanup_error.clone();
                 self.stats = Some(done.stats);
-                let ver = self.compare(fi, ti, &src_guest, &dst_guest, lost);
+                let mut ver = self.compare(fi, ti, &src_guest, &dst_guest, lost, &stopped_shadow, source_reset);
+                if let Some(e) = cleanup {
+                    self.event(
+                        Some(mg.from),
+                        EventKind::Note { text: format!("cleanup after the switchover failed: {e}") },
+                    );
+                }
+                if let Some(params) = background {
+                    self.explain_background(fi, ti, params, &src_guest, &dst_guest, &mut ver);
+                }
                 self.verification = Some(ver);
-                let shadow = self.sides[fi].dev.shadow.clone();
-                let (src, dst) = (&mut self.sides[fi], fi);
-                let _ = dst;
-                src.dev.model.state = MigState::Stop;
+                let src = &mut self.sides[fi];
+                if !source_reset {
+                    src.dev.model.state = MigState::Stop;
+                }
                 src.live = false;
                 let d = &mut self.sides[ti];
-                d.dev.shadow = shadow;
+                d.dev.shadow = stopped_shadow;
                 d.dev.model.reset();
                 d.dev.driver = None;
                 d.live = true;
@@ -170,6 +197,13 @@ impl Run<'_> {
                 let why =
                     format!("{} ({}: {})", failed.error, kebab(kind), mock_qemu::migrate::error_chain(&failed.error));
                 self.event(Some(mg.from), EventKind::Note { text: format!("migration failed: {why}") });
+                if background.is_some()
+                    && let Some(c) = self.sides[fi].client.as_mut()
+                    && c.mig_state().is_ok_and(|s| s == MigState::Running)
+                    && let Err(e) = super::background::stop(c)
+                {
+                    return Err(format!("after the failed migration: {e}"));
+                }
                 self.resync(mg.to);
                 let expected = match mg.expect {
                     MigrateOutcome::Migrated => Err(format!("the migration failed: {why}")),
@@ -182,12 +216,84 @@ impl Run<'_> {
                 expected.and_then(|()| self.source_runs_on(mg.from)).map(|()| None)
             }
         };
+        fired?;
         if !findings.is_empty() {
             let n = findings.len();
             let shown: Vec<&str> = findings.iter().take(5).map(String::as_str).collect();
             return Err(format!("{n} finding(s) of the oracle during the migration: {}", shown.join("; ")));
         }
         outcome
+    }
+
+    /// The background writer's window: the upper half of the first RAM region mapped with
+    /// its fd (the device thread cannot send DMA_WRITE messages).
+    fn background_window(&self, fi: usize, guest: &Guest) -> Option<super::background::Params> {
+        let side = &self.sides[fi];
+        if side.backing != mock_qemu::guest::Backing::Fd {
+            return None;
+        }
+        let r = side.dev.mapped.iter().filter_map(|&i| guest.regions().get(i)).next()?;
+        let half = r.len / 2 / 4096 * 4096;
+        Some(super::background::Params {
+            seed: rand::RngCore::next_u64(&mut rng_for(self.seed, self.step, 4)),
+            addr: r.iova + half,
+            len: r.len - half,
+            interval_us: self.scenario.workload.background.interval_us,
+        })
+    }
+
+    /// Concurrent mode: the destination's writer resumed where the source's stopped. Its
+    /// parameters must have migrated; once it is stopped, each differing page must be the
+    /// source's page with the destination's own writes since then applied.
+    fn explain_background(
+        &mut self,
+        fi: usize,
+        ti: usize,
+        params: super::background::Params,
+        src: &Guest,
+        dst: &Guest,
+        ver: &mut Verification,
+    ) {
+        use super::background as bg;
+        let (a, b) = self.sides.split_at_mut(1);
+        let (s, d) = if fi == 0 { (&mut a[0], &mut b[0]) } else { (&mut b[0], &mut a[0]) };
+        let _ = ti;
+        let (Some(sc), Some(dc)) = (s.client.as_mut(), d.client.as_mut()) else { return };
+        let result = (|| -> Result<(u64, u64), String> {
+            let migrated = bg::read_params(dc)?;
+            if migrated != params {
+                return Err(format!("the writer's registers did not migrate: {migrated:?} against {params:?}"));
+            }
+            if bg::status(dc)? != bg::BG_RUNNING {
+                return Err("the destination's writer does not run after the migration".into());
+            }
+            let from = bg::writes(sc)?;
+            let to = bg::stop(dc)?;
+            if to < from {
+                return Err(format!("BG_WRITES went back from {from} to {to}"));
+            }
+            Ok((from, to))
+        })();
+        let (from, to) = match result {
+            Ok(r) => r,
+            Err(e) => {
+                ver.device_diff.push(e);
+                return;
+            }
+        };
+        let mut explained = 0;
+        ver.ram_diff.retain(|d| {
+            let (Ok(mut want), Ok(got)) = (src.read_vec(d.addr, 4096), dst.read_vec(d.addr, 4096)) else { return true };
+            params.apply(d.addr, &mut want, from..to);
+            let ok = want == got;
+            explained += usize::from(ok);
+            !ok
+        });
+        ver.ram_diff_count -= explained.min(ver.ram_diff_count);
+        self.event(
+            Some(Side::Destination),
+            EventKind::Note { text: format!("background writer: {from} writes on the source, {} after", to - from) },
+        );
     }
 
     /// After a failed migration: the source device runs, logging stopped, its state what the
@@ -212,8 +318,20 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// The destination against the source (and the model) right after the switchover.
-    fn compare(&mut self, fi: usize, ti: usize, src: &Guest, dst: &Guest, lost: u64) -> Verification {
+    /// The destination against the source (and the model of the device as it stopped) right
+    /// after the switchover. A source device reset by the cleanup has lost the state it
+    /// stopped with: the destination is then held against the model alone.
+    #[allow(clippy::too_many_arguments)]
+    fn compare(
+        &mut self,
+        fi: usize,
+        ti: usize,
+        src: &Guest,
+        dst: &Guest,
+        lost: u64,
+        stopped: &crate::oracle::DeviceShadow,
+        source_reset: bool,
+    ) -> Verification {
         let mut ver = Verification { lost, ..Verification::default() };
         match dst.diff_pages(src) {
             Ok(pages) => {
@@ -238,8 +356,15 @@ impl Run<'_> {
         match (a, b) {
             (Some(Ok(a)), Some(Ok(b))) => {
                 ver.compared = true;
-                ver.device_diff.extend(b.differences(&a));
-                ver.model_diff = self.sides[fi].dev.shadow.differences(&b);
+                if !source_reset {
+                    ver.device_diff.extend(b.differences(&a));
+                }
+                ver.model_diff = stopped.differences(&b);
+            }
+            (_, Some(Ok(b))) if source_reset || self.sides[fi].client.is_none() => {
+                // The source is gone or was reset: the model of its stopped device stands in.
+                ver.compared = true;
+                ver.model_diff = stopped.differences(&b);
             }
             (a, b) => {
                 let why = |x: Option<Result<_, mock_qemu::ClientError>>| match x {

@@ -8,10 +8,14 @@
 //! byte for byte. Each side's client traces into its own tap; the runner moves the lines into
 //! `trace.jsonl` after each step, the source's first, behind a line that names the step.
 //!
+//! In concurrent mode ([`RunOptions::concurrent`]) the dma-engine's background writer also
+//! writes guest memory from a device thread during each migration ([`background`]).
+//!
 //! A step fails when a reply differs from what the oracle predicts, when a check of the
 //! scenario does not hold, or when something it needs breaks; the run stops there and the
 //! report says why, with the replay command.
 
+pub mod background;
 mod faults;
 mod interleave;
 mod migrate;
@@ -51,6 +55,10 @@ pub struct RunOptions {
     pub server: ServerCommand,
     /// Where reports go (`<root>/<scenario>-<seed>/`); none written when `None`.
     pub reports: Option<PathBuf>,
+    /// Concurrent mode: during each migration the device's background writer does DMA on a
+    /// device thread, concurrently with the dirty reports. The run no longer replays byte for
+    /// byte (the thread's timing decides which report sees which write).
+    pub concurrent: bool,
 }
 
 /// What a run left.
@@ -223,6 +231,7 @@ pub fn run_scenario(scenario: &Scenario, file: &Path, options: &RunOptions) -> R
         scenario: scenario.name.value.clone(),
         seed,
         file: file.to_owned(),
+        concurrent: options.concurrent,
         outcome,
         started: started_at,
         duration_micros: run.started.elapsed().as_micros() as u64,
@@ -268,7 +277,10 @@ impl Run<'_> {
             self.step = i;
             let t0 = Instant::now();
             self.mark_step(i, spanned);
+            let pinned = step_side(&spanned.value).and_then(|s| self.next_errno[index(s)]);
+            steps::pin(pinned);
             let outcome = self.dispatch(&spanned.value);
+            steps::pin(None);
             let outcome = self.judge_errno(spanned, outcome);
             let after = self.after_step();
             let outcome = match (outcome, after) {
@@ -334,11 +346,8 @@ impl Run<'_> {
     /// After each step: the trace, the timeline, and the faults that fired inside it.
     fn after_step(&mut self) -> StepOutcome {
         self.flush_taps();
-        let mut result = Ok(None);
         for side in Side::BOTH {
-            let i = index(side);
-            let changes = self.sides[i].tap.take_changes();
-            let fired = self.sides[i].tap.take_fired();
+            let changes = self.sides[index(side)].tap.take_changes();
             let mut last = self.last_state(side);
             for c in changes {
                 let t_micros = c.at.saturating_duration_since(self.started).as_micros() as u64;
@@ -346,13 +355,20 @@ impl Run<'_> {
                 last = state_name(c.to).into();
                 self.timeline.push(TimelineEvent { t_micros, side: report_side(side), kind });
             }
-            for f in fired {
+        }
+        self.drain_fired()
+    }
+
+    /// The triggers that fired: marked in the trace and on the timeline, and what they did
+    /// (a dropped client, a killed server) applied to the sides.
+    fn drain_fired(&mut self) -> StepOutcome {
+        let mut result = Ok(None);
+        for side in Side::BOTH {
+            for f in self.sides[index(side)].tap.take_fired() {
                 let t_micros = f.at.saturating_duration_since(self.started).as_micros() as u64;
-                let _ = writeln!(
-                    self.trace,
-                    "{}",
-                    serde_json::json!({"event": "fault", "step": self.step, "name": f.label, "side": side.name()})
-                );
+                let line =
+                    serde_json::json!({"event": "fault", "step": self.step, "name": f.label, "side": side.name()});
+                let _ = writeln!(self.trace, "{line}");
                 self.timeline.push(TimelineEvent {
                     t_micros,
                     side: report_side(side),

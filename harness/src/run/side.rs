@@ -46,6 +46,8 @@ pub struct Dev {
     pub dirty: DirtyModel,
     /// The shadow of its device.
     pub shadow: DeviceShadow,
+    /// Guest memory the background writer owns, `(addr, len)`: random commands stay out.
+    pub dma_exclude: Option<(u64, u64)>,
 }
 
 impl OutStream {
@@ -84,9 +86,19 @@ pub struct SideCtx {
     log: PathBuf,
 }
 
-/// A failed request: its errno when the server answered one.
-pub fn errno_of(e: &ClientError) -> Option<Errno> {
-    e.errno()
+/// A request's result as the oracle judges it: success (`None`) or the errno of a refusal.
+/// Any other failure — no reply in time, a closed connection, a malformed reply — is no
+/// answer to judge: the step fails with it.
+pub fn refused<T>(result: Result<T, ClientError>) -> Result<Option<Errno>, String> {
+    match result {
+        Ok(_) => Ok(None),
+        Err(e) => refused_err(&e),
+    }
+}
+
+/// [`refused`] of an error.
+pub fn refused_err(e: &ClientError) -> Result<Option<Errno>, String> {
+    e.errno().map(Some).ok_or_else(|| e.to_string())
 }
 
 impl SideCtx {
@@ -128,6 +140,7 @@ impl SideCtx {
         let server = ServerProcess::start(command, &self.socket, &self.log, options, &self.hooks)
             .map_err(|e| format!("starting the {} server: {e}", self.side.name()))?;
         self.dev.model = DeviceModel::new(options.pre_copy, self.hooks.fail_arcs.iter().copied().collect());
+        self.dev.model.fail_read_after = self.hooks.fail_read_after;
         self.dev.shadow = DeviceShadow::new(options.devmem_size.value.bytes());
         self.dev.dirty = DirtyModel::default();
         self.dev.mapped.clear();
@@ -344,12 +357,11 @@ impl Dev {
             (Ok(status), refused) => {
                 findings.push(format!("{cmd:?} ran ({status:?}) in {:?}; the model says {refused}", self.model.state));
             }
-            (Err(DriverError::Client { source, step }), want) => {
-                let got = errno_of(&source);
-                if !want.admits(got) || got.is_none() {
-                    findings.push(format!("{cmd:?}: {step} failed ({source}); the model says {want}"));
-                }
-            }
+            (Err(DriverError::Client { source, step }), want) => match refused_err(&source) {
+                Ok(got) if want.admits(got) && got.is_some() => {}
+                Ok(_) => findings.push(format!("{cmd:?}: {step} failed ({source}); the model says {want}")),
+                Err(e) => return Err(format!("{cmd:?}: {step} failed: {e}")),
+            },
             (Err(e), want) => findings.push(format!("{cmd:?}: {e}; the model says {want}")),
         }
         Ok(findings)

@@ -11,15 +11,36 @@ use vfu_server::devices::dma_engine::REGION_REGS;
 use vfu_server::devices::dma_engine::regs::REG_CTRL;
 use vfu_server::wire::MigState;
 
-use super::side::errno_of;
+use super::side::{refused, refused_err};
 use super::{Buffer, Run, StepOutcome, index};
 use crate::oracle::{Expected, ResumeData};
 use crate::report::EventKind;
 use crate::scenario::model::{self as m, DataSource, DmaCommandSpec, Side, Step};
 
+thread_local! {
+    /// The errno an `expect: {next_errno}` pins on the first request of the next step: it
+    /// stands in for the model's prediction of that one reply (a damaged message, a fault the
+    /// model does not see).
+    static PINNED: std::cell::Cell<Option<Errno>> = const { std::cell::Cell::new(None) };
+}
+
+/// Pins the errno of the next judged reply (see [`PINNED`]); `None` clears it.
+pub(super) fn pin(errno: Option<Errno>) {
+    PINNED.with(|p| p.set(errno));
+}
+
 /// Judges a reply against a prediction: `Ok(None)` success as predicted, `Ok(Some)` a
 /// predicted refusal, `Err` a disagreement.
 pub(super) fn judge(what: &str, want: &Expected, got: Option<Errno>) -> StepOutcome {
+    if let Some(pinned) = PINNED.with(std::cell::Cell::take) {
+        return match got {
+            Some(e) if e == pinned => Ok(Some(e)),
+            _ => {
+                let got = got.map_or("success".to_string(), |e| format!("{e:?}"));
+                Err(format!("{what}: the server answered {got}; the scenario expects {pinned:?}"))
+            }
+        };
+    }
     if want.admits(got) {
         Ok(got)
     } else {
@@ -102,14 +123,14 @@ impl Run<'_> {
                         ctx.dev.dirty.started(hint, chosen, &ranges);
                         judge("DMA_LOGGING_START", &want, None)
                     }
-                    Err(e) => judge("DMA_LOGGING_START", &want, errno_of(&e)).map_err(|m| format!("{m} ({e})")),
+                    Err(e) => judge("DMA_LOGGING_START", &want, refused_err(&e)?).map_err(|m| format!("{m} ({e})")),
                 }
             }
             Step::StopLogging(s) => {
                 let ctx = self.side(s.side);
                 let result = ctx.client()?.dma_logging_stop();
                 ctx.dev.dirty.stopped();
-                judge("DMA_LOGGING_STOP", &Expected::Ok, result.err().as_ref().and_then(errno_of))
+                judge("DMA_LOGGING_STOP", &Expected::Ok, refused(result)?)
             }
             Step::SetState(st) => self.set_state(st.side, st.state.to_wire() as u32),
             Step::ReadData(r) => self.read_data(r),
@@ -123,7 +144,7 @@ impl Run<'_> {
             Step::Reset(s) => {
                 let ctx = self.side(s.side);
                 let result = ctx.client()?.reset();
-                judge("DEVICE_RESET", &Expected::Ok, result.err().as_ref().and_then(errno_of))?;
+                judge("DEVICE_RESET", &Expected::Ok, refused(result)?)?;
                 ctx.dev.model.reset();
                 ctx.dev.shadow.reset();
                 ctx.dev.driver = None;
@@ -134,7 +155,7 @@ impl Run<'_> {
                 let ctx = self.side(s.side);
                 let want = ctx.dev.model.region_write();
                 let before = ctx.dev.model.state;
-                let got = ctx.client()?.write_u32(REGION_REGS, REG_CTRL, 1).err().as_ref().and_then(errno_of);
+                let got = refused(ctx.client()?.write_u32(REGION_REGS, REG_CTRL, 1))?;
                 let out = judge("CTRL reset write", &want, got)?;
                 if got.is_none() {
                     ctx.dev.shadow.reset();
@@ -166,6 +187,10 @@ impl Run<'_> {
 
     fn connect(&mut self, c: &m::ConnectStep) -> StepOutcome {
         let i = index(c.side);
+        if self.sides[i].client.is_some() {
+            // A connect after a fault that may have dropped the client: a new client.
+            self.sides[i].disconnect();
+        }
         if self.sides[i].server.is_none() {
             let (command, options, proxied) = (&self.options.server, &self.scenario.device.options, self.proxied[i]);
             self.sides[i].start_server(command, options, proxied)?;
@@ -179,9 +204,15 @@ impl Run<'_> {
     pub(super) fn set_state(&mut self, side: Side, target: u32) -> StepOutcome {
         let ctx = self.side(side);
         let p = ctx.dev.model.predict_set(target);
-        let got = ctx.client()?.set_mig_state_raw(target).err().as_ref().and_then(errno_of);
+        let got = refused(ctx.client()?.set_mig_state_raw(target))?;
         let ok = got.is_none();
         match judge(&format!("SET MIG_DEVICE_STATE {target}"), &p.expected, got) {
+            Ok(out) if !p.expected.admits(got) => {
+                // A refusal the scenario pinned and the model did not predict: where the
+                // device stands is read back.
+                ctx.dev.model.state = ctx.client()?.mig_state().map_err(|e| format!("GET MIG_DEVICE_STATE: {e}"))?;
+                Ok(out)
+            }
             Ok(out) => {
                 for &(from, to) in &p.arcs {
                     if (from, to) == (MigState::Running, MigState::PreCopy)
@@ -204,7 +235,6 @@ impl Run<'_> {
 
     fn read_data(&mut self, r: &m::ReadDataStep) -> StepOutcome {
         let ctx = self.side(r.side);
-        let want = ctx.dev.model.data_read();
         let chunk = u32::try_from(r.chunk.bytes()).map_err(|_| "chunk above 4 GiB")?;
         let limit = r.size.map_or(u64::MAX, |s| s.bytes());
         let start = ctx.out.offset;
@@ -212,8 +242,10 @@ impl Run<'_> {
         let mut ended = false;
         while (data.len() as u64) < limit {
             let ask = chunk.min(u32::try_from(limit - data.len() as u64).unwrap_or(u32::MAX));
+            let want = ctx.dev.model.data_read_at(start + data.len() as u64, u64::from(ask));
             match ctx.client()?.mig_data_read(ask) {
                 Ok(bytes) => {
+                    judge("MIG_DATA_READ", &want, None)?;
                     let short = bytes.len() < ask as usize;
                     data.extend_from_slice(&bytes);
                     if short {
@@ -221,13 +253,18 @@ impl Run<'_> {
                         break;
                     }
                 }
-                Err(e) if data.is_empty() => {
-                    return judge("MIG_DATA_READ", &want, errno_of(&e)).map_err(|m| format!("{m} ({e})"));
+                Err(e) => {
+                    let got = judge("MIG_DATA_READ", &want, refused_err(&e)?)
+                        .map_err(|m| format!("{m} ({e}, after {} bytes)", data.len()))?;
+                    ctx.out.offset += data.len() as u64;
+                    if let (Some(nix::errno::Errno::EIO), Some(mark)) = (got, ctx.dev.model.fail_read_after) {
+                        // The device fails every later read of this stream too.
+                        ctx.out.offset = ctx.out.offset.max(mark);
+                    }
+                    return Ok(got);
                 }
-                Err(e) => return Err(format!("MIG_DATA_READ after {} bytes: {e}", data.len())),
             }
         }
-        judge("MIG_DATA_READ", &want, None)?;
         ctx.out.offset += data.len() as u64;
         ctx.out.ended |= ended;
         if let Some(name) = &r.buffer {
@@ -256,7 +293,7 @@ impl Run<'_> {
         for (k, piece) in data.chunks(chunk).enumerate() {
             if let Err(e) = ctx.client()?.mig_data_write(piece) {
                 if k == 0 {
-                    return judge("MIG_DATA_WRITE", &want, errno_of(&e)).map_err(|m| format!("{m} ({e})"));
+                    return judge("MIG_DATA_WRITE", &want, refused_err(&e)?).map_err(|m| format!("{m} ({e})"));
                 }
                 return Err(format!("MIG_DATA_WRITE of chunk {k}: {e}"));
             }
@@ -301,7 +338,9 @@ impl Run<'_> {
                         problem = Some(format!("{} bit(s) set past the range {iova:#x}+{length:#x}", check.stray_bits));
                     }
                 }
-                Err(e) => out = judge("DMA_LOGGING_REPORT", &want, errno_of(&e)).map_err(|m| format!("{m} ({e})"))?,
+                Err(e) => {
+                    out = judge("DMA_LOGGING_REPORT", &want, refused_err(&e)?).map_err(|m| format!("{m} ({e})"))?
+                }
             }
         }
         self.lost += lost;

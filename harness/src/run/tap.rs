@@ -111,6 +111,7 @@ struct Inner {
     fired: Vec<Fired>,
     messages: u64,
     resets: u64,
+    last_state: Option<MigState>,
 }
 
 /// A side's trace tap; clones share it.
@@ -151,6 +152,11 @@ impl Tap {
     /// The triggers fired since the last call.
     pub fn take_fired(&self) -> Vec<Fired> {
         std::mem::take(&mut self.inner().fired)
+    }
+
+    /// The state the last successful SET (or reset) on the wire put the device in.
+    pub fn last_state(&self) -> Option<MigState> {
+        self.inner().last_state
     }
 
     /// Successful DEVICE_RESETs seen so far.
@@ -206,6 +212,7 @@ impl Tap {
                 None
             };
             if let Some(to) = to.filter(|_| ok) {
+                inner.last_state = Some(to);
                 inner.changes.push(SeenChange { at: Instant::now(), to });
             }
         }

@@ -16,6 +16,7 @@ use rand::seq::IndexedRandom;
 use rand::{Rng, RngCore};
 use rand_chacha::ChaCha8Rng;
 
+use super::background::{Background, Params};
 use super::side::Dev;
 use super::tap::{Armed, Tap};
 use crate::oracle::dirty::PAGE;
@@ -108,13 +109,25 @@ impl VcpuWriter {
 }
 
 /// A random dma-engine command of one of `ops`, at most `max_len` long, into a mapped region.
+///
+/// The window of the background writer, when it runs, is left alone: the checks of a command's
+/// guest bytes hold only where nothing else writes.
 pub fn random_command(dev: &Dev, ops: &[DmaOpKind], max_len: u64, rng: &mut ChaCha8Rng) -> Option<DmaCommand> {
     let guest = dev.guest.as_ref()?;
-    let regions: Vec<_> = dev.mapped.iter().filter_map(|&i| guest.regions().get(i)).collect();
-    let region = regions.choose(rng)?;
+    let regions: Vec<(u64, u64)> = dev
+        .mapped
+        .iter()
+        .filter_map(|&i| guest.regions().get(i))
+        .map(|r| match dev.dma_exclude {
+            // The writer takes the upper half of its region.
+            Some((a, _)) if a > r.iova && a < r.end() => (r.iova, a - r.iova),
+            _ => (r.iova, r.len),
+        })
+        .collect();
+    let &(iova, region_len) = regions.choose(rng)?;
     let devmem = dev.shadow.devmem.len() as u64;
-    let len = rng.random_range(1..=max_len.min(devmem).min(region.len).max(1));
-    let at = region.iova + rng.random_range(0..=region.len - len);
+    let len = rng.random_range(1..=max_len.min(devmem).min(region_len).max(1));
+    let at = iova + rng.random_range(0..=region_len - len);
     let dev_offset = rng.random_range(0..=devmem.saturating_sub(len));
     Some(match ops.choose(rng).copied().unwrap_or(DmaOpKind::Fill) {
         DmaOpKind::Fill => DmaCommand::fill(at, len, rng.random()),
@@ -151,6 +164,10 @@ pub struct HarnessWorkload {
     cancel: Option<(u32, CancelToken)>,
     at_phase: Vec<(PhaseMark, Tap, Armed)>,
     last_round: u32,
+    /// The background writer to start once logging is on (concurrent mode).
+    pub background_params: Option<Params>,
+    /// The background writer, once started.
+    pub background: Option<Background>,
 }
 
 impl HarnessWorkload {
@@ -172,6 +189,8 @@ impl HarnessWorkload {
             cancel: None,
             at_phase: Vec::new(),
             last_round: 0,
+            background_params: None,
+            background: None,
         })
     }
 
@@ -192,6 +211,24 @@ impl HarnessWorkload {
 }
 
 impl Workload for HarnessWorkload {
+    fn logging_started(&mut self, client: &mut Client) {
+        if let Some(params) = self.background_params.take() {
+            match Background::start(client, params) {
+                Ok(b) => self.background = Some(b),
+                Err(e) => self.findings.push(e),
+            }
+        }
+    }
+
+    fn sync_starting(&mut self, client: &mut Client) {
+        if let Some(b) = self.background.as_mut() {
+            match b.owed(client) {
+                Ok(owed) => self.dev.dirty.device_wrote(owed),
+                Err(e) => self.findings.push(e),
+            }
+        }
+    }
+
     fn step(&mut self, client: &mut Client, guest: &Guest) -> Result<(), String> {
         if let (Some(v), Some(spec)) = (self.vcpu.as_mut(), self.spec.vcpu.as_ref()) {
             for _ in 0..spec.writes_per_step {
@@ -210,7 +247,23 @@ impl Workload for HarnessWorkload {
         Ok(())
     }
 
-    fn dirty_synced(&mut self, sync: &DirtySync<'_>) {
+    fn dirty_synced(&mut self, client: &mut Client, sync: &DirtySync<'_>) {
+        if let Some(b) = self.background.as_mut() {
+            let mut set = std::collections::BTreeSet::new();
+            for r in sync.reports {
+                for (w, word) in r.bitmap.iter().enumerate() {
+                    let mut bits = *word;
+                    while bits != 0 {
+                        let i = w as u64 * 64 + u64::from(bits.trailing_zeros());
+                        bits &= bits - 1;
+                        set.insert(r.iova + i * sync.page_size);
+                    }
+                }
+            }
+            if let Err(e) = b.synced(client, &set) {
+                self.findings.push(e);
+            }
+        }
         let round = sync.round.unwrap_or(self.last_round + 1);
         let mut written = Vec::new();
         let mut reported = Vec::new();
@@ -246,7 +299,7 @@ impl Workload for HarnessWorkload {
         });
     }
 
-    fn phase(&mut self, phase: Phase) {
+    fn phase(&mut self, _client: &mut Client, phase: Phase) {
         let now = Instant::now();
         self.marks.push((now, Mark::Phase(phase)));
         if let Phase::RoundEnd(n) = phase {

@@ -124,6 +124,8 @@ struct SideState {
     connected: bool,
     mapped: bool,
     logging: bool,
+    /// A trigger (or an expected failure) may have dropped the client since it connected.
+    maybe_gone: bool,
 }
 
 /// The checks that need more than one field: each returns where and what was expected.
@@ -191,8 +193,13 @@ fn check(s: &Scenario, file: &str) -> Vec<Problem> {
         match step {
             Step::Connect(c) => {
                 let st = sides.get_mut(&c.side).expect("both sides are present");
-                if st.connected {
+                if st.connected && !st.maybe_gone {
                     problem(at, format!("expected the {} not to be connected already", c.side.name()));
+                }
+                if st.maybe_gone {
+                    // The client may be gone, and its mappings with it.
+                    st.mapped = false;
+                    st.maybe_gone = false;
                 }
                 if !st.started {
                     st.started = true;
@@ -315,15 +322,19 @@ fn check(s: &Scenario, file: &str) -> Vec<Problem> {
                     && e.next_fails.is_none()
                     && e.state.is_none()
                     && e.commands_failed.is_none();
-                if alive_only && e.server_alive.is_none() {
+                if alive_only && e.server_alive.is_none() && e.rounds.is_none() {
                     problem(
                         at,
-                        "expected at least one check: next_errno, next_fails, state, server_alive or commands_failed"
+                        "expected at least one check: next_errno, next_fails, state, server_alive, commands_failed or \
+                         rounds"
                             .into(),
                     );
                 }
                 if !alive_only {
                     need_connected(&sides, e.side, &mut problem);
+                }
+                if e.next_fails == Some(true) {
+                    sides.get_mut(&e.side).expect("both sides are present").maybe_gone = true;
                 }
             }
             Step::DirtyReport(d) => {
@@ -398,6 +409,8 @@ fn check_fault(
                 st.connected = false;
                 st.mapped = false;
                 st.logging = false;
+            } else {
+                st.maybe_gone = true;
             }
         }
         Fault::ServerKill { side, at: trigger, restart } => {
@@ -410,6 +423,11 @@ fn check_fault(
             }
             if trigger.is_none() {
                 *st = SideState { started: *restart, ..SideState::default() };
+                if *restart {
+                    pending_hooks.retain(|(s, _)| s != side);
+                }
+            } else {
+                st.maybe_gone = true;
                 if *restart {
                     pending_hooks.retain(|(s, _)| s != side);
                 }

@@ -234,6 +234,30 @@ pub struct WorkloadSpec {
     /// Device DMA commands; none when absent.
     #[serde(default)]
     pub dma: Option<DmaWorkloadSpec>,
+    /// The device's background writer in concurrent runs (`miglab scenario --concurrent`):
+    /// a device thread writing guest memory during pre-copy, concurrently with the dirty
+    /// reports. Defaults apply when absent.
+    #[serde(default)]
+    pub background: BackgroundSpec,
+}
+
+/// The background writer of concurrent runs.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BackgroundSpec {
+    /// Microseconds between two writes (0: as fast as the device thread goes).
+    #[serde(default = "default_interval_us")]
+    pub interval_us: u32,
+}
+
+fn default_interval_us() -> u32 {
+    20
+}
+
+impl Default for BackgroundSpec {
+    fn default() -> Self {
+        Self { interval_us: default_interval_us() }
+    }
 }
 
 /// vCPU stores into guest RAM.
@@ -1190,6 +1214,10 @@ pub struct ExpectStep {
     /// The dma-engine's count of failed commands (CMDS_FAILED).
     #[serde(default)]
     pub commands_failed: Option<u64>,
+    /// Pre-copy rounds the last migration ran (the first pass over RAM, round 0, not
+    /// counted).
+    #[serde(default)]
+    pub rounds: Option<u32>,
 }
 
 /// `verify`: the destination against the source (at the moment the source stopped).

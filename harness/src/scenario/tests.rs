@@ -364,7 +364,7 @@ fn an_empty_expect_and_a_bad_name_are_refused() {
         problems(&text),
         [
             "t.yaml:1:7: expected a name of lowercase letters, digits and '-', found \"Bad_Name\"",
-            "t.yaml:8:5: expected at least one check: next_errno, next_fails, state, server_alive or commands_failed"
+            "t.yaml:8:5: expected at least one check: next_errno, next_fails, state, server_alive, commands_failed or rounds"
         ]
     );
 }

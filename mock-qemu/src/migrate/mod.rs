@@ -40,11 +40,17 @@ pub trait Workload {
     /// One step of work on the source, between two reads of device data.
     fn step(&mut self, client: &mut Client, guest: &Guest) -> Result<(), String>;
 
+    /// Dirty logging has just started on the source (the START reply came back).
+    fn logging_started(&mut self, _client: &mut Client) {}
+
+    /// A dirty sync of the source is about to ask for its reports.
+    fn sync_starting(&mut self, _client: &mut Client) {}
+
     /// A dirty sync of the source: the device's DMA_LOGGING_REPORT of each RAM region.
-    fn dirty_synced(&mut self, _sync: &DirtySync<'_>) {}
+    fn dirty_synced(&mut self, _client: &mut Client, _sync: &DirtySync<'_>) {}
 
     /// The source entered a phase of the migration.
-    fn phase(&mut self, _phase: Phase) {}
+    fn phase(&mut self, _client: &mut Client, _phase: Phase) {}
 }
 
 /// One dirty sync of the source, as [`Workload::dirty_synced`] sees it.

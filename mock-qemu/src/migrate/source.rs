@@ -10,7 +10,8 @@
 //! what its last round returned) or after `max_rounds`: the vCPUs stop, config space is read
 //! (before the device stops), PRE_COPY→STOP_COPY (RUNNING→STOP→STOP_COPY without PRE_COPY),
 //! data is read to the end of the stream, a final dirty sync sends the last pages, config space
-//! follows, then `Complete`. Cleanup after switchover: STOP_COPY→STOP, logging STOP.
+//! follows, then `Complete`. Cleanup after switchover: STOP_COPY→STOP, logging STOP; a failure
+//! there is recorded in the statistics and does not fail the migration, which has completed.
 //!
 //! Any failure, or a cancel, goes back the way QEMU does: the device to RUNNING (or reset if it
 //! cannot be), logging stopped, vCPU logging off, an `Abort` section on the stream, and the
@@ -105,6 +106,9 @@ impl Source<'_> {
         self.client.probe(FEATURE_DMA_LOGGING_START, FEATURE_SET).map_err(MigrationError::NoDirtyTracking)?;
         let ranges = self.guest.logging_ranges();
         stats.log_page_size = self.client.dma_logging_start(PAGE_SIZE, &ranges).map_err(MigrationError::Client)?;
+        if let Some(w) = self.workload.as_deref_mut() {
+            w.logging_started(self.client);
+        }
         self.guest.set_vcpu_logging(true);
         out.write(&Section::DeviceSetup)?;
         if pre_copy {
@@ -191,9 +195,16 @@ impl Source<'_> {
         let complete = Section::Complete { sections: out.sections(), digest: out.digest() };
         out.write(&complete)?;
 
-        // Cleanup after switchover, off the downtime path.
-        set_state_or_reset(self.client, MigState::Stop)?;
-        self.client.dma_logging_stop().map_err(MigrationError::Client)?;
+        // Cleanup after switchover, off the downtime path. The migration has completed (the
+        // destination may already run the guest): a failure here is reported, not fatal.
+        if let Err(e) = set_state_or_reset(self.client, MigState::Stop) {
+            tracing::warn!(error = %e, "cleanup: STOP_COPY->STOP");
+            stats.cleanup_error = Some(format!("STOP_COPY->STOP: {e}: {}", super::error_chain(&e)));
+        }
+        if let Err(e) = self.client.dma_logging_stop() {
+            tracing::warn!(error = %e, "cleanup: logging STOP");
+            stats.cleanup_error.get_or_insert(format!("logging STOP: {e}"));
+        }
         self.guest.set_vcpu_logging(false);
         let _ = started;
         Ok(stopped_at)
@@ -229,7 +240,7 @@ impl Source<'_> {
 
     fn phase(&mut self, phase: Phase) {
         if let Some(w) = self.workload.as_deref_mut() {
-            w.phase(phase);
+            w.phase(self.client, phase);
         }
     }
 
@@ -239,6 +250,9 @@ impl Source<'_> {
         let mut pages = BTreeSet::new();
         let mut device = 0;
         let mut reports = Vec::with_capacity(self.guest.regions().len());
+        if let Some(w) = self.workload.as_deref_mut() {
+            w.sync_starting(self.client);
+        }
         for region in self.guest.regions() {
             let bitmap =
                 self.client.dma_logging_report(region.iova, region.len, PAGE_SIZE).map_err(MigrationError::Client)?;
@@ -257,7 +271,7 @@ impl Source<'_> {
             reports.push(DirtyReport { iova: region.iova, length: region.len, bitmap });
         }
         if let Some(w) = self.workload.as_deref_mut() {
-            w.dirty_synced(&DirtySync { round, page_size: PAGE_SIZE, reports: &reports });
+            w.dirty_synced(self.client, &DirtySync { round, page_size: PAGE_SIZE, reports: &reports });
         }
         let vcpu = self.guest.take_vcpu_dirty();
         let vcpu_count = vcpu.len() as u64;

@@ -37,6 +37,10 @@ pub struct MigrationStats {
     pub stop_copy_pages: u64,
     /// Why the source switched over: "budget" or "max rounds".
     pub switchover: String,
+    /// What failed in the cleanup after the switchover (STOP_COPY→STOP, logging STOP): the
+    /// migration has completed by then, so, as QEMU does, it is reported and not fatal.
+    #[serde(default)]
+    pub cleanup_error: Option<String>,
     /// From stopping the vCPUs to the destination's guest running, in microseconds.
     pub downtime_micros: u64,
     /// The whole migration, in microseconds.

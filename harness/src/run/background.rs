@@ -1,0 +1,192 @@
+//! The concurrent mode's device DMA: the dma-engine's background writer, a device thread that
+//! writes guest memory while the client's requests (dirty reports above all) go on.
+//!
+//! Its writes are known from its registers alone: write `k` stores `splitmix64(seed + k)` at
+//! `addr + 8 * (splitmix64(seed ^ k * GAMMA) % (len / 8))`, and BG_WRITES counts the writes
+//! that are in memory and marked dirty. So the truth of a dirty sync is exact where it can be:
+//! with B read before the reports and A after them, a write below B that came after the last
+//! sync's A must be in this sync's reports; one that came during the last sync (between its B
+//! and A) must be in this one unless the last one had its page set. Writes during the reports
+//! may land in either, and are never owed.
+
+use std::collections::BTreeSet;
+use std::ops::Range;
+
+use mock_qemu::Client;
+use vfu_server::devices::dma_engine::REGION_REGS;
+
+/// BG_CTRL: bit 0 enables the writer.
+pub const REG_BG_CTRL: u64 = 0x80;
+/// BG_STATUS: 0 idle, 1 running, 2 paused, 3 fault.
+pub const REG_BG_STATUS: u64 = 0x84;
+/// BG_SEED.
+pub const REG_BG_SEED: u64 = 0x88;
+/// BG_ADDR: the window's guest address.
+pub const REG_BG_ADDR: u64 = 0x90;
+/// BG_LEN: the window's length.
+pub const REG_BG_LEN: u64 = 0x98;
+/// BG_WRITES: writes completed.
+pub const REG_BG_WRITES: u64 = 0xa0;
+/// BG_INTERVAL_US: the pause between two writes.
+pub const REG_BG_INTERVAL_US: u64 = 0xa8;
+
+/// BG_STATUS of a running writer.
+pub const BG_RUNNING: u32 = 1;
+
+const GAMMA: u64 = 0x9e37_79b9_7f4a_7c15;
+
+fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(GAMMA);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// The writer's parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Params {
+    /// BG_SEED.
+    pub seed: u64,
+    /// BG_ADDR.
+    pub addr: u64,
+    /// BG_LEN.
+    pub len: u64,
+    /// BG_INTERVAL_US.
+    pub interval_us: u32,
+}
+
+impl Params {
+    /// The guest address of write `k`.
+    pub fn addr_of(&self, k: u64) -> u64 {
+        self.addr + 8 * (splitmix64(self.seed ^ k.wrapping_mul(GAMMA)) % (self.len / 8).max(1))
+    }
+
+    /// The value write `k` stores.
+    pub fn value_of(&self, k: u64) -> u64 {
+        splitmix64(self.seed.wrapping_add(k))
+    }
+
+    /// The 4 KiB pages writes `ks` touch.
+    pub fn pages(&self, ks: Range<u64>) -> BTreeSet<u64> {
+        ks.map(|k| self.addr_of(k) / 4096 * 4096).collect()
+    }
+
+    /// Applies writes `ks`, in order, to `page` (the 4 KiB of guest memory at `page_addr`).
+    pub fn apply(&self, page_addr: u64, page: &mut [u8], ks: Range<u64>) {
+        for k in ks {
+            let a = self.addr_of(k);
+            if a >= page_addr && a + 8 <= page_addr + page.len() as u64 {
+                let at = (a - page_addr) as usize;
+                page[at..at + 8].copy_from_slice(&self.value_of(k).to_le_bytes());
+            }
+        }
+    }
+}
+
+fn read(client: &mut Client, reg: u64) -> Result<u64, String> {
+    client.read_u64(REGION_REGS, reg).map_err(|e| format!("reading background register {reg:#x}: {e}"))
+}
+
+/// Reads BG_WRITES.
+pub fn writes(client: &mut Client) -> Result<u64, String> {
+    read(client, REG_BG_WRITES)
+}
+
+/// Reads the writer's parameters back from the device.
+pub fn read_params(client: &mut Client) -> Result<Params, String> {
+    Ok(Params {
+        seed: read(client, REG_BG_SEED)?,
+        addr: read(client, REG_BG_ADDR)?,
+        len: read(client, REG_BG_LEN)?,
+        interval_us: client
+            .read_u32(REGION_REGS, REG_BG_INTERVAL_US)
+            .map_err(|e| format!("reading BG_INTERVAL_US: {e}"))?,
+    })
+}
+
+/// BG_STATUS.
+pub fn status(client: &mut Client) -> Result<u32, String> {
+    client.read_u32(REGION_REGS, REG_BG_STATUS).map_err(|e| format!("reading BG_STATUS: {e}"))
+}
+
+/// Disables the writer (the write returns once it is parked) and returns BG_WRITES.
+pub fn stop(client: &mut Client) -> Result<u64, String> {
+    client.write_u32(REGION_REGS, REG_BG_CTRL, 0).map_err(|e| format!("disabling the background writer: {e}"))?;
+    writes(client)
+}
+
+/// The writer of one migration, as the oracle follows it.
+#[derive(Debug, Clone)]
+pub struct Background {
+    /// Its parameters.
+    pub params: Params,
+    /// BG_WRITES read before the last sync's reports.
+    before: u64,
+    /// BG_WRITES read after them.
+    after: u64,
+    /// Pages of the window the last sync reported dirty.
+    last_set: BTreeSet<u64>,
+}
+
+impl Background {
+    /// Programs and enables the writer.
+    pub fn start(client: &mut Client, params: Params) -> Result<Self, String> {
+        let w = |c: &mut Client, reg, v: u64| c.write_u64(REGION_REGS, reg, v).map_err(|e| format!("BG {reg:#x}: {e}"));
+        w(client, REG_BG_SEED, params.seed)?;
+        w(client, REG_BG_ADDR, params.addr)?;
+        w(client, REG_BG_LEN, params.len)?;
+        client
+            .write_u32(REGION_REGS, REG_BG_INTERVAL_US, params.interval_us)
+            .map_err(|e| format!("BG_INTERVAL_US: {e}"))?;
+        // Every write from here on comes after logging started: all of them are owed.
+        let first = writes(client)?;
+        client.write_u32(REGION_REGS, REG_BG_CTRL, 1).map_err(|e| format!("enabling the background writer: {e}"))?;
+        Ok(Self { params, before: first, after: first, last_set: BTreeSet::new() })
+    }
+
+    /// Before a sync's reports: reads BG_WRITES and returns the pages the reports owe.
+    pub fn owed(&mut self, client: &mut Client) -> Result<BTreeSet<u64>, String> {
+        let now = writes(client)?;
+        let mut owed = self.params.pages(self.after..now);
+        owed.extend(self.params.pages(self.before..self.after).into_iter().filter(|p| !self.last_set.contains(p)));
+        self.before = now;
+        Ok(owed)
+    }
+
+    /// After a sync's reports: reads BG_WRITES, and keeps which window pages were set.
+    pub fn synced(&mut self, client: &mut Client, set: &BTreeSet<u64>) -> Result<(), String> {
+        self.after = writes(client)?;
+        let (lo, hi) = (self.params.addr / 4096 * 4096, self.params.addr + self.params.len);
+        self.last_set = set.range(lo..hi).copied().collect();
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params() -> Params {
+        Params { seed: 9, addr: 0x10_0000, len: 0x2000, interval_us: 0 }
+    }
+
+    #[test]
+    fn writes_land_in_the_window_on_eight_byte_boundaries() {
+        let p = params();
+        for k in 0..1000 {
+            let a = p.addr_of(k);
+            assert!(a >= p.addr && a + 8 <= p.addr + p.len && a.is_multiple_of(8), "write {k} at {a:#x}");
+        }
+        assert_eq!(p.pages(0..1000), [0x10_0000, 0x10_1000].into());
+    }
+
+    #[test]
+    fn the_last_write_to_a_word_wins() {
+        let p = params();
+        let mut page = vec![0u8; 4096];
+        p.apply(0x10_0000, &mut page, 0..500);
+        let last = (0..500u64).rev().find(|&k| p.addr_of(k) == 0x10_0000 + 8 * 3);
+        let word = u64::from_le_bytes(page[24..32].try_into().unwrap());
+        assert_eq!(word, last.map_or(0, |k| p.value_of(k)));
+    }
+}

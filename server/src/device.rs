@@ -107,14 +107,24 @@ pub trait RemoteDma {
 /// What a device may use while the server calls it: guest memory and its interrupts.
 pub struct DeviceContext<'a> {
     dma: &'a DmaSpace,
+    /// The same table as `dma`, when the context was built over the server's shared one.
+    shared: Option<&'a Arc<DmaSpace>>,
     remote: Option<&'a mut dyn RemoteDma>,
     irqs: &'a mut IrqTable,
 }
 
 impl<'a> DeviceContext<'a> {
-    /// A context over `dma` and `irqs`; `remote` serves regions mapped without an fd.
+    /// A context over `dma` and `irqs`; `remote` serves regions mapped without an fd. A device
+    /// cannot keep this table for its own threads ([`shared_dma_space`](Self::shared_dma_space)
+    /// is `None`); the server builds its contexts with [`new_shared`](Self::new_shared).
     pub fn new(dma: &'a DmaSpace, remote: Option<&'a mut dyn RemoteDma>, irqs: &'a mut IrqTable) -> Self {
-        Self { dma, remote, irqs }
+        Self { dma, shared: None, remote, irqs }
+    }
+
+    /// A context over the shared table `dma` (and `irqs`; `remote` serves regions mapped
+    /// without an fd), which a device may keep for its own threads.
+    pub fn new_shared(dma: &'a Arc<DmaSpace>, remote: Option<&'a mut dyn RemoteDma>, irqs: &'a mut IrqTable) -> Self {
+        Self { dma, shared: Some(dma), remote, irqs }
     }
 
     /// Reads guest memory at `iova`. Fails without side effects if any byte is unmapped or not
@@ -147,9 +157,16 @@ impl<'a> DeviceContext<'a> {
         Ok(())
     }
 
-    /// The DMA table, for devices that run DMA on their own threads (direct regions only).
+    /// The DMA table.
     pub fn dma_space(&self) -> &DmaSpace {
         self.dma
+    }
+
+    /// A handle on the DMA table for a device's own threads (regions mapped with an fd only,
+    /// see [`DmaSpace::write_direct`]), if the context was built with
+    /// [`new_shared`](Self::new_shared).
+    pub fn shared_dma_space(&self) -> Option<Arc<DmaSpace>> {
+        self.shared.map(Arc::clone)
     }
 
     /// Raises interrupt `index`/`vector`.

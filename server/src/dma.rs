@@ -3,9 +3,10 @@
 //! A region mapped with an fd is mmapped here and accessed directly; a region mapped without
 //! one is only a range, and the device reaches it through DMA_READ / DMA_WRITE messages that
 //! the session sends on its behalf ([`crate::device::DeviceContext`] splits an access between
-//! the two). The table is shared (`Arc<DmaSpace>`) so a device may run DMA on its own threads:
-//! each access holds the read lock for its copy, so once DMA_UNMAP returns no device access to
-//! that region is still in flight.
+//! the two). The table is shared (`Arc<DmaSpace>`) so a device may run DMA on its own threads,
+//! on regions with an fd only, as the messages belong to the session's socket
+//! ([`DmaSpace::write_direct`] refuses the others): each access holds the read lock for its
+//! copy, so once DMA_UNMAP returns no device access to that region is still in flight.
 //!
 //! The table also owns the dirty log ([`DirtyLog`]) while logging is on: every device write
 //! marks its pages after the bytes are in memory, so a report can never clear a mark whose data
@@ -85,6 +86,15 @@ pub enum DmaError {
     /// The region's fd could not be mapped.
     #[error("mapping the DMA region's fd failed")]
     Map(#[source] MapError),
+    /// Part of the range lies in a region mapped without an fd, which only DMA_READ /
+    /// DMA_WRITE messages reach, and the caller cannot send them.
+    #[error("DMA {iova:#x}+{len:#x} reaches a region mapped without an fd")]
+    NeedsMessage {
+        /// Start of the part without an fd.
+        iova: u64,
+        /// Its length.
+        len: u64,
+    },
     /// A message-based access (DMA_READ / DMA_WRITE) failed.
     #[error("message DMA {iova:#x}+{len:#x} failed: errno {errno}")]
     Remote {
@@ -105,7 +115,7 @@ impl DmaError {
             DmaError::Overlap { .. } => Errno::EEXIST,
             DmaError::NoExactMatch { .. } => Errno::ENOENT,
             DmaError::TooMany { .. } => Errno::ENOSPC,
-            DmaError::NotMapped { .. } => Errno::EFAULT,
+            DmaError::NotMapped { .. } | DmaError::NeedsMessage { .. } => Errno::EFAULT,
             DmaError::Protection { .. } => Errno::EPERM,
             DmaError::Map(m) => m.errno(),
             DmaError::Remote { errno, .. } => *errno,
@@ -364,9 +374,33 @@ impl DmaSpace {
     pub fn write(&self, iova: u64, data: &[u8]) -> Result<Vec<Piece>, DmaError> {
         let regions = self.read_lock();
         let log = self.log_read();
+        Self::write_locked(&regions, log.as_ref(), iova, data)
+    }
+
+    /// Writes `data` to guest memory at `iova` if every byte of it lies in writable regions
+    /// mapped with an fd; otherwise writes nothing ([`DmaError::NeedsMessage`] for a part in a
+    /// region without one). For device threads, which cannot send DMA_WRITE messages: the socket
+    /// belongs to the session. The check and the write happen under one read lock of the table,
+    /// so a concurrent DMA_UNMAP either waits for the write or makes it fail cleanly.
+    pub fn write_direct(&self, iova: u64, data: &[u8]) -> Result<(), DmaError> {
+        let regions = self.read_lock();
+        walk(&regions, iova, data.len(), true, |r, at, _, n| match r.mapping {
+            Some(_) => Ok(()),
+            None => Err(DmaError::NeedsMessage { iova: at, len: n as u64 }),
+        })?;
+        let log = self.log_read();
+        Self::write_locked(&regions, log.as_ref(), iova, data).map(|_| ())
+    }
+
+    fn write_locked(
+        regions: &[Arc<DmaRegion>],
+        log: Option<&DirtyLog>,
+        iova: u64,
+        data: &[u8],
+    ) -> Result<Vec<Piece>, DmaError> {
         let len = data.len();
         let mut out = Vec::new();
-        walk(&regions, iova, len, true, |r, at, buf_offset, n| {
+        walk(regions, iova, len, true, |r, at, buf_offset, n| {
             match &r.mapping {
                 Some(m) => {
                     let src =
@@ -375,7 +409,7 @@ impl DmaSpace {
                         .write_at(m.skip + (at - r.iova), src)
                         .ok_or(DmaError::NotMapped { iova: at, len: n as u64 })?;
                     // Marked after the bytes are written (see the module doc).
-                    if let Some(log) = log.as_ref() {
+                    if let Some(log) = log {
                         log.mark(at, n as u64);
                     }
                     out.push(Piece::Direct);
@@ -524,6 +558,23 @@ mod tests {
         space.map(0x5000, 0x1000, true, true, None).unwrap();
         let pieces = space.write(0x5010, &[0; 8]).unwrap();
         assert!(matches!(pieces.as_slice(), [Piece::Remote { iova: 0x5010, buf_offset: 0, len: 8 }]));
+    }
+
+    #[test]
+    fn direct_write_refuses_a_range_reaching_a_region_without_an_fd_and_writes_nothing() {
+        let space = DmaSpace::new(16);
+        let fd = memfd(0x1000);
+        space.map(0x10000, 0x1000, true, true, Some((&fd, 0))).unwrap();
+        space.map(0x11000, 0x1000, true, true, None).unwrap();
+        assert_eq!(space.write_direct(0x10ffc, &[1; 8]), Err(DmaError::NeedsMessage { iova: 0x11000, len: 4 }));
+        let mut b = [0u8; 4];
+        space.read(0x10ffc, &mut b).unwrap();
+        assert_eq!(b, [0; 4], "the part with an fd was not written either");
+        assert!(matches!(space.write_direct(0x20000, &[1]), Err(DmaError::NotMapped { .. })));
+        space.write_direct(0x10ff8, &[2; 8]).unwrap();
+        let mut b = [0u8; 8];
+        space.read(0x10ff8, &mut b).unwrap();
+        assert_eq!(b, [2; 8]);
     }
 
     #[test]

@@ -36,7 +36,7 @@ const PRE_COPY_ROUNDS: u64 = 4;
 
 /// The BAR0 registers by name, for a readable diff.
 fn registers(view: &DeviceView) -> Vec<(&'static str, u64)> {
-    const REGS: [(&str, usize, usize); 20] = [
+    const REGS: [(&str, usize, usize); 27] = [
         ("MAGIC", 0x00, 4),
         ("VERSION", 0x04, 4),
         ("DEVMEM_SIZE", 0x08, 8),
@@ -56,7 +56,14 @@ fn registers(view: &DeviceView) -> Vec<(&'static str, u64)> {
         ("BYTES_FROM_GUEST", 0x68, 8),
         ("IRQS_RAISED", 0x70, 8),
         ("LAST_CHECKSUM", 0x78, 8),
-        ("(unassigned 0x80)", 0x80, 8),
+        ("BG_CTRL", 0x80, 4),
+        ("BG_STATUS", 0x84, 4),
+        ("BG_SEED", 0x88, 8),
+        ("BG_ADDR", 0x90, 8),
+        ("BG_LEN", 0x98, 8),
+        ("BG_WRITES", 0xa0, 8),
+        ("BG_INTERVAL_US", 0xa8, 4),
+        ("(unassigned 0xac)", 0xac, 4),
     ];
     REGS.iter()
         .map(|(name, at, width)| {

@@ -6,8 +6,9 @@
 //! that are in memory and marked dirty. So the truth of a dirty sync is exact where it can be:
 //! with B read before the reports and A after them, a write below B that came after the last
 //! sync's A must be in this sync's reports; one that came during the last sync (between its B
-//! and A) must be in this one unless the last one had its page set. Writes during the reports
-//! may land in either, and are never owed.
+//! and A, write A itself included, which may have been marked before it was counted) must be
+//! in this one unless the last one had its page set. Writes during the reports may land in
+//! either, and are never owed.
 
 use std::collections::BTreeSet;
 use std::ops::Range;
@@ -15,20 +16,9 @@ use std::ops::Range;
 use mock_qemu::Client;
 use vfu_server::devices::dma_engine::REGION_REGS;
 
-/// BG_CTRL: bit 0 enables the writer.
-pub const REG_BG_CTRL: u64 = 0x80;
-/// BG_STATUS: 0 idle, 1 running, 2 paused, 3 fault.
-pub const REG_BG_STATUS: u64 = 0x84;
-/// BG_SEED.
-pub const REG_BG_SEED: u64 = 0x88;
-/// BG_ADDR: the window's guest address.
-pub const REG_BG_ADDR: u64 = 0x90;
-/// BG_LEN: the window's length.
-pub const REG_BG_LEN: u64 = 0x98;
-/// BG_WRITES: writes completed.
-pub const REG_BG_WRITES: u64 = 0xa0;
-/// BG_INTERVAL_US: the pause between two writes.
-pub const REG_BG_INTERVAL_US: u64 = 0xa8;
+pub use vfu_server::devices::dma_engine::regs::{
+    REG_BG_ADDR, REG_BG_CTRL, REG_BG_INTERVAL_US, REG_BG_LEN, REG_BG_SEED, REG_BG_STATUS, REG_BG_WRITES,
+};
 
 /// BG_STATUS of a running writer.
 pub const BG_RUNNING: u32 = 1;
@@ -147,8 +137,12 @@ impl Background {
     /// Before a sync's reports: reads BG_WRITES and returns the pages the reports owe.
     pub fn owed(&mut self, client: &mut Client) -> Result<BTreeSet<u64>, String> {
         let now = writes(client)?;
-        let mut owed = self.params.pages(self.after..now);
-        owed.extend(self.params.pages(self.before..self.after).into_iter().filter(|p| !self.last_set.contains(p)));
+        // Write `after` may have been in flight when `after` was read: marked during the
+        // last reports (and cleared by them) though counted only after. It is judged like the
+        // writes during those reports; every later one started after they ended.
+        let edge = (self.after + 1).min(now);
+        let mut owed = self.params.pages(edge..now);
+        owed.extend(self.params.pages(self.before..edge).into_iter().filter(|p| !self.last_set.contains(p)));
         self.before = now;
         Ok(owed)
     }

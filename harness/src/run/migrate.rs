@@ -66,12 +66,12 @@ impl Run<'_> {
             self.sides[fi].client = Some(src_client);
             return Err("the destination has no client".into());
         };
+        let background = if self.options.concurrent { self.background_window(fi, &src_guest) } else { None };
         let mut dev = std::mem::take(&mut self.sides[fi].dev);
         let ranges = src_guest.logging_ranges();
         if dev.dirty.predict_start(mock_qemu::guest::PAGE_SIZE, &ranges) == crate::oracle::Expected::Ok {
             dev.dirty.started(mock_qemu::guest::PAGE_SIZE, mock_qemu::guest::PAGE_SIZE, &ranges);
         }
-        let background = if self.options.concurrent { self.background_window(fi, &src_guest) } else { None };
         dev.dma_exclude = background.map(|p| (p.addr, p.len));
         let mut workload = HarnessWorkload::new(dev, self.scenario.workload.clone(), rng_for(self.seed, self.step, 2))?;
         workload.background_params = background;

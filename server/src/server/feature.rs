@@ -105,7 +105,7 @@ impl Session<'_> {
         let Session { mig, device, dma, peer, irqs, .. } = self;
         let mig = mig.as_deref_mut().ok_or(Errno::ENOTTY)?;
         let dev = device.migration().ok_or(Errno::ENOTTY)?;
-        let mut ctx = crate::device::DeviceContext::new(dma, Some(peer), irqs);
+        let mut ctx = crate::device::DeviceContext::new_shared(dma, Some(peer), irqs);
         mig.set(target, dev, &mut ctx)
     }
 

@@ -156,7 +156,7 @@ impl Server {
         let unmapped = self.dma.unmap_all();
         self.irqs.clear();
         if let Some(mig) = self.mig.as_mut().filter(|m| m.state() != MigState::Running) {
-            let mut ctx = DeviceContext::new(&self.dma, None, &mut self.irqs);
+            let mut ctx = DeviceContext::new_shared(&self.dma, None, &mut self.irqs);
             if let Err(errno) = self.device.reset(&mut ctx) {
                 tracing::error!(%errno, "device reset after disconnect failed");
             }

@@ -219,7 +219,7 @@ impl<'s> Session<'s> {
 
     /// Runs `f` with the device and a context over guest memory and IRQs.
     pub fn with_device<T>(&mut self, f: impl FnOnce(&mut dyn Device, &mut DeviceContext<'_>) -> T) -> T {
-        let mut ctx = DeviceContext::new(self.dma, Some(&mut self.peer), self.irqs);
+        let mut ctx = DeviceContext::new_shared(self.dma, Some(&mut self.peer), self.irqs);
         f(self.device, &mut ctx)
     }
 }

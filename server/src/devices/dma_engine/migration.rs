@@ -7,26 +7,30 @@
 //!
 //! | arc | what the device does |
 //! |---|---|
-//! | RUNNING→STOP, STOP→RUNNING | nothing but stop or resume serving writes |
+//! | RUNNING→STOP, STOP→RUNNING | nothing but stop or resume serving writes, and park or resume the background writer |
 //! | RUNNING→PRE_COPY | starts an outgoing stream and dirty tracking with every devmem page dirty |
 //! | PRE_COPY→RUNNING | abandons the stream and stops tracking |
-//! | PRE_COPY→STOP_COPY | freezes registers, configuration and scratch memory as they are now; keeps the dirty set; the stream goes on with its final part |
+//! | PRE_COPY→STOP_COPY | parks the background writer, then freezes registers (its final BG_WRITES included), configuration and scratch memory as they are now; keeps the dirty set; the stream goes on with its final part |
 //! | STOP→STOP_COPY | starts a stream whose final part carries the whole devmem (every page dirty) |
 //! | STOP_COPY→STOP | ends (or abandons) the stream and stops tracking |
 //! | STOP→RESUMING | starts a fresh incoming stream |
-//! | RESUMING→STOP | validates the incoming stream and commits it (below) |
+//! | RESUMING→STOP | validates the incoming stream and commits it (below); a committed background writer that was enabled is PAUSED, and STOP→RUNNING resumes it from BG_WRITES |
 //!
 //! Any other pair, or an arc that does not start from the device's own state, is refused
 //! with EINVAL; the fault injection hook
 //! [`DmaEngineConfig::fail_arcs`](super::DmaEngineConfig::fail_arcs) refuses the chosen arcs
-//! with EIO. No arc ever leaves the device broken: every refusal keeps the state it was in.
+//! with EIO. No arc ever leaves the device broken: every refusal keeps the state it was in
+//! (a background writer that was running goes on).
 //!
 //! While the device is in STOP, STOP_COPY or RESUMING it changes no state of its own and does
 //! no DMA: it refuses region writes to BAR0, BAR2 and BAR4 with EBUSY, as the server does (so
-//! a doorbell or CTRL write there never runs). Writes to configuration space are served in
-//! every state, as the server serves them: in STOP_COPY they no longer reach the stream
-//! (it carries the configuration as of entering STOP_COPY), in RESUMING the commit overwrites
-//! them with the migrated configuration. Region reads are always served.
+//! a doorbell or CTRL write there never runs), and its background writer is parked: the arc
+//! that left RUNNING or PRE_COPY parked it before returning, so no write of it is in flight
+//! or to come once the server replies to the SET (see [`background`](super::background)).
+//! Writes to configuration space are served in every state, as the server serves them: in
+//! STOP_COPY they no longer reach the stream (it carries the configuration as of entering
+//! STOP_COPY), in RESUMING the commit overwrites them with the migrated configuration. Region
+//! reads are always served.
 //!
 //! # Without PRE_COPY
 //!
@@ -346,21 +350,10 @@ impl DmaEngine {
         self.mig = Migration::default();
         self.state.stop_dirty_tracking();
     }
-}
 
-impl Migratable for DmaEngine {
-    fn supports_pre_copy(&self) -> bool {
-        self.config.pre_copy
-    }
-
-    fn transition(&mut self, _ctx: &mut DeviceContext<'_>, from: MigState, to: MigState) -> Result<(), ArcError> {
+    /// What the device does on the direct arc `from`→`to` (checked to start from its state).
+    fn take_arc(&mut self, from: MigState, to: MigState) -> Result<(), ArcError> {
         use MigState::{PreCopy, Resuming, Running, Stop, StopCopy};
-        if from != self.mig.state || (!self.config.pre_copy && (from == PreCopy || to == PreCopy)) {
-            return Err(ArcError::Refused(Errno::EINVAL));
-        }
-        if self.config.fail_arcs.contains(from, to) {
-            return Err(ArcError::Refused(Errno::EIO));
-        }
         match (from, to) {
             (Running, Stop) | (Stop, Running) => {}
             (Running, PreCopy) => {
@@ -383,9 +376,37 @@ impl Migratable for DmaEngine {
             (Resuming, Stop) => self.commit()?,
             _ => return Err(ArcError::Refused(Errno::EINVAL)),
         }
-        tracing::debug!(?from, ?to, "dma-engine: migration arc");
-        self.mig.state = to;
         Ok(())
+    }
+}
+
+impl Migratable for DmaEngine {
+    fn supports_pre_copy(&self) -> bool {
+        self.config.pre_copy
+    }
+
+    fn transition(&mut self, ctx: &mut DeviceContext<'_>, from: MigState, to: MigState) -> Result<(), ArcError> {
+        use MigState::{PreCopy, Running};
+        if from != self.mig.state || (!self.config.pre_copy && (from == PreCopy || to == PreCopy)) {
+            return Err(ArcError::Refused(Errno::EINVAL));
+        }
+        if self.config.fail_arcs.contains(from, to) {
+            return Err(ArcError::Refused(Errno::EIO));
+        }
+        // The background writer is quiesced before anything of a stopped device is taken (the
+        // final registers), and before the arc returns.
+        if !self.mig.is_frozen() && !matches!(to, Running | PreCopy) {
+            self.park_background();
+        }
+        let taken = self.take_arc(from, to);
+        if taken.is_ok() {
+            tracing::debug!(?from, ?to, "dma-engine: migration arc");
+            self.mig.state = to;
+        }
+        // Resumes it on an arc back to RUNNING, pauses it on one to a stopped state, and
+        // resumes it where it was if the arc was refused.
+        self.settle_background(ctx);
+        taken
     }
 
     fn read_data(&mut self, buf: &mut [u8]) -> Result<usize, Errno> {

@@ -9,52 +9,21 @@ use super::pages::PAGE_SIZE;
 use super::regs::*;
 use super::stream::{FORMAT_VERSION, RECORD_HEADER_LEN, RecordType, encode_record, header_payload};
 use super::*;
-use crate::dma::DmaSpace;
-use crate::irq::IrqTable;
 use crate::migration::{ArcError, MigState, Migratable};
 use MigState::{PreCopy, Resuming, Running, Stop, StopCopy};
 
-const GUEST: u64 = 0x10_0000;
-const GUEST_LEN: u64 = 1 << 20;
 const DEVMEM: u64 = 256 << 10;
 const PAGES: usize = (DEVMEM / PAGE_SIZE) as usize;
 
-struct Rig {
-    space: DmaSpace,
-    irqs: IrqTable,
-    guest: MappedRegion,
-    dev: DmaEngine,
+use super::test_rig::{GUEST, Rig};
+
+fn rig() -> Rig {
+    Rig::with_devmem(DEVMEM)
 }
 
 impl Rig {
-    fn with(config: DmaEngineConfig) -> Self {
-        let dev = DmaEngine::new(config).unwrap();
-        let space = DmaSpace::new(16);
-        let (guest, fd) = MappedRegion::memfd(c"g", GUEST_LEN).unwrap();
-        space.map(GUEST, GUEST_LEN, true, true, Some((&fd, 0))).unwrap();
-        let spec = dev.spec();
-        Self { space, irqs: IrqTable::new(spec.num_irqs, &spec.irqs), guest, dev }
-    }
-
-    fn new() -> Self {
-        Self::with(DmaEngineConfig { devmem_size: DEVMEM, ..DmaEngineConfig::default() })
-    }
-
-    fn arc(&mut self, from: MigState, to: MigState) -> Result<(), ArcError> {
-        let mut ctx = DeviceContext::new(&self.space, None, &mut self.irqs);
-        self.dev.transition(&mut ctx, from, to)
-    }
-
-    /// Takes the arcs along `path`, starting from the device's state.
-    fn walk(&mut self, path: &[MigState]) {
-        for to in path {
-            let from = self.dev.migration_state();
-            self.arc(from, *to).unwrap_or_else(|e| panic!("{from:?} -> {to:?}: {e:?}"));
-        }
-    }
-
     fn write(&mut self, region: u32, offset: u64, data: &[u8]) -> Result<(), Errno> {
-        let mut ctx = DeviceContext::new(&self.space, None, &mut self.irqs);
+        let mut ctx = DeviceContext::new_shared(&self.space, None, &mut self.irqs);
         self.dev.region_write(&mut ctx, region, offset, data)
     }
 
@@ -152,7 +121,7 @@ fn devmem_pages(stream: &[u8]) -> Vec<u64> {
 
 #[test]
 fn source_to_destination_round_trip_equals_snapshot() {
-    let mut src = Rig::new();
+    let mut src = rig();
     src.dirty_everything();
     src.walk(&[PreCopy]);
     let mut stream = src.read_round(1);
@@ -170,7 +139,7 @@ fn source_to_destination_round_trip_equals_snapshot() {
     src.walk(&[Stop]);
 
     for seed in [1, 2, 3] {
-        let mut dst = Rig::new();
+        let mut dst = rig();
         dst.walk(&[Stop, Resuming]);
         dst.write_stream(&stream, seed);
         assert_eq!(dst.arc(Resuming, Stop), Ok(()));
@@ -182,7 +151,7 @@ fn source_to_destination_round_trip_equals_snapshot() {
 
 #[test]
 fn writes_in_pre_copy_are_sent_again_in_a_later_round() {
-    let mut src = Rig::new();
+    let mut src = rig();
     src.walk(&[PreCopy]);
     assert_eq!(devmem_pages(&src.read_round(4096)), (0..PAGES as u64).collect::<Vec<_>>(), "round 1: all");
     src.write(REGION_DEVMEM, 5 * PAGE_SIZE + 7, &[1]).unwrap();
@@ -196,7 +165,7 @@ fn writes_in_pre_copy_are_sent_again_in_a_later_round() {
 
 #[test]
 fn second_round_without_writes_is_empty() {
-    let mut src = Rig::new();
+    let mut src = rig();
     src.walk(&[PreCopy]);
     let first = src.read_round(4096);
     assert_eq!(records(&first)[0].0, RecordType::Header as u32);
@@ -207,7 +176,7 @@ fn second_round_without_writes_is_empty() {
 
 #[test]
 fn stop_copy_without_pre_copy_sends_everything() {
-    let mut src = Rig::new();
+    let mut src = rig();
     src.dirty_everything();
     src.walk(&[Stop, StopCopy]);
     let snap = src.dev.snapshot();
@@ -225,7 +194,7 @@ fn stop_copy_without_pre_copy_sends_everything() {
 
 #[test]
 fn truncated_stream_is_refused_with_enodata() {
-    let (stream, _) = migrate_out(&mut Rig::new());
+    let (stream, _) = migrate_out(&mut rig());
     for keep in [0, 1, 40, 41, 5000, stream.len() - 32, stream.len() - 1] {
         assert_eq!(resume(&stream[..keep], DEVMEM).1, Err(ArcError::Refused(Errno::ENODATA)), "{keep} bytes");
     }
@@ -233,7 +202,7 @@ fn truncated_stream_is_refused_with_enodata() {
 
 #[test]
 fn flipped_byte_is_refused_with_ebadmsg() {
-    let (stream, _) = migrate_out(&mut Rig::new());
+    let (stream, _) = migrate_out(&mut rig());
     let len = stream.len();
     // Header: type, length, checksum, magic, version; a page record's framing and body; trailer.
     for at in [0, 5, 9, 17, 24, 40, 44, 48, 60, 3000, len / 2, len - 40, len - 20, len - 9, len - 1] {
@@ -248,7 +217,7 @@ fn flipped_byte_is_refused_with_ebadmsg() {
 
 #[test]
 fn other_version_is_refused_with_eproto() {
-    let (stream, _) = migrate_out(&mut Rig::new());
+    let (stream, _) = migrate_out(&mut rig());
     let header = encode_record(RecordType::Header as u32, &header_payload(FORMAT_VERSION + 1, DEVMEM));
     let other = [&header[..], &stream[header.len()..]].concat();
     assert_eq!(resume(&other, DEVMEM).1, Err(ArcError::Refused(Errno::EPROTO)));
@@ -256,13 +225,13 @@ fn other_version_is_refused_with_eproto() {
 
 #[test]
 fn other_devmem_size_is_refused_with_einval() {
-    let (stream, _) = migrate_out(&mut Rig::new());
+    let (stream, _) = migrate_out(&mut rig());
     assert_eq!(resume(&stream, 2 * DEVMEM).1, Err(ArcError::Refused(Errno::EINVAL)));
 }
 
 #[test]
 fn a_refused_resume_stays_refused_until_device_reset() {
-    let (stream, _) = migrate_out(&mut Rig::new());
+    let (stream, _) = migrate_out(&mut rig());
     let (mut dst, r) = resume(&stream[..stream.len() - 1], DEVMEM);
     assert_eq!(r, Err(ArcError::Refused(Errno::ENODATA)));
     assert_eq!(dst.dev.migration_state(), Resuming);
@@ -271,12 +240,12 @@ fn a_refused_resume_stays_refused_until_device_reset() {
     let mut ctx = DeviceContext::new(&dst.space, None, &mut dst.irqs);
     dst.dev.reset(&mut ctx).unwrap();
     assert_eq!(dst.dev.migration_state(), Running);
-    assert_eq!(dst.dev.snapshot(), Rig::new().dev.snapshot(), "power-on state");
+    assert_eq!(dst.dev.snapshot(), rig().dev.snapshot(), "power-on state");
 }
 
 #[test]
 fn no_dma_while_stopped() {
-    let mut rig = Rig::new();
+    let mut rig = rig();
     rig.run(OP_FILL, GUEST, 0, 64, 3).unwrap();
     rig.run(OP_COPY_TO_DEVICE, GUEST, 0, 64, 0).unwrap();
     let guest_before = {
@@ -306,7 +275,7 @@ fn no_dma_while_stopped() {
 #[test]
 fn reset_ends_the_stream() {
     for path in [&[PreCopy][..], &[PreCopy, StopCopy], &[Stop, StopCopy]] {
-        let mut rig = Rig::new();
+        let mut rig = rig();
         rig.walk(path);
         rig.read_round(4096 * 3).truncate(0);
         let mut ctx = DeviceContext::new(&rig.space, None, &mut rig.irqs);
@@ -322,7 +291,7 @@ fn reset_ends_the_stream() {
 
 #[test]
 fn abandoned_pre_copy_starts_over_with_every_page() {
-    let mut rig = Rig::new();
+    let mut rig = rig();
     rig.walk(&[PreCopy]);
     rig.read_round(1 << 20);
     rig.walk(&[Running, PreCopy]);
@@ -331,7 +300,7 @@ fn abandoned_pre_copy_starts_over_with_every_page() {
 
 #[test]
 fn arcs_that_are_not_direct_or_not_from_the_current_state_are_refused_with_einval() {
-    let mut rig = Rig::new();
+    let mut rig = rig();
     for (from, to) in [(Running, StopCopy), (Running, Resuming), (Stop, PreCopy), (Stop, Running)] {
         assert_eq!(rig.arc(from, to), Err(ArcError::Refused(Errno::EINVAL)), "{from:?} -> {to:?}");
     }
@@ -372,7 +341,7 @@ mod without_pre_copy {
     use crate::wire::MIGRATION_STOP_COPY;
     use pretty_assertions::assert_eq;
 
-    fn rig() -> Rig {
+    fn rig_without_pre_copy() -> Rig {
         Rig::with(DmaEngineConfig { devmem_size: DEVMEM, pre_copy: false, ..DmaEngineConfig::default() })
     }
 
@@ -385,15 +354,15 @@ mod without_pre_copy {
 
     #[test]
     fn device_without_pre_copy_advertises_stop_copy_only() {
-        let rig = rig();
+        let rig = rig_without_pre_copy();
         assert!(!rig.dev.supports_pre_copy());
         assert_eq!(MigrationCtl::new(rig.dev.supports_pre_copy()).flags(), MIGRATION_STOP_COPY);
-        assert!(Rig::new().dev.supports_pre_copy(), "PRE_COPY is the default");
+        assert!(super::rig().dev.supports_pre_copy(), "PRE_COPY is the default");
     }
 
     #[test]
     fn running_to_pre_copy_is_refused_without_pre_copy() {
-        let mut rig = rig();
+        let mut rig = rig_without_pre_copy();
         let mut ctl = MigrationCtl::new(rig.dev.supports_pre_copy());
         assert_eq!(set(&mut ctl, &mut rig, PreCopy), Err(Errno::EINVAL));
         assert_eq!((ctl.state(), rig.dev.migration_state()), (Running, Running));
@@ -404,7 +373,7 @@ mod without_pre_copy {
 
     #[test]
     fn pre_copy_is_refused_from_every_state_without_pre_copy() {
-        let mut rig = rig();
+        let mut rig = rig_without_pre_copy();
         let mut ctl = MigrationCtl::new(rig.dev.supports_pre_copy());
         for from in [Running, Stop, StopCopy, Resuming] {
             let mut ctx = DeviceContext::new(&rig.space, None, &mut rig.irqs);
@@ -468,7 +437,7 @@ proptest! {
             stream.extend(w.record(RecordType::DevmemPage, &super::stream::page_payload(0, &[1; 4096])));
         }
         stream.extend(&garbage);
-        let mut dst = Rig::new();
+        let mut dst = rig();
         dst.walk(&[Stop, Resuming]);
         for piece in stream.chunks(chunk) {
             prop_assert_eq!(dst.dev.write_data(piece), Ok(()));

@@ -3,7 +3,9 @@
 //! It is the device the test harness live-migrates, so its whole state is observable through
 //! its registers and regions, and it is held in one plain value, [`DmaEngineState`], apart
 //! from the fds and mappings (see [`state`]). Commands run synchronously inside the doorbell
-//! write, so after any message the device is quiescent.
+//! write, so after any message they are done. The one DMA of its own is the background writer
+//! ([`background`]): a device thread that, once enabled, writes guest memory while the device
+//! runs, concurrently with the client's requests; a stopped device has parked it.
 //!
 //! # Regions
 //!
@@ -39,11 +41,18 @@
 //! | 0x68 | 8 | RO | BYTES_FROM_GUEST | bytes read from guest memory (COPY to device) |
 //! | 0x70 | 8 | RO | IRQS_RAISED | completion interrupts triggered |
 //! | 0x78 | 8 | RO | LAST_CHECKSUM | FNV-1a 64 of the bytes the last command moved or wrote (`0xcbf29ce484222325`, the hash of nothing, if it moved none; 0 at power-on) |
+//! | 0x80 | 4 | RW | BG_CTRL | bit 0: enable the background writer; other bits read 0 |
+//! | 0x84 | 4 | RO | BG_STATUS | 0 IDLE (disabled), 1 RUNNING (enabled and the device runs), 2 PAUSED (enabled, device stopped), 3 FAULT (a write hit memory not mapped with an fd and write permission, or the window is invalid; the writer stopped, BG_CTRL bit 0 reads 0) |
+//! | 0x88 | 8 | RW | BG_SEED | seed of the writes |
+//! | 0x90 | 8 | RW | BG_ADDR | guest address of the window (8-byte aligned) |
+//! | 0x98 | 8 | RW | BG_LEN | window length in bytes (a multiple of 8, non-zero) |
+//! | 0xA0 | 8 | RO | BG_WRITES | writes completed: in memory and marked dirty |
+//! | 0xA8 | 4 | RW | BG_INTERVAL_US | pause between two writes, microseconds (0: yield only) |
 //!
 //! Accesses are byte-granular: each byte of a read comes from the register covering it, each
 //! byte of a write goes to it. So a 64-bit register is one 8-byte access or two 4-byte halves
 //! (low half at the lower address), and any other width or alignment behaves byte-wise.
-//! Bytes no register covers (0x4c-0x4f, 0x80 onwards) read 0 and ignore writes; read-only
+//! Bytes no register covers (0x4c-0x4f, 0xac onwards) read 0 and ignore writes; read-only
 //! bytes ignore writes. A write spanning several registers acts on them in address order
 //! (so CTRL resets before the command registers are written, and DOORBELL runs after). For
 //! CTRL and DOORBELL only the written bytes count: bit 0 must be among them and be 1.
@@ -58,6 +67,22 @@
 //! FILL writes the pattern of [`fill_pattern`]: the 8-byte word at index `k` from the
 //! command's start is `splitmix64(CMD_SEED + k)` (wrapping) in little-endian.
 //!
+//! # Background writer
+//!
+//! With BG_CTRL bit 0 set and the device RUNNING or PRE_COPY, a device thread writes guest
+//! memory, one 8-byte word at a time, BG_INTERVAL_US apart: write number `k` (BG_WRITES at
+//! the time) stores `splitmix64(BG_SEED + k)` at
+//! `BG_ADDR + 8 * (splitmix64(BG_SEED ^ k * 0x9e37_79b9_7f4a_7c15) % (BG_LEN / 8))`
+//! ([`background_write`]), through the DMA table, so its page is marked dirty when logging is
+//! on, after the bytes are written; only then is BG_WRITES incremented. A client that reads
+//! BG_WRITES = `n` knows writes `0..n` are in memory and marked. Writes go only to regions
+//! mapped with an fd and write permission; anything else, and enabling with BG_LEN 0 or an
+//! unaligned BG_ADDR or BG_LEN, is FAULT. Arcs to a stopped state park it before they return
+//! (PAUSED), arcs back to RUNNING resume it, writing BG_CTRL = 0 returns once it is parked,
+//! resets disable it and zero every BG_* register, a disconnect and dropping the device stop
+//! and join its thread; the BG_* registers migrate with the others. The details, and how the
+//! thread shares the registers with the session, are in [`background`].
+//!
 //! # Interrupts
 //!
 //! IRQ indexes: INTx (1 vector, maskable, automasked), MSI (1, NORESIZE), MSI-X (4, maskable,
@@ -69,9 +94,10 @@
 //!
 //! # Resets
 //!
-//! - Guest reset (CTRL bit 0): registers and counters to power-on values, device memory and
-//!   shared scratch memory zeroed; configuration space (BARs, command register) is kept, as
-//!   the guest's view of the device must survive. It involves nothing but the device.
+//! - Guest reset (CTRL bit 0): registers and counters to power-on values (the background
+//!   writer parked and disabled, every BG_* register 0), device memory and shared scratch
+//!   memory zeroed; configuration space (BARs, command register) is kept, as the guest's view
+//!   of the device must survive. It involves nothing but the device.
 //! - DEVICE_RESET ([`Device::reset`]): the same, plus configuration space to its defaults.
 //!
 //! The command register's memory space and bus master bits are stored but not enforced.
@@ -85,9 +111,12 @@
 //! first round sends all of it, later rounds what was written since. Registers, configuration
 //! space and the whole shared scratch memory (mmappable, so untrackable) go in STOP_COPY with
 //! the pages still dirty. While stopped (STOP, STOP_COPY, RESUMING) the device refuses writes
-//! to BAR0, BAR2 and BAR4 with EBUSY, so it never DMAs then; configuration space stays
-//! writable. DEVICE_RESET ends any migration and returns it to RUNNING; a guest reset (CTRL)
-//! leaves the migration state alone.
+//! to BAR0, BAR2 and BAR4 with EBUSY and its background writer is parked (the arc that
+//! stopped it parked it before returning), so it never DMAs then; configuration space stays
+//! writable. The registers carried include the background writer's, so a destination whose
+//! source had it enabled resumes writing from BG_WRITES once it reaches RUNNING. DEVICE_RESET
+//! ends any migration and returns it to RUNNING; a guest reset (CTRL) leaves the migration
+//! state alone.
 //!
 //! # Options
 //!
@@ -103,6 +132,7 @@
 //! | `fail_read_after` (`--fail-read-after`) | none | fault injection: MIG_DATA_READ fails with EIO once this many bytes of a stream were read |
 
 mod access;
+pub mod background;
 pub mod config;
 pub mod engine;
 pub mod migration;
@@ -114,7 +144,11 @@ pub mod state;
 pub mod stream;
 
 #[cfg(test)]
+mod background_tests;
+#[cfg(test)]
 mod migration_tests;
+#[cfg(test)]
+mod test_rig;
 #[cfg(test)]
 mod tests;
 
@@ -132,12 +166,13 @@ use crate::wire::{
     IRQ_INFO_MASKABLE, IRQ_INFO_NORESIZE, PCI_CONFIG_REGION_INDEX, PCI_NUM_IRQS, PCI_NUM_REGIONS, SparseArea,
 };
 
+pub use background::background_write;
 pub use config::{
     ArcSet, ConfigError, DEFAULT_CHUNK_SIZE, DEFAULT_DEVMEM_SIZE, DmaEngineConfig, SizeParseError, parse_size,
 };
 pub use pattern::{fill_pattern, fnv1a64, pattern_byte, splitmix64};
 pub use pci_config::{CONFIG_SPACE_SIZE, PciConfigState, SCRATCH_SIZE};
-pub use regs::{BAR0_SIZE, Registers, Status};
+pub use regs::{BAR0_SIZE, BgRegisters, BgStatus, Registers, Status};
 pub use state::DmaEngineState;
 
 /// Region index of the registers (BAR0).
@@ -161,6 +196,8 @@ pub struct DmaEngine {
     scratch_fd: Arc<OwnedFd>,
     /// Migration state and streams.
     mig: migration::Migration,
+    /// The background writer's thread, which owns the BG_* registers while it runs.
+    bg: background::Writer,
 }
 
 /// Everything observable about a device at one moment, for comparing two devices.
@@ -181,7 +218,8 @@ impl DmaEngine {
         let (scratch, fd) =
             MappedRegion::memfd(c"dma-engine-scratch", SCRATCH_SIZE).map_err(ConfigError::SharedMemory)?;
         let state = DmaEngineState::power_on(devmem_size);
-        Ok(Self { config, state, scratch, scratch_fd: Arc::new(fd), mig: migration::Migration::default() })
+        let mig = migration::Migration::default();
+        Ok(Self { config, state, scratch, scratch_fd: Arc::new(fd), mig, bg: background::Writer::default() })
     }
 
     /// The configuration the device was built with.
@@ -189,7 +227,10 @@ impl DmaEngine {
         self.config
     }
 
-    /// The device's state (everything but the shared scratch memory).
+    /// The device's state (everything but the shared scratch memory). While the background
+    /// writer runs, its BG_* registers here are those it was last parked with (it counts
+    /// BG_WRITES on its own copy, see [`background`]); [`snapshot`](Self::snapshot) and BAR0
+    /// reads give the live values.
     pub fn state(&self) -> &DmaEngineState {
         &self.state
     }
@@ -203,9 +244,12 @@ impl DmaEngine {
         buf
     }
 
-    /// The state and the shared scratch memory together.
+    /// The state (with the background writer's live registers) and the shared scratch memory
+    /// together.
     pub fn snapshot(&self) -> DmaEngineSnapshot {
-        DmaEngineSnapshot { state: self.state.clone(), scratch: self.shared_memory() }
+        let mut state = self.state.clone();
+        state.regs = self.live_registers();
+        DmaEngineSnapshot { state, scratch: self.shared_memory() }
     }
 
     fn zero_scratch(scratch: &MappedRegion) {
@@ -215,6 +259,12 @@ impl DmaEngine {
     }
 
     fn write_regs(&mut self, ctx: &mut DeviceContext<'_>, offset: u64, data: &[u8]) {
+        // A guest reset and the BG_* registers need the writer's registers back first.
+        let touches = |range| regs::touches(offset, data.len(), range);
+        let background = touches(regs::REG_CTRL..regs::REG_CTRL + 4) || touches(regs::BG_REGS);
+        if background {
+            self.park_background();
+        }
         let scratch = &self.scratch;
         let chunk_size = self.config.chunk_size;
         regs::write(&mut self.state, offset, data, |state, effect| match effect {
@@ -224,6 +274,10 @@ impl DmaEngine {
             }
             regs::Effect::Ring => engine::execute(state, ctx, chunk_size),
         });
+        if background {
+            self.background_ctrl_written(touches(regs::REG_BG_CTRL..regs::REG_BG_CTRL + 4));
+            self.settle_background(ctx);
+        }
     }
 }
 
@@ -270,7 +324,7 @@ impl Device for DmaEngine {
         data: &mut [u8],
     ) -> Result<(), Errno> {
         match region {
-            REGION_REGS => regs::read(&self.state, offset, data),
+            REGION_REGS => regs::read(&self.live_registers(), self.state.devmem_size(), offset, data),
             REGION_DEVMEM => data.copy_from_slice(errno_einval(self.state.devmem_range(offset, data.len()))?),
             REGION_SCRATCH => errno_einval(self.scratch.read_at(offset, data))?,
             REGION_CONFIG => self.state.pci.read(self.state.devmem_size(), offset, data),
@@ -303,10 +357,15 @@ impl Device for DmaEngine {
     }
 
     fn reset(&mut self, _ctx: &mut DeviceContext<'_>) -> Result<(), Errno> {
+        self.park_background();
         self.reset_migration();
         self.state.power_on_reset();
         Self::zero_scratch(&self.scratch);
         Ok(())
+    }
+
+    fn disconnected(&mut self) {
+        self.stop_background();
     }
 
     fn migration(&mut self) -> Option<&mut dyn Migratable> {

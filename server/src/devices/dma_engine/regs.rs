@@ -50,6 +50,22 @@ pub const REG_BYTES_FROM_GUEST: u64 = 0x68;
 pub const REG_IRQS_RAISED: u64 = 0x70;
 /// LAST_CHECKSUM (RO u64): FNV-1a 64 of the bytes the last command moved or wrote.
 pub const REG_LAST_CHECKSUM: u64 = 0x78;
+/// BG_CTRL (RW u32): [`BG_CTRL_ENABLE`] enables the background writer; other bits read 0.
+pub const REG_BG_CTRL: u64 = 0x80;
+/// BG_STATUS (RO u32): [`BgStatus`] of the background writer.
+pub const REG_BG_STATUS: u64 = 0x84;
+/// BG_SEED (RW u64): seed of the background writes.
+pub const REG_BG_SEED: u64 = 0x88;
+/// BG_ADDR (RW u64): guest address of the background writer's window (8-byte aligned).
+pub const REG_BG_ADDR: u64 = 0x90;
+/// BG_LEN (RW u64): length of the window in bytes (a multiple of 8, non-zero).
+pub const REG_BG_LEN: u64 = 0x98;
+/// BG_WRITES (RO u64): background writes completed (in memory and marked dirty).
+pub const REG_BG_WRITES: u64 = 0xa0;
+/// BG_INTERVAL_US (RW u32): pause between two background writes in microseconds (0: yield only).
+pub const REG_BG_INTERVAL_US: u64 = 0xa8;
+/// The BAR0 bytes of the background writer's registers, BG_CTRL to BG_INTERVAL_US.
+pub const BG_REGS: std::ops::Range<u64> = REG_BG_CTRL..REG_BG_INTERVAL_US + 4;
 
 /// Value of MAGIC: the bytes `"DMAE"` in address order.
 pub const MAGIC: u32 = u32::from_le_bytes(*b"DMAE");
@@ -67,6 +83,8 @@ pub const CMD_FLAG_IRQ: u32 = 1;
 pub const CTRL_RESET: u32 = 1;
 /// DOORBELL bit 0: execute the command.
 pub const DOORBELL_RING: u32 = 1;
+/// BG_CTRL bit 0: enable the background writer.
+pub const BG_CTRL_ENABLE: u32 = 1;
 
 /// Outcome of the last command, as read from STATUS.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -93,6 +111,70 @@ impl Status {
         [Self::Idle, Self::Ok, Self::DmaFault, Self::BadOp, Self::OutOfRange, Self::ZeroLength]
             .into_iter()
             .find(|s| *s as u32 == raw)
+    }
+}
+
+/// State of the background writer, as read from BG_STATUS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[repr(u32)]
+pub enum BgStatus {
+    /// Disabled (BG_CTRL bit 0 clear).
+    #[default]
+    Idle = 0,
+    /// Enabled, and the device runs (RUNNING or PRE_COPY): the thread is writing.
+    Running = 1,
+    /// Enabled, but the device is stopped: the thread is parked until it runs again.
+    Paused = 2,
+    /// A write hit memory not mapped with an fd and write permission, or the writer was
+    /// enabled with an invalid window: it stopped, and BG_CTRL bit 0 reads 0.
+    Fault = 3,
+}
+
+impl BgStatus {
+    /// The status with register value `raw`, if there is one.
+    pub fn from_raw(raw: u32) -> Option<Self> {
+        [Self::Idle, Self::Running, Self::Paused, Self::Fault].into_iter().find(|s| *s as u32 == raw)
+    }
+}
+
+/// The background writer's registers (see [`background`](super::background)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BgRegisters {
+    /// BG_CTRL (only [`BG_CTRL_ENABLE`] is kept).
+    pub ctrl: u32,
+    /// BG_STATUS.
+    pub status: BgStatus,
+    /// BG_SEED.
+    pub seed: u64,
+    /// BG_ADDR.
+    pub addr: u64,
+    /// BG_LEN.
+    pub len: u64,
+    /// BG_WRITES.
+    pub writes: u64,
+    /// BG_INTERVAL_US.
+    pub interval_us: u32,
+}
+
+impl BgRegisters {
+    /// Whether BG_CTRL bit 0 is set.
+    pub fn enabled(&self) -> bool {
+        self.ctrl & BG_CTRL_ENABLE != 0
+    }
+
+    /// Whether BG_ADDR and BG_LEN make a window the writer can run on: BG_LEN a non-zero
+    /// multiple of 8, BG_ADDR 8-byte aligned, the window not wrapping around.
+    pub fn window_is_valid(&self) -> bool {
+        self.len != 0
+            && self.len.is_multiple_of(8)
+            && self.addr.is_multiple_of(8)
+            && self.addr.checked_add(self.len).is_some()
+    }
+
+    /// Stops the writer on a fault: BG_STATUS FAULT, BG_CTRL 0.
+    pub fn fault(&mut self) {
+        self.ctrl = 0;
+        self.status = BgStatus::Fault;
     }
 }
 
@@ -127,12 +209,18 @@ pub struct Registers {
     pub irqs_raised: u64,
     /// LAST_CHECKSUM.
     pub last_checksum: u64,
+    /// The background writer's registers, BG_CTRL to BG_INTERVAL_US.
+    pub bg: BgRegisters,
 }
 
 impl Registers {
-    /// Every field with its register name, in register-map order (for diffs and, later,
-    /// serialization).
-    pub fn fields(&self) -> [(&'static str, u64); 14] {
+    /// How many fields [`fields`](Self::fields) lists.
+    pub const FIELD_COUNT: usize = 21;
+
+    /// Every field with its register name, in register-map order (for diffs and the
+    /// migration stream's REGISTERS record).
+    pub fn fields(&self) -> [(&'static str, u64); Self::FIELD_COUNT] {
+        let bg = &self.bg;
         [
             ("STATUS", self.status as u64),
             ("SCRATCH", self.scratch),
@@ -148,6 +236,13 @@ impl Registers {
             ("BYTES_FROM_GUEST", self.bytes_from_guest),
             ("IRQS_RAISED", self.irqs_raised),
             ("LAST_CHECKSUM", self.last_checksum),
+            ("BG_CTRL", bg.ctrl.into()),
+            ("BG_STATUS", bg.status as u64),
+            ("BG_SEED", bg.seed),
+            ("BG_ADDR", bg.addr),
+            ("BG_LEN", bg.len),
+            ("BG_WRITES", bg.writes),
+            ("BG_INTERVAL_US", bg.interval_us.into()),
         ]
     }
 }
@@ -174,6 +269,13 @@ pub(super) enum Reg {
     BytesFromGuest,
     IrqsRaised,
     LastChecksum,
+    BgCtrl,
+    BgStatus,
+    BgSeed,
+    BgAddr,
+    BgLen,
+    BgWrites,
+    BgIntervalUs,
 }
 
 /// How a register reacts to writes.
@@ -188,7 +290,7 @@ pub(super) enum Kind {
 }
 
 /// `(offset, width, register)` in ascending offset order.
-pub(super) const MAP: [(u64, u64, Reg); 19] = [
+pub(super) const MAP: [(u64, u64, Reg); 26] = [
     (REG_MAGIC, 4, Reg::Magic),
     (REG_VERSION, 4, Reg::Version),
     (REG_DEVMEM_SIZE, 8, Reg::DevmemSize),
@@ -208,6 +310,13 @@ pub(super) const MAP: [(u64, u64, Reg); 19] = [
     (REG_BYTES_FROM_GUEST, 8, Reg::BytesFromGuest),
     (REG_IRQS_RAISED, 8, Reg::IrqsRaised),
     (REG_LAST_CHECKSUM, 8, Reg::LastChecksum),
+    (REG_BG_CTRL, 4, Reg::BgCtrl),
+    (REG_BG_STATUS, 4, Reg::BgStatus),
+    (REG_BG_SEED, 8, Reg::BgSeed),
+    (REG_BG_ADDR, 8, Reg::BgAddr),
+    (REG_BG_LEN, 8, Reg::BgLen),
+    (REG_BG_WRITES, 8, Reg::BgWrites),
+    (REG_BG_INTERVAL_US, 4, Reg::BgIntervalUs),
 ];
 
 impl Reg {
@@ -220,18 +329,23 @@ impl Reg {
             | Reg::CmdGuestAddr
             | Reg::CmdDevOffset
             | Reg::CmdLen
-            | Reg::CmdSeed => Kind::ReadWrite,
+            | Reg::CmdSeed
+            | Reg::BgCtrl
+            | Reg::BgSeed
+            | Reg::BgAddr
+            | Reg::BgLen
+            | Reg::BgIntervalUs => Kind::ReadWrite,
             _ => Kind::ReadOnly,
         }
     }
 
-    /// The value a read returns.
-    pub(super) fn value(self, state: &DmaEngineState) -> u64 {
-        let r = &state.regs;
+    /// The value a read returns, from registers `r` of a device with `devmem_size` bytes of
+    /// device memory.
+    pub(super) fn value(self, r: &Registers, devmem_size: u64) -> u64 {
         match self {
             Reg::Magic => MAGIC.into(),
             Reg::Version => VERSION.into(),
-            Reg::DevmemSize => state.devmem_size(),
+            Reg::DevmemSize => devmem_size,
             Reg::Ctrl | Reg::Doorbell => 0,
             Reg::Status => r.status as u64,
             Reg::Scratch => r.scratch,
@@ -247,6 +361,13 @@ impl Reg {
             Reg::BytesFromGuest => r.bytes_from_guest,
             Reg::IrqsRaised => r.irqs_raised,
             Reg::LastChecksum => r.last_checksum,
+            Reg::BgCtrl => r.bg.ctrl.into(),
+            Reg::BgStatus => r.bg.status as u64,
+            Reg::BgSeed => r.bg.seed,
+            Reg::BgAddr => r.bg.addr,
+            Reg::BgLen => r.bg.len,
+            Reg::BgWrites => r.bg.writes,
+            Reg::BgIntervalUs => r.bg.interval_us.into(),
         }
     }
 
@@ -260,17 +381,29 @@ impl Reg {
             Reg::CmdDevOffset => r.cmd_dev_offset = v,
             Reg::CmdLen => r.cmd_len = v,
             Reg::CmdSeed => r.cmd_seed = v,
+            Reg::BgCtrl => r.bg.ctrl = v as u32 & BG_CTRL_ENABLE,
+            Reg::BgSeed => r.bg.seed = v,
+            Reg::BgAddr => r.bg.addr = v,
+            Reg::BgLen => r.bg.len = v,
+            Reg::BgIntervalUs => r.bg.interval_us = v as u32,
             _ => {}
         }
     }
 }
 
-/// Reads `data.len()` bytes of BAR0 at `offset`: bytes no register covers read 0.
-pub(super) fn read(state: &DmaEngineState, offset: u64, data: &mut [u8]) {
+/// Reads `data.len()` bytes of BAR0 at `offset` from registers `r` of a device with
+/// `devmem_size` bytes of device memory: bytes no register covers read 0.
+pub(super) fn read(r: &Registers, devmem_size: u64, offset: u64, data: &mut [u8]) {
     data.fill(0);
     for (at, width, reg) in MAP {
-        copy_out(reg.value(state), at, width, offset, data);
+        copy_out(reg.value(r, devmem_size), at, width, offset, data);
     }
+}
+
+/// Whether an access of `len` bytes at `offset` covers any byte of `range`.
+pub(super) fn touches(offset: u64, len: usize, range: std::ops::Range<u64>) -> bool {
+    let end = offset.saturating_add(len as u64);
+    len > 0 && offset < range.end && range.start < end
 }
 
 /// What a write to BAR0 asks of the device besides storing register bytes.
@@ -297,7 +430,7 @@ pub(super) fn write(
         match reg.kind() {
             Kind::ReadOnly => {}
             Kind::ReadWrite => {
-                if let Some(v) = merge_in(reg.value(state), at, width, offset, data) {
+                if let Some(v) = merge_in(reg.value(&state.regs, state.devmem_size()), at, width, offset, data) {
                     reg.store(&mut state.regs, v);
                 }
             }
@@ -332,6 +465,37 @@ mod tests {
             assert_eq!(Status::from_raw(raw).map(|s| s as u32), Some(raw));
         }
         assert_eq!(Status::from_raw(6), None);
+        for raw in 0..4 {
+            assert_eq!(BgStatus::from_raw(raw).map(|s| s as u32), Some(raw));
+        }
+        assert_eq!(BgStatus::from_raw(4), None);
+    }
+
+    #[test]
+    fn fields_list_every_stored_register() {
+        assert_eq!(Registers::default().fields().len(), Registers::FIELD_COUNT);
+        let names: Vec<_> = Registers::default().fields().iter().map(|f| f.0).collect();
+        assert_eq!(
+            &names[14..],
+            ["BG_CTRL", "BG_STATUS", "BG_SEED", "BG_ADDR", "BG_LEN", "BG_WRITES", "BG_INTERVAL_US"]
+        );
+    }
+
+    #[test]
+    fn a_window_must_be_aligned_non_empty_and_not_wrap() {
+        let w = |addr, len| BgRegisters { addr, len, ..BgRegisters::default() }.window_is_valid();
+        assert!(w(0x1000, 8) && w(0, 0x10_0000) && w(u64::MAX - 15, 8));
+        assert!(!w(0x1000, 0), "empty");
+        assert!(!w(0x1004, 8), "unaligned address");
+        assert!(!w(0x1000, 12), "length not a multiple of 8");
+        assert!(!w(u64::MAX - 7, 16), "wraps");
+    }
+
+    #[test]
+    fn touches_is_byte_exact() {
+        assert!(touches(0x7c, 5, BG_REGS) && touches(0xab, 1, BG_REGS) && touches(0, 4096, BG_REGS));
+        assert!(!touches(0x7c, 4, BG_REGS) && !touches(0xac, 4, BG_REGS) && !touches(0x80, 0, BG_REGS));
+        assert!(!touches(u64::MAX, 8, BG_REGS));
     }
 
     #[test]

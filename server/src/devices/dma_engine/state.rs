@@ -2,7 +2,10 @@
 //!
 //! Everything a migration must carry lives here, apart from the shared scratch memory (BAR4),
 //! which is memfd-backed memory shared with the client and read with
-//! [`DmaEngine::shared_memory`](super::DmaEngine::shared_memory). No fds, mappings or caches:
+//! [`DmaEngine::shared_memory`](super::DmaEngine::shared_memory). The background writer's
+//! registers are here too, but while its thread runs it owns them and counts on its own copy
+//! (see [`background`](super::background)): [`DmaEngine::snapshot`](super::DmaEngine::snapshot)
+//! gives the live values. No fds, mappings or caches:
 //! two devices are in the same state exactly when their states compare equal (and their
 //! shared memory does), and [`DmaEngineState::differences`] names what differs.
 //!

@@ -1,7 +1,7 @@
 //! The wire format of the dma-engine's migration stream: records, their encoding, and an
 //! incremental [`Decoder`] that takes the stream in pieces of any size.
 //!
-//! # Format (version 1)
+//! # Format (version 2)
 //!
 //! The stream is a sequence of records. Every record is a 16-byte record header followed by
 //! its payload; all integers are little-endian:
@@ -15,15 +15,17 @@
 //!
 //! | type | record | length | payload | sent |
 //! |---|---|---|---|---|
-//! | 1 | HEADER | 24 | magic `"DMAE-MIG"` (8 bytes), format version u32 (1), reserved u32 (0), `devmem_size` u64 | first, once |
-//! | 2 | REGISTERS | 112 | the 14 fields of [`Registers`], u64 each, in [`Registers::fields`] order | STOP_COPY, once |
+//! | 1 | HEADER | 24 | magic `"DMAE-MIG"` (8 bytes), format version u32 (2), reserved u32 (0), `devmem_size` u64 | first, once |
+//! | 2 | REGISTERS | 168 | the 21 fields of [`Registers`], u64 each, in [`Registers::fields`] order (the 14 command registers, then BG_CTRL, BG_STATUS, BG_SEED, BG_ADDR, BG_LEN, BG_WRITES, BG_INTERVAL_US) | STOP_COPY, once |
 //! | 3 | PCI_CONFIG | 32 | command u32, interrupt line u32, the address bits of BAR0-BAR5 u32 each | STOP_COPY, once |
 //! | 4 | DEVMEM_PAGE | 4104 | page-aligned offset u64, then the 4096 bytes of device memory there | PRE_COPY rounds and STOP_COPY; a page may come several times, the last copy wins |
 //! | 5 | SCRATCH_PAGE | 4104 | page-aligned offset u64, then the 4096 bytes of shared scratch memory there | STOP_COPY, each of the 16 pages once |
 //! | 6 | TRAILER | 16 | record count u64 (records before the trailer, header included), stream checksum u64 (the chain `c = XXH3-64(record checksum, seed c)` over every record before the trailer, from `c = 0`) | last |
 //!
 //! The HEADER record keeps this framing and payload layout in every format version, so a
-//! destination can always tell another version (EPROTO) from garbage (EBADMSG). A complete
+//! destination can always tell another version (EPROTO) from garbage (EBADMSG). Version 1 had
+//! a 112-byte REGISTERS record without the background writer's registers; a version-1 stream
+//! is refused with EPROTO, as any other version is. A complete
 //! stream holds every devmem page and every scratch page at least once, REGISTERS and
 //! PCI_CONFIG once each, and nothing after the TRAILER.
 //!
@@ -37,18 +39,25 @@
 //! magic, unknown type, wrong length, misplaced or repeated header, out-of-range values, bytes
 //! after the trailer), EPROTO for another format version, EINVAL for another `devmem_size`,
 //! ENODATA when the trailer has not arrived.
+//!
+//! Out-of-range register values are those no device could hold ([`decode_registers`]): an
+//! unknown STATUS or BG_STATUS, undefined CMD_FLAGS or BG_CTRL bits, a 32-bit register above
+//! 32 bits, and a background writer whose BG_CTRL and BG_STATUS disagree (enabled is RUNNING
+//! or PAUSED, disabled is IDLE or FAULT) or that is enabled on an invalid window (enabling
+//! on one faults at once).
 
 use nix::errno::Errno;
 
 use super::pages::PAGE_SIZE;
 use super::pci_config::{COMMAND_WRITABLE, PciConfigState, SCRATCH_SIZE};
-use super::regs::{CMD_FLAG_IRQ, Registers, Status};
+use super::regs::{BG_CTRL_ENABLE, BgRegisters, BgStatus, CMD_FLAG_IRQ, Registers, Status};
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 /// The magic at the start of the HEADER payload.
 pub const STREAM_MAGIC: [u8; 8] = *b"DMAE-MIG";
-/// The format version this code writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The format version this code writes and reads (2: REGISTERS carries the background
+/// writer's registers).
+pub const FORMAT_VERSION: u32 = 2;
 /// Length of a record header (type, length, checksum).
 pub const RECORD_HEADER_LEN: usize = 16;
 /// Payload length of a DEVMEM_PAGE or SCRATCH_PAGE record: offset plus one page.
@@ -86,7 +95,7 @@ impl RecordType {
     pub fn payload_len(self) -> usize {
         match self {
             Self::Header => 24,
-            Self::Registers => 14 * 8,
+            Self::Registers => Registers::FIELD_COUNT * 8,
             Self::PciConfig => 32,
             Self::DevmemPage | Self::ScratchPage => PAGE_PAYLOAD_LEN,
             Self::Trailer => 16,
@@ -247,12 +256,26 @@ fn le_u64(b: &[u8], at: usize) -> Option<u64> {
     Some(u64::from_le_bytes(b.get(at..at.checked_add(8)?)?.try_into().ok()?))
 }
 
-/// Decodes a REGISTERS payload; EBADMSG if a value is not one the registers can hold.
+/// Decodes a REGISTERS payload; EBADMSG if a value is not one the registers can hold (see
+/// the module documentation).
 pub fn decode_registers(p: &[u8]) -> Result<Registers, Errno> {
     let v = |i: usize| le_u64(p, i * 8).ok_or(Errno::EBADMSG);
     let narrow = |x: u64| u32::try_from(x).map_err(|_| Errno::EBADMSG);
     let cmd_flags = narrow(v(3)?)?;
     if cmd_flags & !CMD_FLAG_IRQ != 0 {
+        return Err(Errno::EBADMSG);
+    }
+    let bg = BgRegisters {
+        ctrl: narrow(v(14)?)?,
+        status: BgStatus::from_raw(narrow(v(15)?)?).ok_or(Errno::EBADMSG)?,
+        seed: v(16)?,
+        addr: v(17)?,
+        len: v(18)?,
+        writes: v(19)?,
+        interval_us: narrow(v(20)?)?,
+    };
+    let active = matches!(bg.status, BgStatus::Running | BgStatus::Paused);
+    if bg.ctrl & !BG_CTRL_ENABLE != 0 || bg.enabled() != active || (bg.enabled() && !bg.window_is_valid()) {
         return Err(Errno::EBADMSG);
     }
     Ok(Registers {
@@ -270,6 +293,7 @@ pub fn decode_registers(p: &[u8]) -> Result<Registers, Errno> {
         bytes_from_guest: v(11)?,
         irqs_raised: v(12)?,
         last_checksum: v(13)?,
+        bg,
     })
 }
 
@@ -489,6 +513,46 @@ mod tests {
         let mut bad = pci_config_payload(&c);
         bad[8] = 1; // a BAR0 size bit
         assert_eq!(decode_pci_config(&bad, 8 << 20), Err(Errno::EBADMSG));
+    }
+
+    #[test]
+    fn background_registers_round_trip() {
+        let bg = BgRegisters {
+            ctrl: BG_CTRL_ENABLE,
+            status: BgStatus::Paused,
+            seed: u64::MAX,
+            addr: 0x10_0000,
+            len: 0x2000,
+            writes: 12_345,
+            interval_us: u32::MAX,
+        };
+        let r = Registers { bg, ..Registers::default() };
+        assert_eq!(registers_payload(&r).len(), RecordType::Registers.payload_len());
+        assert_eq!(decode_registers(&registers_payload(&r)), Ok(r));
+        let faulted = Registers { bg: BgRegisters { ctrl: 0, status: BgStatus::Fault, ..bg }, ..r };
+        assert_eq!(decode_registers(&registers_payload(&faulted)), Ok(faulted));
+    }
+
+    #[test]
+    fn background_registers_no_device_could_hold_are_corruption() {
+        let good = BgRegisters { ctrl: 1, status: BgStatus::Running, addr: 0x1000, len: 0x1000, ..Default::default() };
+        for (what, bg) in [
+            ("enabled but idle", BgRegisters { status: BgStatus::Idle, ..good }),
+            ("enabled but faulted", BgRegisters { status: BgStatus::Fault, ..good }),
+            ("disabled but paused", BgRegisters { ctrl: 0, status: BgStatus::Paused, ..good }),
+            ("an undefined BG_CTRL bit", BgRegisters { ctrl: 3, ..good }),
+            ("enabled on an empty window", BgRegisters { len: 0, ..good }),
+            ("enabled on an unaligned window", BgRegisters { addr: 0x1004, ..good }),
+        ] {
+            let p = registers_payload(&Registers { bg, ..Registers::default() });
+            assert_eq!(decode_registers(&p), Err(Errno::EBADMSG), "{what}");
+        }
+        let mut p = registers_payload(&Registers { bg: good, ..Registers::default() });
+        p[15 * 8..16 * 8].copy_from_slice(&4u64.to_le_bytes());
+        assert_eq!(decode_registers(&p), Err(Errno::EBADMSG), "an unknown BG_STATUS");
+        let mut p = registers_payload(&Registers { bg: good, ..Registers::default() });
+        p[20 * 8..21 * 8].copy_from_slice(&(1u64 << 32).to_le_bytes());
+        assert_eq!(decode_registers(&p), Err(Errno::EBADMSG), "BG_INTERVAL_US above 32 bits");
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! memory in a memfd-backed DMA region and a real IRQ table.
 
 use std::os::fd::OwnedFd;
+use std::sync::Arc;
 
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use pretty_assertions::assert_eq;
@@ -18,7 +19,7 @@ const DEVMEM: u64 = 256 << 10;
 const CHUNK_SIZE: usize = DEFAULT_CHUNK_SIZE;
 
 struct Rig {
-    space: DmaSpace,
+    space: Arc<DmaSpace>,
     irqs: IrqTable,
     guest: MappedRegion,
     dev: DmaEngine,
@@ -27,7 +28,7 @@ struct Rig {
 impl Rig {
     fn new() -> Self {
         let dev = DmaEngine::new(DmaEngineConfig { devmem_size: DEVMEM, ..DmaEngineConfig::default() }).unwrap();
-        let space = DmaSpace::new(16);
+        let space = Arc::new(DmaSpace::new(16));
         let (guest, fd) = MappedRegion::memfd(c"g", GUEST_LEN).unwrap();
         space.map(GUEST, GUEST_LEN, true, true, Some((&fd, 0))).unwrap();
         let spec = dev.spec();
@@ -35,12 +36,12 @@ impl Rig {
     }
 
     fn write(&mut self, region: u32, offset: u64, data: &[u8]) {
-        let mut ctx = DeviceContext::new(&self.space, None, &mut self.irqs);
+        let mut ctx = DeviceContext::new_shared(&self.space, None, &mut self.irqs);
         self.dev.region_write(&mut ctx, region, offset, data).unwrap();
     }
 
     fn read(&mut self, region: u32, offset: u64, len: usize) -> Vec<u8> {
-        let mut ctx = DeviceContext::new(&self.space, None, &mut self.irqs);
+        let mut ctx = DeviceContext::new_shared(&self.space, None, &mut self.irqs);
         let mut buf = vec![0xee; len];
         self.dev.region_read(&mut ctx, region, offset, &mut buf).unwrap();
         buf
@@ -153,9 +154,12 @@ fn undefined_and_read_only_bytes_ignore_writes_and_unknown_offsets_read_zero() {
     rig.write(REGION_REGS, REG_STATUS, &[0xff; 4]);
     rig.write(REGION_REGS, REG_CMDS_COMPLETED, &[0xff; 0x30]);
     rig.write(REGION_REGS, 0x4c, &[0xff; 4]);
-    rig.write(REGION_REGS, 0x80, &[0xff; 0xf80]);
+    rig.write(REGION_REGS, REG_BG_STATUS, &[0xff; 4]);
+    rig.write(REGION_REGS, REG_BG_WRITES, &[0xff; 8]);
+    rig.write(REGION_REGS, 0xac, &[0xff; 0xf54]);
     assert_eq!(rig.dev.snapshot(), before);
-    assert_eq!(rig.read(REGION_REGS, 0x80, 0xf80), vec![0; 0xf80]);
+    assert_eq!(rig.read(REGION_REGS, 0xac, 0xf54), vec![0; 0xf54]);
+    assert_eq!(rig.read(REGION_REGS, 0x80, 0x2c), vec![0; 0x2c], "the BG_* registers");
     assert_eq!(rig.r32(REG_DOORBELL), 0);
     assert_eq!(rig.r32(REG_CTRL), 0);
 }

@@ -149,6 +149,8 @@ where
     // A caller (a test, or `miglab` with its own subscriber) may have set one: theirs wins.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        // Colours only on a terminal: a log written to a file is read by people and tools.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .try_init();
     match run(&cli) {

@@ -70,6 +70,7 @@ impl Run<'_> {
         let pattern = self.scenario.workload.vcpu.as_ref().map_or(WritePattern::Random, |v| v.pattern);
         let max_len = self.scenario.workload.dma.as_ref().map_or(64 << 10, |d| d.max_len.bytes());
         let ram_end = self.layout.iter().map(|r| r.0 + r.1).max().unwrap_or(0);
+        let logs_arcs = self.options.server.logs_arcs;
         let ctx = &mut self.sides[index(st.side)];
         let guest = ctx.dev.guest.clone();
         let pages = guest.as_ref().map(PageIndex::new);
@@ -100,7 +101,7 @@ impl Run<'_> {
                     Vec::new()
                 }
                 Kind::Region => region_op(ctx, invalid, &mut rng)?.into_iter().collect(),
-                Kind::State => state_op(ctx, invalid, &mut rng)?.into_iter().collect(),
+                Kind::State => state_op(ctx, invalid, logs_arcs, &mut rng)?.into_iter().collect(),
                 Kind::Data => data_op(ctx, invalid, &mut rng)?.into_iter().collect(),
                 Kind::Reset => reset(ctx)?.into_iter().collect(),
             };
@@ -223,7 +224,7 @@ fn region_op(ctx: &mut SideCtx, invalid: bool, rng: &mut ChaCha8Rng) -> Result<O
     })
 }
 
-fn state_op(ctx: &mut SideCtx, invalid: bool, rng: &mut ChaCha8Rng) -> Result<Option<String>, String> {
+fn state_op(ctx: &mut SideCtx, invalid: bool, logs_arcs: bool, rng: &mut ChaCha8Rng) -> Result<Option<String>, String> {
     let stuck = ctx.dev.model.state == MigState::Resuming && ctx.dev.model.resume != ResumeData::Whole;
     if stuck && rng.random_bool(0.5) {
         return reset(ctx);
@@ -236,7 +237,14 @@ fn state_op(ctx: &mut SideCtx, invalid: bool, rng: &mut ChaCha8Rng) -> Result<Op
         *SETTABLE.choose(rng).unwrap_or(&MigState::Running) as u32
     };
     let p = ctx.dev.model.predict_set(target);
+    let mark = ctx.log_mark();
     let got = refused(ctx.client()?.set_mig_state_raw(target))?;
+    if logs_arcs
+        && p.expected.admits(got)
+        && let Some(wrong) = ctx.check_arcs(mark, &p)
+    {
+        return Ok(Some(format!("SET {target}: {wrong}")));
+    }
     let finding = check(format!("SET {target} from {:?}", ctx.dev.model.state), &p.expected, got);
     if finding.is_some() {
         ctx.dev.model.state = ctx.client()?.mig_state().map_err(|e| format!("GET MIG_DEVICE_STATE: {e}"))?;

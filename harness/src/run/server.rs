@@ -26,17 +26,21 @@ pub struct ServerCommand {
     pub program: PathBuf,
     /// Arguments before the server's own flags (`["serve"]` for `miglab serve`).
     pub prefix: Vec<OsString>,
+    /// Whether its log names every migration arc it takes the device through, as
+    /// vfu-server's does (`migration arc from=Running to=Stop`): the runner then checks each
+    /// walk against the model's.
+    pub logs_arcs: bool,
 }
 
 impl ServerCommand {
     /// `miglab serve`, from a path to the `miglab` executable.
     pub fn miglab(exe: impl Into<PathBuf>) -> Self {
-        Self { program: exe.into(), prefix: vec!["serve".into()] }
+        Self { program: exe.into(), prefix: vec!["serve".into()], logs_arcs: true }
     }
 
     /// A `vfu-server`-compatible executable.
     pub fn external(program: impl Into<PathBuf>) -> Self {
-        Self { program: program.into(), prefix: Vec::new() }
+        Self { program: program.into(), prefix: Vec::new(), logs_arcs: false }
     }
 }
 
@@ -181,6 +185,18 @@ impl ServerProcess {
         matches!(self.child.try_wait(), Ok(None))
     }
 
+    /// The log's length now, to read what comes after with [`arcs_since`](Self::arcs_since).
+    pub fn log_len(&self) -> u64 {
+        std::fs::metadata(&self.log).map_or(0, |m| m.len())
+    }
+
+    /// The migration arcs the log records after byte `offset`, in order.
+    pub fn arcs_since(&self, offset: u64) -> Vec<(MigState, MigState)> {
+        let text = std::fs::read(&self.log).unwrap_or_default();
+        let tail = text.get(usize::try_from(offset).unwrap_or(usize::MAX)..).unwrap_or_default();
+        String::from_utf8_lossy(tail).lines().filter_map(parse_arc).collect()
+    }
+
     /// The last lines of its log.
     pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
@@ -202,6 +218,23 @@ impl Drop for ServerProcess {
     }
 }
 
+/// The arc of a `migration arc from=X to=Y` log line.
+fn parse_arc(line: &str) -> Option<(MigState, MigState)> {
+    let rest = &line[line.find("migration arc ")? + "migration arc ".len()..];
+    let state = |key: &str| -> Option<MigState> {
+        let v = rest.split_whitespace().find_map(|w| w.strip_prefix(key))?;
+        Some(match v {
+            "Running" => MigState::Running,
+            "Stop" => MigState::Stop,
+            "StopCopy" => MigState::StopCopy,
+            "Resuming" => MigState::Resuming,
+            "PreCopy" => MigState::PreCopy,
+            _ => return None,
+        })
+    };
+    Some((state("from=")?, state("to=")?))
+}
+
 /// Connects to a server's socket, retrying a refused connection (between bind and listen)
 /// until `timeout`.
 pub fn connect(socket: &Path, timeout: Duration) -> io::Result<UnixStream> {
@@ -216,5 +249,18 @@ pub fn connect(socket: &Path, timeout: Duration) -> io::Result<UnixStream> {
             }
             Err(e) => return Err(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_arc_line_of_the_log_gives_its_two_states() {
+        let line =
+            "2026-12-01T19:16:28.990756Z  INFO vfu_server::migration::control: migration arc from=Running to=PreCopy";
+        assert_eq!(parse_arc(line), Some((MigState::Running, MigState::PreCopy)));
+        assert_eq!(parse_arc("INFO device refused the arc from=Stop to=Resuming errno=EIO"), None);
     }
 }

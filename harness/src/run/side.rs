@@ -261,6 +261,22 @@ impl SideCtx {
         self.dev.dirty.forget_all();
     }
 
+    /// Where the server's log ends now (for [`arcs_since`](Self::arcs_since)).
+    pub fn log_mark(&self) -> u64 {
+        self.server.as_ref().map_or(0, ServerProcess::log_len)
+    }
+
+    /// Checks the arcs the server's log recorded since `mark` against the model's walk `want`;
+    /// `None` when they agree (or the prediction leaves the walk open).
+    pub fn check_arcs(&self, mark: u64, p: &crate::oracle::SetPrediction) -> Option<String> {
+        if matches!(p.expected, Expected::Either(_)) {
+            return None;
+        }
+        let got = self.server.as_ref()?.arcs_since(mark);
+        (got != p.arcs)
+            .then(|| format!("the device was taken through {got:?}; the specification's walk is {:?}", p.arcs))
+    }
+
     /// Whether the server process runs.
     pub fn server_alive(&mut self) -> bool {
         self.server.as_mut().is_some_and(ServerProcess::alive)

@@ -202,9 +202,17 @@ impl Run<'_> {
 
     /// SET of the raw state `target`, held against the model.
     pub(super) fn set_state(&mut self, side: Side, target: u32) -> StepOutcome {
+        let logs_arcs = self.options.server.logs_arcs;
         let ctx = self.side(side);
         let p = ctx.dev.model.predict_set(target);
+        let mark = ctx.log_mark();
         let got = refused(ctx.client()?.set_mig_state_raw(target))?;
+        if logs_arcs
+            && p.expected.admits(got)
+            && let Some(wrong) = ctx.check_arcs(mark, &p)
+        {
+            return Err(format!("SET MIG_DEVICE_STATE {target}: {wrong}"));
+        }
         let ok = got.is_none();
         match judge(&format!("SET MIG_DEVICE_STATE {target}"), &p.expected, got) {
             Ok(out) if !p.expected.admits(got) => {

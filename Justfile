@@ -47,6 +47,18 @@ mock-migrate *args="--max-rounds 5 --downtime-ms 1":
     done
     target/release/mock-qemu migrate --from "$dir/source.sock" --to "$dir/destination.sock" {{args}}
 
+# Failures are shrunk into scenarios/regressions/; e.g. `just fuzz --time 60s`, `just fuzz --seeds 0..1000 --shard 1/4`.
+# A fuzz campaign of generated scenarios (default: 10 minutes from a fresh seed, printed).
+fuzz *args="--time 600s":
+    cargo build --release --locked -p harness
+    target/release/miglab fuzz {{args}}
+
+# CI's campaign: a fixed seed range, then 30 s from a fresh seed (printed, so a failure replays).
+fuzz-ci:
+    cargo build --release --locked -p harness
+    target/release/miglab fuzz --seeds 0..300 --no-shrink
+    target/release/miglab fuzz --time 30s
+
 # Run every test of the workspace (unit, integration over real sockets, interop, property tests).
 test:
     cargo test --workspace --locked

@@ -3,6 +3,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod fuzz;
 pub mod oracle;
 pub mod proxy;
 pub mod report;

@@ -40,6 +40,34 @@ enum Command {
         #[arg(long)]
         concurrent: bool,
     },
+    /// Run generated scenarios: each seed draws a whole scenario (device, guest, workload,
+    /// steps, faults); failures are shrunk and written to scenarios/regressions/.
+    Fuzz {
+        /// Seeds to run, A..B (B excluded); from a fresh seed when absent.
+        #[arg(long, value_parser = parse_range)]
+        seeds: Option<std::ops::Range<u64>>,
+        /// Stop after this long: 60s, 10m, 1h.
+        #[arg(long, value_parser = parse_duration)]
+        time: Option<std::time::Duration>,
+        /// Runs at once.
+        #[arg(long, default_value_t = 2)]
+        jobs: usize,
+        /// Run only shard I of N of the seeds (s % N == I), e.g. 0/4.
+        #[arg(long, value_parser = parse_shard, default_value = "0/1")]
+        shard: (u64, u64),
+        /// Do not shrink failures.
+        #[arg(long)]
+        no_shrink: bool,
+        /// Concurrent runs: the device's background writer during each migration.
+        #[arg(long)]
+        concurrent: bool,
+        /// Where shrunk failures are written.
+        #[arg(long, default_value = "scenarios/regressions")]
+        regressions: PathBuf,
+        /// Where their reports go.
+        #[arg(long, default_value = "reports")]
+        reports: PathBuf,
+    },
     /// Decode a message trace (a report's trace.jsonl, or any trace of mock-qemu's format).
     Trace {
         /// The trace file.
@@ -81,6 +109,9 @@ fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Scenario { scenario, seed, reports, server, concurrent } => {
             run(&scenario, seed, reports, server, concurrent)
+        }
+        Command::Fuzz { seeds, time, jobs, shard, no_shrink, concurrent, regressions, reports } => {
+            fuzz(seeds, time, jobs, shard, !no_shrink, concurrent, regressions, reports)
         }
         Command::Trace { file, session, step, payload_bytes } => {
             let options = DecodeOptions { session, step, payload_bytes };
@@ -196,5 +227,131 @@ fn run(name: &str, seed: Option<u64>, reports: PathBuf, server: Option<PathBuf>,
             eprintln!("miglab: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+fn parse_range(s: &str) -> Result<std::ops::Range<u64>, String> {
+    let (a, b) = s.split_once("..").ok_or_else(|| format!("{s:?}: expected A..B"))?;
+    let (a, b) = (a.parse::<u64>().map_err(|e| e.to_string())?, b.parse::<u64>().map_err(|e| e.to_string())?);
+    if a >= b {
+        return Err(format!("{s:?}: expected A below B"));
+    }
+    Ok(a..b)
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let (n, unit) = s.trim().split_at(s.trim().find(|c: char| !c.is_ascii_digit()).unwrap_or(s.trim().len()));
+    let n: u64 = n.parse().map_err(|_| format!("{s:?}: expected a number and s, m or h"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        _ => return Err(format!("{s:?}: expected a unit of s, m or h")),
+    };
+    Ok(std::time::Duration::from_secs(secs))
+}
+
+fn parse_shard(s: &str) -> Result<(u64, u64), String> {
+    let (i, n) = s.split_once('/').ok_or_else(|| format!("{s:?}: expected I/N"))?;
+    let (i, n) = (i.parse::<u64>().map_err(|e| e.to_string())?, n.parse::<u64>().map_err(|e| e.to_string())?);
+    if n == 0 || i >= n {
+        return Err(format!("{s:?}: expected I below N"));
+    }
+    Ok((i, n))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn fuzz(
+    seeds: Option<std::ops::Range<u64>>,
+    time: Option<std::time::Duration>,
+    jobs: usize,
+    shard: (u64, u64),
+    shrink: bool,
+    concurrent: bool,
+    regressions: PathBuf,
+    reports: PathBuf,
+) -> ExitCode {
+    let seeds = seeds.unwrap_or_else(|| {
+        // A fresh seed, printed below so the campaign can be run again.
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let start = (now.as_nanos() as u64 ^ u64::from(std::process::id())) % 1_000_000_000_000;
+        start..u64::MAX
+    });
+    if time.is_none() && seeds.end == u64::MAX {
+        eprintln!("miglab fuzz: give --seeds A..B or --time DURATION (or both)");
+        return ExitCode::FAILURE;
+    }
+    let server = match std::env::current_exe() {
+        Ok(exe) => ServerCommand::miglab(exe),
+        Err(e) => {
+            eprintln!("miglab: finding its own executable: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let end = if seeds.end == u64::MAX { "…".to_string() } else { seeds.end.to_string() };
+    println!(
+        "fuzz: seeds {}..{end}, shard {}/{}, {jobs} jobs{}{}",
+        seeds.start,
+        shard.0,
+        shard.1,
+        time.map(|t| format!(", for {}s", t.as_secs())).unwrap_or_default(),
+        if concurrent { ", concurrent" } else { "" }
+    );
+    let bar = match time {
+        Some(t) => indicatif::ProgressBar::new(t.as_secs()),
+        None => indicatif::ProgressBar::new((seeds.end - seeds.start).div_ceil(shard.1)),
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let started = std::time::Instant::now();
+    let options = harness::fuzz::FuzzOptions {
+        seeds: seeds.clone(),
+        time,
+        jobs,
+        shard,
+        server,
+        concurrent,
+        regressions: Some(regressions),
+        reports,
+        shrink,
+        progress: true,
+    };
+    let tick = |runs: u64, failures: usize| {
+        let rate = runs as f64 / started.elapsed().as_secs_f64().max(1e-9);
+        bar.set_position(if time.is_some() { started.elapsed().as_secs() } else { runs });
+        bar.set_message(format!("{runs} runs, {failures} failing, {rate:.1} runs/s"));
+    };
+    let summary = harness::fuzz::campaign(&options, &tick);
+    bar.finish_and_clear();
+    println!(
+        "{} runs in {:.1}s: {:.1} runs/s, {} failing way(s), {} generator error(s); shrinking {:.1}s",
+        summary.runs,
+        summary.elapsed.as_secs_f64(),
+        summary.rate(),
+        summary.findings.len(),
+        summary.generator_errors.len(),
+        summary.shrink_elapsed.as_secs_f64()
+    );
+    print!("{}", summary.coverage.summary());
+    for (seed, e) in &summary.generator_errors {
+        println!("generator error, seed {seed}: {e}");
+    }
+    for f in &summary.findings {
+        println!("\nFAIL seed {}: {}", f.seed, f.reason);
+        if !f.same.is_empty() {
+            let more: Vec<String> = f.same.iter().take(10).map(u64::to_string).collect();
+            println!("      the same way: seeds {}", more.join(", "));
+        }
+        println!("      shrunk from {} to {} steps in {} runs", f.steps.0, f.steps.1, f.shrink_runs);
+        if let Some(file) = &f.file {
+            println!("      replay: cargo run -p harness --bin miglab -- scenario {}", file.display());
+        }
+    }
+    if summary.findings.is_empty() && summary.generator_errors.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }

@@ -183,7 +183,10 @@ impl Run<'_> {
             self.next_errno[i] = Some(super::steps::errno_name(errno));
         }
         if e.next_fails == Some(true) {
-            self.next_fails[i] = true;
+            self.next_fails[i] = Some(true);
+        }
+        if e.next_may_fail == Some(true) {
+            self.next_fails[i] = Some(false);
         }
         if let Some(want) = e.rounds {
             let got = self.stats.as_ref().map(|s| s.rounds.len().saturating_sub(1) as u32);

@@ -75,6 +75,7 @@ impl Run<'_> {
         dev.dma_exclude = background.map(|p| (p.addr, p.len));
         let mut workload = HarnessWorkload::new(dev, self.scenario.workload.clone(), rng_for(self.seed, self.step, 2))?;
         workload.background_params = background;
+        workload.tap = Some(self.sides[fi].tap.clone());
         let cancel = CancelToken::default();
         if let Some(n) = mg.cancel_after_rounds {
             workload.cancel_after(n, cancel.clone());
@@ -177,14 +178,16 @@ impl Run<'_> {
                 if !source_reset {
                     src.dev.model.state = MigState::Stop;
                 }
-                src.live = false;
                 let d = &mut self.sides[ti];
                 d.dev.shadow = stopped_shadow;
                 d.dev.model.reset();
                 d.dev.driver = None;
-                d.live = true;
                 match mg.expect {
                     MigrateOutcome::Migrated => Ok(None),
+                    MigrateOutcome::Any => {
+                        let all = m::VerifyStep { ram: true, device: true, dirty_log: true };
+                        self.verify(&all)
+                    }
                     other => Err(format!("the device migrated; the scenario expects {other:?}")),
                 }
             }
@@ -207,7 +210,7 @@ impl Run<'_> {
                 self.resync(mg.to);
                 let expected = match mg.expect {
                     MigrateOutcome::Migrated => Err(format!("the migration failed: {why}")),
-                    MigrateOutcome::Aborted => Ok(()),
+                    MigrateOutcome::Aborted | MigrateOutcome::Any => Ok(()),
                     MigrateOutcome::Error(k) if k == kind => Ok(()),
                     MigrateOutcome::Error(k) => {
                         Err(format!("the migration failed with {}, not {}: {why}", kebab(kind), kebab(k)))

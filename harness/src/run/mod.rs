@@ -70,6 +70,8 @@ pub struct RunOutput {
     pub trace: Vec<u8>,
     /// The report's files, when written.
     pub written: Option<Written>,
+    /// The migration arcs the servers' logs record (of their last start), source first.
+    pub arcs: Vec<(vfu_server::wire::MigState, vfu_server::wire::MigState)>,
 }
 
 /// Why a run could not even start or its report could not be written.
@@ -135,7 +137,8 @@ struct Run<'a> {
     stream_fault: Option<StreamFault>,
     phase_triggers: Vec<PhaseTrigger>,
     next_errno: [Option<Errno>; 2],
-    next_fails: [bool; 2],
+    /// `Some(true)`: the next step must fail; `Some(false)`: it may.
+    next_fails: [Option<bool>; 2],
     verification: Option<Verification>,
     stats: Option<MigrationStats>,
     over_reported: u64,
@@ -215,7 +218,7 @@ pub fn run_scenario(scenario: &Scenario, file: &Path, options: &RunOptions) -> R
         stream_fault: None,
         phase_triggers: Vec::new(),
         next_errno: [None, None],
-        next_fails: [false, false],
+        next_fails: [None, None],
         verification: None,
         stats: None,
         over_reported: 0,
@@ -250,6 +253,7 @@ pub fn run_scenario(scenario: &Scenario, file: &Path, options: &RunOptions) -> R
         side.proxy = None;
         side.server = None;
     }
+    let arcs = run.sides.iter().flat_map(|s| server::arcs_in(s.log_path())).collect();
     let written = match &options.reports {
         Some(root) => {
             let dir = report::report_dir(root, &report);
@@ -265,7 +269,7 @@ pub fn run_scenario(scenario: &Scenario, file: &Path, options: &RunOptions) -> R
         None => None,
     };
     let trace = std::fs::read(&run.trace_path)?;
-    Ok(RunOutput { report, trace, written })
+    Ok(RunOutput { report, trace, written, arcs })
 }
 
 impl Run<'_> {
@@ -396,9 +400,10 @@ impl Run<'_> {
     /// Applies the `expect: next_errno` armed for the step's side.
     fn judge_errno(&mut self, spanned: &Spanned<Step>, outcome: StepOutcome) -> StepOutcome {
         let side = step_side(&spanned.value);
-        if let Some(s) = side.filter(|&s| std::mem::take(&mut self.next_fails[index(s)])) {
+        if let Some((s, must)) = side.and_then(|s| self.next_fails[index(s)].take().map(|m| (s, m))) {
             return match outcome {
-                Ok(None) => Err("the step succeeded; the scenario expects it to fail".into()),
+                Ok(None) if must => Err("the step succeeded; the scenario expects it to fail".into()),
+                Ok(None) => Ok(None),
                 Ok(Some(e)) => Ok(Some(e)),
                 Err(e) => {
                     self.event(Some(s), EventKind::Note { text: format!("failed as expected: {e}") });
@@ -418,7 +423,7 @@ impl Run<'_> {
 }
 
 /// The state names of the timeline.
-pub(crate) fn state_name(s: vfu_server::wire::MigState) -> &'static str {
+pub fn state_name(s: vfu_server::wire::MigState) -> &'static str {
     use vfu_server::wire::MigState::*;
     match s {
         Error => "ERROR",

@@ -218,6 +218,12 @@ impl Drop for ServerProcess {
     }
 }
 
+/// The migration arcs a server log at `path` records.
+pub fn arcs_in(path: &Path) -> Vec<(MigState, MigState)> {
+    let text = std::fs::read(path).unwrap_or_default();
+    String::from_utf8_lossy(&text).lines().filter_map(parse_arc).collect()
+}
+
 /// The arc of a `migration arc from=X to=Y` log line.
 fn parse_arc(line: &str) -> Option<(MigState, MigState)> {
     let rest = &line[line.find("migration arc ")? + "migration arc ".len()..];

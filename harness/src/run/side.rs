@@ -71,9 +71,6 @@ pub struct SideCtx {
     pub dev: Dev,
     /// How guest RAM was mapped.
     pub backing: Backing,
-    /// Whether this side holds the running guest (the source before a migration, the
-    /// destination after one).
-    pub live: bool,
     /// Hooks the server gets when it next starts.
     pub hooks: Hooks,
     /// The outgoing stream read by hand.
@@ -115,7 +112,6 @@ impl SideCtx {
                 ..Dev::default()
             },
             backing: Backing::Fd,
-            live: side == Side::Source,
             hooks: Hooks::default(),
             out: OutStream::default(),
             tap: Tap::default(),
@@ -158,8 +154,9 @@ impl SideCtx {
         Ok(())
     }
 
-    /// Connects a client and negotiates, tracing into the tap. A side without the running
-    /// guest gets a fresh one (a new QEMU process).
+    /// Connects a client and negotiates, tracing into the tap. The guest RAM of a side whose
+    /// client disconnected is new (a new QEMU process); a side whose server was restarted
+    /// under its client keeps it.
     pub fn connect(&mut self, strict: bool, twin_socket: bool, timeout: Duration) -> Result<(), String> {
         let path = self.proxy.as_ref().map_or(self.socket.clone(), |p| p.path().to_owned());
         let stream = connect(&path, Duration::from_secs(10))
@@ -173,9 +170,6 @@ impl SideCtx {
         client.negotiate(&options.capabilities).map_err(|e| format!("VERSION: {e}"))?;
         self.client = Some(client);
         self.dev.driver = None;
-        if !self.live {
-            self.dev.guest = None;
-        }
         Ok(())
     }
 
@@ -244,9 +238,8 @@ impl SideCtx {
             self.dev.shadow.reset();
         }
         self.dev.model.resume = Default::default();
-        if !self.live {
-            self.dev.guest = None;
-        }
+        // The client is QEMU: its guest goes with it, and the next client starts a new one.
+        self.dev.guest = None;
     }
 
     /// SIGKILL of the server; the client is dropped with it.

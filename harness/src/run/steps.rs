@@ -242,7 +242,7 @@ impl Run<'_> {
     }
 
     fn read_data(&mut self, r: &m::ReadDataStep) -> StepOutcome {
-        let ctx = self.side(r.side);
+        let ctx = &mut self.sides[index(r.side)];
         let chunk = u32::try_from(r.chunk.bytes()).map_err(|_| "chunk above 4 GiB")?;
         let limit = r.size.map_or(u64::MAX, |s| s.bytes());
         let start = ctx.out.offset;
@@ -265,6 +265,12 @@ impl Run<'_> {
                     let got = judge("MIG_DATA_READ", &want, refused_err(&e)?)
                         .map_err(|m| format!("{m} ({e}, after {} bytes)", data.len()))?;
                     ctx.out.offset += data.len() as u64;
+                    if let Some(name) = &r.buffer {
+                        // What was read before the refusal (maybe nothing) is kept all the same.
+                        let stream = (index(r.side) as u8, ctx.out.id);
+                        let start = ctx.out.offset - data.len() as u64;
+                        self.buffers.insert(name.clone(), Buffer { data, stream, start, ended: false });
+                    }
                     if let (Some(nix::errno::Errno::EIO), Some(mark)) = (got, ctx.dev.model.fail_read_after) {
                         // The device fails every later read of this stream too.
                         ctx.out.offset = ctx.out.offset.max(mark);
@@ -295,6 +301,10 @@ impl Run<'_> {
                 (d, None)
             }
         };
+        if data.is_empty() {
+            // Nothing to write: no request.
+            return Ok(None);
+        }
         let ctx = self.side(w.side);
         let want = ctx.dev.model.data_write();
         let chunk = usize::try_from(w.chunk.bytes()).unwrap_or(usize::MAX).max(1);

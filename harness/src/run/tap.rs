@@ -134,9 +134,12 @@ impl Tap {
         self.inner().armed.push(armed);
     }
 
-    /// Drops every armed trigger (a side's client or server is gone).
+    /// Drops every armed trigger and forgets the state last seen: a side's client or server
+    /// is gone, and the server moves the device without a message then.
     pub fn disarm(&self) {
-        self.inner().armed.clear();
+        let mut inner = self.inner();
+        inner.armed.clear();
+        inner.last_state = None;
     }
 
     /// The trace lines written since the last call.

@@ -168,6 +168,8 @@ pub struct HarnessWorkload {
     pub background_params: Option<Params>,
     /// The background writer, once started.
     pub background: Option<Background>,
+    /// The source's trace tap: the states the migration puts the device in.
+    pub tap: Option<Tap>,
 }
 
 impl HarnessWorkload {
@@ -191,6 +193,7 @@ impl HarnessWorkload {
             last_round: 0,
             background_params: None,
             background: None,
+            tap: None,
         })
     }
 
@@ -236,6 +239,11 @@ impl Workload for HarnessWorkload {
             }
         }
         if let Some(spec) = &self.spec.dma {
+            // The migration moves the device (RUNNING to PRE_COPY, or from wherever it was):
+            // the model follows the wire.
+            if let Some(state) = self.tap.as_ref().and_then(Tap::last_state) {
+                self.dev.model.state = state;
+            }
             for _ in 0..spec.commands_per_step {
                 let Some(cmd) = random_command(&self.dev, &spec.ops, spec.max_len.bytes(), &mut self.rng) else {
                     break;

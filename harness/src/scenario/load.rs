@@ -320,6 +320,7 @@ fn check(s: &Scenario, file: &str) -> Vec<Problem> {
             Step::Expect(e) => {
                 let alive_only = e.next_errno.is_none()
                     && e.next_fails.is_none()
+                    && e.next_may_fail.is_none()
                     && e.state.is_none()
                     && e.commands_failed.is_none();
                 if alive_only && e.server_alive.is_none() && e.rounds.is_none() {
@@ -333,7 +334,7 @@ fn check(s: &Scenario, file: &str) -> Vec<Problem> {
                 if !alive_only {
                     need_connected(&sides, e.side, &mut problem);
                 }
-                if e.next_fails == Some(true) {
+                if e.next_fails == Some(true) || e.next_may_fail == Some(true) {
                     sides.get_mut(&e.side).expect("both sides are present").maybe_gone = true;
                 }
             }

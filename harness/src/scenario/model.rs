@@ -774,6 +774,10 @@ pub enum MigrateOutcome {
     Aborted,
     /// The migration failed with this error (and the source runs on, as for `aborted`).
     Error(MigrationErrorKind),
+    /// Either way, each judged as such: migrated, the destination must equal the source (as
+    /// `verify` checks it); failed, the source must run on. For generated scenarios, whose
+    /// faults may or may not land.
+    Any,
 }
 
 /// The ways a migration fails (mock-qemu's `MigrationError`).
@@ -1205,6 +1209,10 @@ pub struct ExpectStep {
     /// its connection is gone.
     #[serde(default)]
     pub next_fails: Option<bool>,
+    /// The next step may fail, however (a damaged message it may or may not send); if it does,
+    /// the side's client is checked as for `next_fails`.
+    #[serde(default)]
+    pub next_may_fail: Option<bool>,
     /// The device's migration state now (GET MIGRATION_DEVICE_STATE).
     #[serde(default)]
     pub state: Option<MigStateName>,

@@ -1,0 +1,537 @@
+//! Scenarios from seeds: each seed draws a device, a guest, a workload and a random mix of
+//! steps and faults, rendered as a scenario file like those a person writes.
+//!
+//! Swarm testing: each seed first picks which kinds of action and of fault it may use, so a
+//! campaign covers rare combinations (a proxy fault and a failing arc, with nothing else)
+//! that a uniform mix would drown. The generator keeps the file valid (a connect before a
+//! map, a map again after a disconnect, logging on before an unmap while logging), and lets
+//! the oracle judge everything else: migrations expect `any` outcome.
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+
+use rand::seq::IndexedRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// Kinds of action a seed may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Action {
+    /// dma-engine commands.
+    Program,
+    /// SET of the migration state.
+    SetState,
+    /// MIG_DATA_READ / MIG_DATA_WRITE by hand.
+    Data,
+    /// Dirty logging: start, reports, stop.
+    Logging,
+    /// Interleaved random operations.
+    Interleave,
+    /// DEVICE_RESET and guest resets.
+    Reset,
+    /// Whole migrations.
+    Migrate,
+    /// Unmap and map again.
+    Remap,
+}
+
+/// All actions.
+pub const ACTIONS: [Action; 8] = [
+    Action::Program,
+    Action::SetState,
+    Action::Data,
+    Action::Logging,
+    Action::Interleave,
+    Action::Reset,
+    Action::Migrate,
+    Action::Remap,
+];
+
+/// Kinds of fault a seed may use (the scenario format's, by name).
+pub const FAULTS: [&str; 8] = [
+    "client-disconnect",
+    "server-kill",
+    "proxy",
+    "device-arc",
+    "device-read-after",
+    "stream",
+    "dma-unmapped",
+    "unmap-while-logging",
+];
+
+/// What a seed may use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Swarm {
+    /// The actions.
+    pub actions: BTreeSet<Action>,
+    /// The faults, by name.
+    pub faults: BTreeSet<&'static str>,
+}
+
+/// A migration step's knobs (what shrinking lowers).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MigrateGen {
+    /// `budget.max_rounds`.
+    pub max_rounds: u32,
+    /// `pre_copy`.
+    pub pre_copy: bool,
+    /// `cancel_after_rounds`.
+    pub cancel: Option<u32>,
+    /// `transport`.
+    pub transport: &'static str,
+}
+
+/// One generated step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GenStep {
+    /// A step written out as is (`connect: {side: source}`).
+    Raw(String),
+    /// `interleave` with its number of operations and share of invalid ones.
+    Interleave {
+        /// The side.
+        side: &'static str,
+        /// `ops`.
+        ops: u32,
+        /// `invalid_percent`.
+        invalid: u8,
+    },
+    /// `program` with its commands (each a flow mapping).
+    Program {
+        /// The side.
+        side: &'static str,
+        /// The commands.
+        commands: Vec<String>,
+    },
+    /// `migrate`.
+    Migrate(MigrateGen),
+}
+
+impl GenStep {
+    fn render(&self, out: &mut String) {
+        match self {
+            GenStep::Raw(s) => {
+                let _ = writeln!(out, "  - {s}");
+            }
+            GenStep::Interleave { side, ops, invalid } => {
+                let _ = writeln!(
+                    out,
+                    "  - interleave: {{side: {side}, ops: {ops}, invalid_percent: {invalid}, weights: {{reset: 1}}}}"
+                );
+            }
+            GenStep::Program { side, commands } => {
+                let _ = writeln!(out, "  - program:\n      side: {side}\n      commands:");
+                for c in commands {
+                    let _ = writeln!(out, "        - {c}");
+                }
+            }
+            GenStep::Migrate(m) => {
+                let cancel = m.cancel.map(|c| format!(", cancel_after_rounds: {c}")).unwrap_or_default();
+                let _ = writeln!(
+                    out,
+                    "  - migrate: {{budget: {{max_rounds: {}, downtime_ms: 1, bandwidth: 256M}}, pre_copy: {}, \
+                     transport: {}{cancel}, expect: any}}",
+                    m.max_rounds, m.pre_copy, m.transport
+                );
+            }
+        }
+    }
+}
+
+/// A generated scenario: everything shrinking may change, and how it renders.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Generated {
+    /// The seed it came from (also the scenario's seed).
+    pub seed: u64,
+    /// What it could use.
+    pub swarm: Swarm,
+    /// Device memory.
+    pub devmem: u64,
+    /// The device's DMA chunk.
+    pub chunk: u64,
+    /// Whether the device offers PRE_COPY.
+    pub pre_copy: bool,
+    /// Guest RAM regions `(iova, len)`.
+    pub regions: Vec<(u64, u64)>,
+    /// vCPU writes per workload step.
+    pub vcpu_writes: u32,
+    /// DMA commands per workload step.
+    pub dma_commands: u32,
+    /// The steps.
+    pub steps: Vec<GenStep>,
+}
+
+impl Generated {
+    /// The scenario's name.
+    pub fn name(&self) -> String {
+        format!("fuzz-{}", self.seed)
+    }
+
+    /// The scenario file: `finding` goes into its description.
+    pub fn render(&self, finding: Option<&str>) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "# yaml-language-server: $schema=../schema.json");
+        let _ = writeln!(out, "name: {}", self.name());
+        let actions: Vec<String> = self.swarm.actions.iter().map(|a| format!("{a:?}").to_lowercase()).collect();
+        let faults: Vec<&str> = self.swarm.faults.iter().copied().collect();
+        let _ = writeln!(out, "description: >");
+        let _ = writeln!(
+            out,
+            "  Generated by `miglab fuzz` from seed {} (actions: {}; faults: {}).",
+            self.seed,
+            actions.join(", "),
+            if faults.is_empty() { "none".into() } else { faults.join(", ") }
+        );
+        if let Some(f) = finding {
+            let text = f.replace(['\n', '\r'], " ");
+            let _ = writeln!(out, "  It failed with: {}", text.chars().take(600).collect::<String>());
+        }
+        let _ = writeln!(out, "seed: {}", self.seed);
+        let _ = writeln!(
+            out,
+            "device: {{kind: dma-engine, options: {{devmem_size: {}, chunk_size: {}, pre_copy: {}}}}}",
+            self.devmem, self.chunk, self.pre_copy
+        );
+        let ram: u64 = self.regions.iter().map(|r| r.1).sum();
+        let regions: Vec<String> = self.regions.iter().map(|(a, l)| format!("{{iova: {a}, size: {l}}}")).collect();
+        let _ = writeln!(out, "guest: {{ram: {ram}, layout: {{regions: [{}]}}}}", regions.join(", "));
+        let mut workload = Vec::new();
+        if self.vcpu_writes > 0 {
+            workload.push(format!("vcpu: {{writes_per_step: {}}}", self.vcpu_writes));
+        }
+        if self.dma_commands > 0 {
+            workload.push(format!(
+                "dma: {{commands_per_step: {}, max_len: {}}}",
+                self.dma_commands,
+                self.devmem.min(16384)
+            ));
+        }
+        if !workload.is_empty() {
+            let _ = writeln!(out, "workload: {{{}}}", workload.join(", "));
+        }
+        let _ = writeln!(out, "steps:");
+        for s in &self.steps {
+            s.render(&mut out);
+        }
+        out
+    }
+}
+
+const DIRECT_ARCS: [(&str, &str); 9] = [
+    ("running", "stop"),
+    ("stop", "running"),
+    ("stop", "stop-copy"),
+    ("stop-copy", "stop"),
+    ("stop", "resuming"),
+    ("resuming", "stop"),
+    ("running", "pre-copy"),
+    ("pre-copy", "running"),
+    ("pre-copy", "stop-copy"),
+];
+
+const STATES: [&str; 6] = ["running", "stop", "stop-copy", "resuming", "pre-copy", "error"];
+
+/// What the generator keeps of each side, to write only valid files.
+#[derive(Debug, Clone, Copy, Default)]
+struct SideState {
+    logging: bool,
+}
+
+struct Builder<'a> {
+    rng: ChaCha8Rng,
+    g: &'a mut Generated,
+    sides: [SideState; 2],
+    buffers: u32,
+    migrated: bool,
+}
+
+fn side_name(i: usize) -> &'static str {
+    if i == 0 { "source" } else { "destination" }
+}
+
+impl Builder<'_> {
+    fn raw(&mut self, s: impl Into<String>) {
+        self.g.steps.push(GenStep::Raw(s.into()));
+    }
+
+    fn reconnect(&mut self, side: usize) {
+        let name = side_name(side);
+        self.raw(format!("connect: {{side: {name}, timeout_ms: 2000}}"));
+        if side == 0 && self.rng.random_bool(0.15) {
+            // Guest RAM the server reaches only by DMA_READ / DMA_WRITE messages.
+            self.raw(format!("map: {{side: {name}, backing: message}}"));
+        } else {
+            self.raw(format!("map: {{side: {name}}}"));
+        }
+        self.sides[side].logging = false;
+    }
+
+    fn command(&mut self) -> String {
+        let (iova, len) = self.g.regions[0];
+        let max = self.g.devmem.min(16384).min(len);
+        let n = self.rng.random_range(1..=max);
+        let at = if self.rng.random_bool(0.1) { 3 << 30 } else { iova + self.rng.random_range(0..=len - n) / 8 * 8 };
+        let dev = self.rng.random_range(0..=self.g.devmem - n);
+        match self.rng.random_range(0..3) {
+            0 => format!("fill: {{guest_addr: {at}, len: {n}, seed: {}}}", self.rng.random::<u32>()),
+            1 => format!("copy-to-device: {{guest_addr: {at}, dev_offset: {dev}, len: {n}}}"),
+            _ => format!("copy-to-guest: {{dev_offset: {dev}, guest_addr: {at}, len: {n}}}"),
+        }
+    }
+
+    fn fault(&mut self, kind: &str) {
+        match kind {
+            "client-disconnect" | "server-kill" => {
+                let side = usize::from(self.rng.random_bool(0.3));
+                let name = side_name(side);
+                if kind == "client-disconnect" {
+                    self.raw(format!("fault: {{client-disconnect: {{side: {name}}}}}"));
+                } else {
+                    self.raw(format!("fault: {{server-kill: {{side: {name}, restart: true}}}}"));
+                }
+                self.reconnect(side);
+            }
+            "proxy" => {
+                let side = usize::from(self.rng.random_bool(0.3));
+                let name = side_name(side);
+                let action = *[
+                    "{corrupt-header: {field: msg_size, xor: 8}}",
+                    "{corrupt-header: {field: command, xor: 1}}",
+                    "{corrupt-header: {field: flags, xor: 16}}",
+                    "{corrupt-payload: {offset: 4}}",
+                    "{corrupt-payload: {offset: 0, xor: 1}}",
+                    "{truncate: {keep: 20}}",
+                    "duplicate",
+                    "{delay: {ms: 20}}",
+                    "reorder",
+                    "drop-fds",
+                    "{add-fds: {count: 1}}",
+                ]
+                .choose(&mut self.rng)
+                .unwrap_or(&"duplicate");
+                let direction = if self.rng.random_bool(0.7) { "to-server" } else { "to-client" };
+                self.raw(format!(
+                    "fault: {{proxy: {{side: {name}, at: {{nth: 1}}, direction: {direction}, action: {action}}}}}"
+                ));
+                self.raw(format!("expect: {{side: {name}, next_may_fail: true}}"));
+                if self.rng.random_bool(0.5) {
+                    let c = self.command();
+                    self.g.steps.push(GenStep::Program { side: name, commands: vec![c] });
+                } else {
+                    let state = *STATES[..5].choose(&mut self.rng).unwrap_or(&"running");
+                    self.raw(format!("set-state: {{side: {name}, state: {state}}}"));
+                }
+                // A session a damaged message may have left out of step starts again.
+                self.reconnect(side);
+            }
+            "stream" => {} // placed before a migration.
+            "dma-unmapped" => self.raw("fault: {dma-unmapped: {side: source}}"),
+            "unmap-while-logging" if self.sides[0].logging => {
+                let last = self.g.regions.len() - 1;
+                self.raw(format!("fault: {{unmap-while-logging: {{side: source, region: {last}}}}}"));
+                self.raw(format!("map: {{side: source, regions: [{last}]}}"));
+            }
+            _ => {}
+        }
+    }
+
+    fn action(&mut self, a: Action) {
+        match a {
+            Action::Program => {
+                let n = self.rng.random_range(1..=3);
+                let commands = (0..n).map(|_| self.command()).collect();
+                self.g.steps.push(GenStep::Program { side: "source", commands });
+            }
+            Action::SetState => {
+                let side = side_name(usize::from(self.rng.random_bool(0.25)));
+                let state = if self.rng.random_bool(0.1) {
+                    "error"
+                } else {
+                    STATES[..5].choose(&mut self.rng).copied().unwrap_or("stop")
+                };
+                self.raw(format!("set-state: {{side: {side}, state: {state}}}"));
+            }
+            Action::Data => {
+                if self.rng.random_bool(0.6) {
+                    self.buffers += 1;
+                    let size = self.rng.random_range(1..=16) * 4096;
+                    self.raw(format!(
+                        "read-data: {{side: source, size: {size}, chunk: 4096, buffer: b{}}}",
+                        self.buffers
+                    ));
+                } else if self.buffers > 0 && self.rng.random_bool(0.5) {
+                    let b = self.rng.random_range(1..=self.buffers);
+                    self.raw(format!("write-data: {{side: destination, data: {{buffer: b{b}}}, chunk: 4096}}"));
+                } else {
+                    let n = self.rng.random_range(1..=8) * 512;
+                    self.raw(format!("write-data: {{side: destination, data: {{random: {n}}}, chunk: 1024}}"));
+                }
+            }
+            Action::Logging => {
+                let side = usize::from(self.rng.random_bool(0.2));
+                let name = side_name(side);
+                if !self.sides[side].logging {
+                    let ps = if self.rng.random_bool(0.7) { 4096 } else { 65536 };
+                    self.raw(format!("start-logging: {{side: {name}, page_size: {ps}}}"));
+                    self.sides[side].logging = true;
+                } else if self.rng.random_bool(0.7) {
+                    let ps = *[4096u64, 1024, 65536, 2 << 20].choose(&mut self.rng).unwrap_or(&4096);
+                    self.raw(format!("dirty-report: {{side: {name}, page_size: {ps}}}"));
+                } else {
+                    self.raw(format!("stop-logging: {{side: {name}}}"));
+                    self.sides[side].logging = false;
+                }
+            }
+            Action::Interleave => {
+                let side = if self.rng.random_bool(0.8) { "source" } else { "destination" };
+                let ops = self.rng.random_range(10..=80);
+                let invalid = self.rng.random_range(0..=40);
+                self.g.steps.push(GenStep::Interleave { side, ops, invalid });
+            }
+            Action::Reset => {
+                let side = side_name(usize::from(self.rng.random_bool(0.3)));
+                let kind = if self.rng.random_bool(0.5) { "reset" } else { "guest-reset" };
+                self.raw(format!("{kind}: {{side: {side}}}"));
+            }
+            Action::Migrate => self.migrate(),
+            Action::Remap => {
+                if self.g.regions.len() > 1 {
+                    let last = self.g.regions.len() - 1;
+                    self.raw(format!("unmap: {{side: source, regions: [{last}]}}"));
+                    self.raw(format!("map: {{side: source, regions: [{last}]}}"));
+                }
+            }
+        }
+    }
+
+    fn migrate(&mut self) {
+        // A new destination, as QEMU starts a new process for each incoming migration: its
+        // guest RAM and device as they are at power-on.
+        self.raw("fault: {client-disconnect: {side: destination}}");
+        self.reconnect(1);
+        if self.g.swarm.faults.contains("stream") && self.rng.random_bool(0.5) {
+            let f = match self.rng.random_range(0..3) {
+                0 => format!("{{cut: {{after: {}}}}}", self.rng.random_range(64..200_000)),
+                1 => format!("{{corrupt: {{at: {}}}}}", self.rng.random_range(16..100_000)),
+                _ => format!("{{duplicate-chunk: {{index: {}}}}}", self.rng.random_range(0..8)),
+            };
+            self.raw(format!("fault: {{stream: {f}}}"));
+        }
+        let mut phase_fault = false;
+        for kind in ["server-kill", "client-disconnect"] {
+            if !phase_fault && self.g.swarm.faults.contains(kind) && self.rng.random_bool(0.3) {
+                let after = if self.rng.random_bool(0.5) { "switchover" } else { "{round: 1}" };
+                let extra = if kind == "server-kill" { ", restart: true" } else { "" };
+                self.raw(format!(
+                    "fault: {{{kind}: {{side: source, at: {{after: {after}, command: MIG_DATA_READ, nth: 1}}{extra}}}}}"
+                ));
+                phase_fault = true;
+            }
+        }
+        let m = MigrateGen {
+            max_rounds: self.rng.random_range(1..=5),
+            pre_copy: self.rng.random_bool(0.8),
+            cancel: self.rng.random_bool(0.15).then(|| self.rng.random_range(1..=2)),
+            transport: ["pipe", "unix", "tcp"].choose(&mut self.rng).copied().unwrap_or("pipe"),
+        };
+        self.g.steps.push(GenStep::Migrate(m));
+        self.sides[0].logging = false;
+        self.sides[1].logging = false;
+        self.migrated = true;
+        if phase_fault {
+            self.reconnect(0);
+        }
+    }
+}
+
+/// The scenario of `seed`.
+pub fn generate(seed: u64) -> Generated {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x6675_7a7a);
+    let mut actions: BTreeSet<Action> = ACTIONS.iter().copied().filter(|_| rng.random_bool(0.5)).collect();
+    if actions.is_empty() {
+        actions.insert(*ACTIONS.choose(&mut rng).unwrap_or(&Action::Migrate));
+    }
+    let faults: BTreeSet<&'static str> = FAULTS.iter().copied().filter(|_| rng.random_bool(0.3)).collect();
+    let devmem = *[64u64 << 10, 256 << 10, 1 << 20].choose(&mut rng).unwrap_or(&(64 << 10));
+    let chunk = (*[4096u64, 16384, 65536].choose(&mut rng).unwrap_or(&4096)).min(devmem);
+    let ram = *[4u64 << 20, 16 << 20, 32 << 20].choose(&mut rng).unwrap_or(&(4 << 20));
+    let regions = match rng.random_range(0..3) {
+        0 => vec![(0, ram)],
+        1 => vec![(0, ram / 2), (4 << 30, ram / 2)],
+        _ => vec![(0, ram / 2), (ram / 2, ram / 2)],
+    };
+    let mut g = Generated {
+        seed,
+        swarm: Swarm { actions, faults },
+        devmem,
+        chunk,
+        pre_copy: rng.random_bool(0.8),
+        regions,
+        vcpu_writes: rng.random_range(0..=16),
+        dma_commands: rng.random_range(0..=3),
+        steps: Vec::new(),
+    };
+    let mut b = Builder { rng, g: &mut g, sides: [SideState::default(); 2], buffers: 0, migrated: false };
+    // Device hooks go before the servers start.
+    if b.g.swarm.faults.contains("device-arc") {
+        for side in ["source", "destination"] {
+            if b.rng.random_bool(0.5) {
+                let (from, to) = *DIRECT_ARCS.choose(&mut b.rng).unwrap_or(&("running", "stop"));
+                let ok = b.g.pre_copy || !(from.contains("pre") || to.contains("pre"));
+                if ok {
+                    b.raw(format!("fault: {{device-arc: {{side: {side}, from: {from}, to: {to}}}}}"));
+                }
+            }
+        }
+    }
+    if b.g.swarm.faults.contains("device-read-after") {
+        let n = b.rng.random_range(1..=b.g.devmem);
+        b.raw(format!("fault: {{device-read-after: {{side: source, bytes: {n}}}}}"));
+    }
+    b.reconnect(0);
+    b.reconnect(1);
+    let actions: Vec<Action> = b.g.swarm.actions.iter().copied().collect();
+    let faults: Vec<&'static str> = b.g.swarm.faults.iter().copied().collect();
+    let n = b.rng.random_range(3..=12);
+    for _ in 0..n {
+        if !faults.is_empty() && b.rng.random_bool(0.25) {
+            let f = *faults.choose(&mut b.rng).unwrap_or(&"dma-unmapped");
+            b.fault(f);
+        } else {
+            let a = *actions.choose(&mut b.rng).unwrap_or(&Action::Program);
+            b.action(a);
+        }
+    }
+    if b.g.swarm.actions.contains(&Action::Migrate) && !b.migrated {
+        b.migrate();
+    }
+    g
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scenario::load_str;
+
+    #[test]
+    fn every_generated_scenario_is_a_valid_file() {
+        for seed in 0..300 {
+            let g = generate(seed);
+            let text = g.render(None);
+            if let Err(e) = load_str(&text, &format!("{}.yaml", g.name())) {
+                panic!("seed {seed}: {e}\n{text}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_same_seed_gives_the_same_scenario() {
+        assert_eq!(generate(7).render(None), generate(7).render(None));
+        assert_ne!(generate(7).render(None), generate(8).render(None));
+    }
+
+    #[test]
+    fn swarms_differ_between_seeds() {
+        let swarms: BTreeSet<Vec<Action>> = (0..50).map(|s| generate(s).swarm.actions.into_iter().collect()).collect();
+        assert!(swarms.len() > 10, "only {} distinct swarms in 50 seeds", swarms.len());
+    }
+}

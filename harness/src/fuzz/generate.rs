@@ -79,6 +79,8 @@ pub struct MigrateGen {
     pub cancel: Option<u32>,
     /// `transport`.
     pub transport: &'static str,
+    /// Whether it must migrate (nothing in the scenario may make it fail) or may go either way.
+    pub must_migrate: bool,
 }
 
 /// One generated step.
@@ -129,8 +131,11 @@ impl GenStep {
                 let _ = writeln!(
                     out,
                     "  - migrate: {{budget: {{max_rounds: {}, downtime_ms: 1, bandwidth: 256M}}, pre_copy: {}, \
-                     transport: {}{cancel}, expect: any}}",
-                    m.max_rounds, m.pre_copy, m.transport
+                     transport: {}{cancel}, expect: {}}}",
+                    m.max_rounds,
+                    m.pre_copy,
+                    m.transport,
+                    if m.must_migrate && m.cancel.is_none() { "migrated" } else { "any" }
                 );
             }
         }
@@ -427,7 +432,19 @@ impl Builder<'_> {
                 phase_fault = true;
             }
         }
+        // Only these can make a migration fail: faults that reach it, or a source device left
+        // where it cannot start one (RESUMING, by hand-made states or data).
+        let spoilers = ["device-arc", "device-read-after", "stream", "server-kill", "client-disconnect", "proxy"];
+        let must_migrate = !spoilers.iter().any(|f| self.g.swarm.faults.contains(f))
+            && !self.g.swarm.actions.contains(&Action::SetState)
+            && !self.g.swarm.actions.contains(&Action::Data);
+        if must_migrate && self.sides[0].logging {
+            // Logging started by hand with other parameters would refuse the migration's own.
+            self.raw("stop-logging: {side: source}");
+            self.sides[0].logging = false;
+        }
         let m = MigrateGen {
+            must_migrate,
             max_rounds: self.rng.random_range(1..=5),
             pre_copy: self.rng.random_bool(0.8),
             cancel: self.rng.random_bool(0.15).then(|| self.rng.random_range(1..=2)),

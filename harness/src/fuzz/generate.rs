@@ -380,7 +380,21 @@ impl Builder<'_> {
                     self.sides[side].logging = true;
                 } else if self.rng.random_bool(0.7) {
                     let ps = *[4096u64, 1024, 65536, 2 << 20].choose(&mut self.rng).unwrap_or(&4096);
-                    self.raw(format!("dirty-report: {{side: {name}, page_size: {ps}}}"));
+                    if self.rng.random_bool(0.5) {
+                        // A sub-range of a region, of any number of pages: its last bitmap word
+                        // has bits past the range.
+                        let &(iova, len) = self.g.regions.choose(&mut self.rng).unwrap_or(&(0, 4096));
+                        let pages = len / 4096;
+                        let first = self.rng.random_range(0..pages);
+                        let count = self.rng.random_range(1..=(pages - first).min(300));
+                        self.raw(format!(
+                            "dirty-report: {{side: {name}, iova: {}, length: {}, page_size: {ps}}}",
+                            iova + first * 4096,
+                            count * 4096
+                        ));
+                    } else {
+                        self.raw(format!("dirty-report: {{side: {name}, page_size: {ps}}}"));
+                    }
                 } else {
                     self.raw(format!("stop-logging: {{side: {name}}}"));
                     self.sides[side].logging = false;

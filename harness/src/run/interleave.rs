@@ -243,6 +243,8 @@ fn state_op(ctx: &mut SideCtx, invalid: bool, logs_arcs: bool, rng: &mut ChaCha8
         && p.expected.admits(got)
         && let Some(wrong) = ctx.check_arcs(mark, &p)
     {
+        // Where the wrong walk left the device, so the operations after it are judged from there.
+        ctx.dev.model.state = ctx.client()?.mig_state().map_err(|e| format!("GET MIG_DEVICE_STATE: {e}"))?;
         return Ok(Some(format!("SET {target}: {wrong}")));
     }
     let finding = check(format!("SET {target} from {:?}", ctx.dev.model.state), &p.expected, got);

@@ -211,6 +211,7 @@ impl Run<'_> {
             && p.expected.admits(got)
             && let Some(wrong) = ctx.check_arcs(mark, &p)
         {
+            ctx.dev.model.state = ctx.client()?.mig_state().map_err(|e| format!("GET MIG_DEVICE_STATE: {e}"))?;
             return Err(format!("SET MIG_DEVICE_STATE {target}: {wrong}"));
         }
         let ok = got.is_none();

@@ -139,6 +139,8 @@ struct Run<'a> {
     next_errno: [Option<Errno>; 2],
     /// `Some(true)`: the next step must fail; `Some(false)`: it may.
     next_fails: [Option<bool>; 2],
+    /// The step under way is one whose messages the scenario damages on purpose.
+    damaged_step: bool,
     verification: Option<Verification>,
     stats: Option<MigrationStats>,
     over_reported: u64,
@@ -219,6 +221,7 @@ pub fn run_scenario(scenario: &Scenario, file: &Path, options: &RunOptions) -> R
         phase_triggers: Vec::new(),
         next_errno: [None, None],
         next_fails: [None, None],
+        damaged_step: false,
         verification: None,
         stats: None,
         over_reported: 0,
@@ -291,6 +294,7 @@ impl Run<'_> {
                 (Ok(o), Ok(_)) => Ok(o),
                 (Err(e), _) | (Ok(_), Err(e)) => Err(e),
             };
+            let outcome = self.strict_findings(outcome);
             let description = describe(&spanned.value);
             let micros = t0.elapsed().as_micros() as u64;
             let (ok, detail) = match &outcome {
@@ -397,10 +401,29 @@ impl Run<'_> {
             .unwrap_or_else(|| "RUNNING".into())
     }
 
+    /// Strict mode: a deviation from the specification a client saw fails the step, unless the
+    /// scenario damaged that step's messages on purpose (`next_fails`, `next_may_fail`).
+    fn strict_findings(&mut self, outcome: StepOutcome) -> StepOutcome {
+        let tolerate = std::mem::take(&mut self.damaged_step);
+        let mut seen = Vec::new();
+        for side in Side::BOTH {
+            if let Some(c) = self.sides[index(side)].client.as_mut() {
+                seen.extend(c.take_findings().into_iter().map(|f| format!("{}: {f}", side.name())));
+            }
+        }
+        match outcome {
+            Ok(_) if !seen.is_empty() && !tolerate => {
+                Err(format!("strict mode: {} deviation(s) from the specification: {}", seen.len(), seen.join("; ")))
+            }
+            other => other,
+        }
+    }
+
     /// Applies the `expect: next_errno` armed for the step's side.
     fn judge_errno(&mut self, spanned: &Spanned<Step>, outcome: StepOutcome) -> StepOutcome {
         let side = step_side(&spanned.value);
         if let Some((s, must)) = side.and_then(|s| self.next_fails[index(s)].take().map(|m| (s, m))) {
+            self.damaged_step = true;
             return match outcome {
                 Ok(None) if must => Err("the step succeeded; the scenario expects it to fail".into()),
                 Ok(None) => Ok(None),

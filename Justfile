@@ -80,3 +80,21 @@ lint:
     cargo fmt --all --check
     cargo clippy --workspace --all-targets --locked -- -D warnings
     RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
+
+# libFuzzer with AddressSanitizer and overflow checks, seeded from fuzz/corpus/TARGET; new inputs
+# go to fuzz/corpus-grown/TARGET, crashes to fuzz/artifacts/TARGET (see fuzz/README.md).
+# RUSTC_BOOTSTRAP=1 lets the stable compiler take cargo-fuzz's nightly flags; cargo-fuzz is
+# installed first if missing. E.g. `just fuzz-targets resume 600`.
+# Fuzz one server entry point (wire_decoder, session, resume) with cargo-fuzz for TIME seconds.
+fuzz-targets target="session" time="60":
+    #!/usr/bin/env bash
+    set -euo pipefail
+    command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+    cd fuzz
+    mkdir -p corpus-grown/{{target}}
+    RUSTC_BOOTSTRAP=1 cargo fuzz run --debug-assertions {{target}} corpus-grown/{{target}} corpus/{{target}} -- -max_total_time={{time}}
+
+# From the recorded reference trace, and real dma-engine conversations and migration streams.
+# Regenerate the seed corpus of the cargo-fuzz targets (fuzz/corpus/).
+fuzz-corpus:
+    cargo test -p vfu-server --locked --test fuzz_regressions -- --ignored --exact write_seed_corpus --nocapture

@@ -129,17 +129,18 @@ impl Connection {
             got += n;
         }
         let header = Header::read_from_bytes(&head).map_err(|_| io::Error::other("header size"))?;
-        let size = header.msg_size as usize;
-        if size < HEADER_SIZE {
-            return Err(CodecError::Malformed { header, reason: Malformed::SizeBelowHeader });
-        }
-        if size > self.max_msg_size {
-            self.skip(size - HEADER_SIZE, &mut fds, &mut fds_truncated)?;
-            return Err(CodecError::Malformed { header, reason: Malformed::TooLarge { max: self.max_msg_size } });
-        }
+        let len = match payload_len(&header, self.max_msg_size) {
+            Ok(len) => len,
+            Err(reason) => {
+                if let Malformed::TooLarge { .. } = reason {
+                    self.skip(header.msg_size as usize - HEADER_SIZE, &mut fds, &mut fds_truncated)?;
+                }
+                return Err(CodecError::Malformed { header, reason });
+            }
+        };
         // A recycled buffer is not zeroed first: every byte is overwritten by the read below.
         let mut payload = std::mem::take(&mut self.spare);
-        payload.resize(size - HEADER_SIZE, 0);
+        payload.resize(len, 0);
         let mut filled = 0;
         while filled < payload.len() {
             let rest = payload.get_mut(filled..).unwrap_or_default();
@@ -238,6 +239,22 @@ impl Connection {
 impl AsFd for Connection {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.stream.as_fd()
+    }
+}
+
+/// The payload length `header` announces, bounded before a byte of it is read or allocated:
+/// `msg_size` below the header is [`Malformed::SizeBelowHeader`] (nothing follows the header),
+/// above `max_msg_size` (taken as at least [`HEADER_SIZE`]) is [`Malformed::TooLarge`] (its
+/// `msg_size - 16` bytes are to be skipped). [`Connection::recv`] frames every message with it.
+pub fn payload_len(header: &Header, max_msg_size: usize) -> Result<usize, Malformed> {
+    let max = max_msg_size.max(HEADER_SIZE);
+    let size = header.msg_size as usize;
+    if size < HEADER_SIZE {
+        Err(Malformed::SizeBelowHeader)
+    } else if size > max {
+        Err(Malformed::TooLarge { max })
+    } else {
+        Ok(size - HEADER_SIZE)
     }
 }
 

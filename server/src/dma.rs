@@ -95,6 +95,17 @@ pub enum DmaError {
         /// Its length.
         len: u64,
     },
+    /// Dirty logging (of everything mapped) cannot take the new region: its bitmap would
+    /// exceed the log's bound.
+    #[error("dirty logging cannot take DMA region {iova:#x}+{len:#x}")]
+    Log {
+        /// Start of the region.
+        iova: u64,
+        /// Its length.
+        len: u64,
+        /// The log's errno (ENOMEM).
+        errno: Errno,
+    },
     /// A message-based access (DMA_READ / DMA_WRITE) failed.
     #[error("message DMA {iova:#x}+{len:#x} failed: errno {errno}")]
     Remote {
@@ -118,7 +129,7 @@ impl DmaError {
             DmaError::NotMapped { .. } | DmaError::NeedsMessage { .. } => Errno::EFAULT,
             DmaError::Protection { .. } => Errno::EPERM,
             DmaError::Map(m) => m.errno(),
-            DmaError::Remote { errno, .. } => *errno,
+            DmaError::Remote { errno, .. } | DmaError::Log { errno, .. } => *errno,
             DmaError::InvalidRange { .. } => Errno::EINVAL,
         }
     }
@@ -306,12 +317,13 @@ impl DmaSpace {
         let mut regions = self.write_lock();
         // Checked again: another thread may not map, but keep the table's invariant local.
         check_free(&regions, iova, len, end, self.max_regions)?;
+        // Logged before it is in the table, under the table's write lock, so no write to the
+        // new region can precede its log (and a log that cannot take it refuses the mapping).
+        if let Some(log) = self.log_write().as_mut() {
+            log.region_mapped(iova, len).map_err(|e| DmaError::Log { iova, len, errno: e.errno() })?;
+        }
         let at = regions.partition_point(|r| r.iova < iova);
         regions.insert(at, Arc::new(DmaRegion { iova, len, readable, writable, mapping }));
-        // Under the table's write lock, so no write to the new region can precede its log.
-        if let Some(log) = self.log_write().as_mut() {
-            log.region_mapped(iova, len);
-        }
         Ok(())
     }
 

@@ -43,6 +43,8 @@ pub mod codec;
 pub mod device;
 pub mod devices;
 pub mod dma;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod irq;
 pub mod migration;
 pub mod mmap;

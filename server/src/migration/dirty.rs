@@ -4,6 +4,9 @@
 //! - START takes a page-size hint and a list of IOVA ranges (none means "everything mapped").
 //!   The page size chosen is the hint rounded up to a power of two of at least 4 KiB, doubled
 //!   further if the bitmaps would otherwise exceed [`MAX_BITMAP_BYTES`]; the reply states it.
+//!   Ranges too large for that bound even at [`MAX_PAGE_SIZE`] are refused (E2BIG), and so is
+//!   a region mapped later in "everything" mode whose range would pass it (ENOMEM, the
+//!   mapping refused): the bound holds for the whole life of the log.
 //! - The log is kept per *IOVA range*, not per DMA region, so a region mapped while logging is
 //!   on is logged from its first write if it falls in a logged range; in "everything" mode each
 //!   newly mapped region gets a range of its own.
@@ -83,6 +86,26 @@ pub enum LogError {
         /// Length.
         len: u64,
     },
+    /// START's ranges would take the bitmaps past [`MAX_BITMAP_BYTES`] even at
+    /// [`MAX_PAGE_SIZE`].
+    #[error(
+        "logging the ranges needs {need} bytes of bitmap even at the largest page size, at most {MAX_BITMAP_BYTES}"
+    )]
+    RangesTooLarge {
+        /// Bitmap bytes they need at [`MAX_PAGE_SIZE`].
+        need: u64,
+    },
+    /// A region mapped while logging everything would take the bitmaps past
+    /// [`MAX_BITMAP_BYTES`] at the log's page size.
+    #[error("logging the mapping {iova:#x}+{len:#x} needs {need} bytes of bitmap, at most {MAX_BITMAP_BYTES} in all")]
+    MappingTooLarge {
+        /// Start of the mapping.
+        iova: u64,
+        /// Its length.
+        len: u64,
+        /// Bitmap bytes the log would hold with it.
+        need: u64,
+    },
     /// The report bitmap would exceed the room the client gave or [`MAX_REPORT_BYTES`].
     #[error("report needs {need} bytes of bitmap, room for {room}")]
     ReportTooLarge {
@@ -98,7 +121,8 @@ impl LogError {
     pub fn errno(&self) -> Errno {
         match self {
             LogError::Busy => Errno::EBUSY,
-            LogError::TooManyRanges { .. } => Errno::E2BIG,
+            LogError::TooManyRanges { .. } | LogError::RangesTooLarge { .. } => Errno::E2BIG,
+            LogError::MappingTooLarge { .. } => Errno::ENOMEM,
             _ => Errno::EINVAL,
         }
     }
@@ -260,6 +284,10 @@ impl DirtyLog {
         while page_size < MAX_PAGE_SIZE && bitmap_bytes(&spans, page_size) > MAX_BITMAP_BYTES {
             page_size *= 2;
         }
+        let need = bitmap_bytes(&spans, page_size);
+        if need > MAX_BITMAP_BYTES {
+            return Err(LogError::RangesTooLarge { need });
+        }
         let mut log = Self { page_size, ranges: Vec::new(), everything, requested: ranges.to_vec() };
         for (iova, end) in spans {
             log.add_range(iova, end, everything);
@@ -314,14 +342,17 @@ impl DirtyLog {
         }
     }
 
-    /// A region was mapped: in "everything" mode it gets a range unless one covers it.
-    pub fn region_mapped(&mut self, iova: u64, len: u64) {
+    /// A region is being mapped: in "everything" mode it gets a range unless one covers it.
+    /// Refused (the log unchanged) if its range would take the bitmaps past
+    /// [`MAX_BITMAP_BYTES`]: a client's mapping without an fd may be of any size, and its
+    /// bitmap is allocated here.
+    pub fn region_mapped(&mut self, iova: u64, len: u64) -> Result<(), LogError> {
         if !self.everything {
-            return;
+            return Ok(());
         }
         let end = iova.saturating_add(len);
         if self.covered(iova, end) {
-            return;
+            return Ok(());
         }
         // Bits of older, partly overlapping ranges stay where they are; the new range only
         // needs to cover what is not covered yet, so the ranges never overlap.
@@ -337,9 +368,15 @@ impl DirtyLog {
             })
             .collect();
         let tail = (at < end).then_some((at, end));
-        for (a, b) in gaps.into_iter().chain(tail) {
+        let spans: Vec<(u64, u64)> = gaps.into_iter().chain(tail).collect();
+        let need = (self.bitmap_bytes() as u64).saturating_add(bitmap_bytes(&spans, self.page_size));
+        if need > MAX_BITMAP_BYTES {
+            return Err(LogError::MappingTooLarge { iova, len, need });
+        }
+        for (a, b) in spans {
             self.add_range(a, b, true);
         }
+        Ok(())
     }
 
     /// A region was unmapped: in "everything" mode its clean ranges are dropped.
@@ -447,7 +484,10 @@ fn overlaps_any(r: &LogRange, mapped: &[(u64, u64)]) -> bool {
 
 fn bitmap_bytes(spans: &[(u64, u64)], page_size: u64) -> u64 {
     // Two buffers per range (see LogRange).
-    spans.iter().map(|(a, b)| (b - align_down(*a, page_size)).div_ceil(page_size).div_ceil(64) * 16).sum()
+    spans
+        .iter()
+        .map(|(a, b)| (b - align_down(*a, page_size)).div_ceil(page_size).div_ceil(64) * 16)
+        .fold(0, u64::saturating_add)
 }
 
 /// Sets output bits `first..=last`.

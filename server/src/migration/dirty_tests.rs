@@ -53,6 +53,17 @@ mod start {
         assert!(l.bitmap_bytes() as u64 <= MAX_BITMAP_BYTES, "{} bytes", l.bitmap_bytes());
     }
 
+    /// Found by replaying the `session` fuzzer's inputs: one range over the whole address
+    /// space took 4 GiB of bitmaps at the largest page size.
+    #[test]
+    fn ranges_too_large_for_the_bound_at_the_largest_page_size_are_e2big() {
+        let err = DirtyLog::start(K4, &[(0, u64::MAX)], &[]).unwrap_err();
+        assert!(matches!(err, LogError::RangesTooLarge { need: 4294967296 }), "{err:?}");
+        assert_eq!(err.errno(), Errno::E2BIG);
+        let l = log(K4, &[(0, 1 << 60)]);
+        assert_eq!((l.page_size(), l.bitmap_bytes() as u64), (MAX_PAGE_SIZE, MAX_BITMAP_BYTES));
+    }
+
     #[rstest]
     #[case::empty(&[(0x1000, 0)])]
     #[case::wraps(&[(u64::MAX - 10, 100)])]
@@ -213,9 +224,24 @@ mod mapping {
     #[test]
     fn a_region_mapped_while_logging_everything_is_logged_from_its_first_write() {
         let mut l = DirtyLog::start(K4, &[], &[(0, 0x1000)]).unwrap();
-        l.region_mapped(0x100000, 0x2000);
+        l.region_mapped(0x100000, 0x2000).unwrap();
         l.mark(0x101000, 8);
         assert_eq!(bits(&l.report(0x100000, 0x2000, K4, 8).unwrap()), vec![1]);
+    }
+
+    /// Found by the `session` fuzzer: a mapping without an fd of 16 EiB while logging
+    /// everything asked for a 130 TiB bitmap, and the allocation failure aborted the server.
+    #[test]
+    fn a_mapping_whose_bitmap_would_pass_the_bound_is_refused_and_changes_nothing() {
+        let mut l = DirtyLog::start(K4, &[], &[(0, 0x1000)]).unwrap();
+        let before = l.bitmap_bytes();
+        let err = l.region_mapped(0x1_0000_0000, 0x4141_4141_4141_4000).unwrap_err();
+        assert!(matches!(err, LogError::MappingTooLarge { iova: 0x1_0000_0000, .. }), "{err:?}");
+        assert_eq!(err.errno(), Errno::ENOMEM);
+        assert_eq!((l.range_count(), l.bitmap_bytes()), (1, before));
+        // One that fits the bound is still taken: 1 TiB at 4 KiB pages is 64 MiB of bitmaps.
+        l.region_mapped(1 << 40, 1 << 40).unwrap();
+        assert_eq!(l.range_count(), 2);
     }
 
     #[test]
@@ -231,7 +257,7 @@ mod mapping {
         let mut l = DirtyLog::start(K4, &[], &[]).unwrap();
         for i in 0..1000u64 {
             let iova = (i % 7) * 0x100000;
-            l.region_mapped(iova, 0x10000);
+            l.region_mapped(iova, 0x10000).unwrap();
             l.mark(iova, if i % 3 == 0 { 1 } else { 0 });
             l.region_unmapped(iova, 0x10000, &[]);
             if i % 3 == 0 {

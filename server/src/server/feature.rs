@@ -30,6 +30,76 @@ fn supported_ops(feature: u32) -> Option<u32> {
     })
 }
 
+/// A DEVICE_FEATURE request whose head checked out ([`parse_feature`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FeatureRequest<'a> {
+    /// The head as sent.
+    pub head: DeviceFeature,
+    /// The feature id (bits 0-15 of `flags`).
+    pub feature: u32,
+    /// The GET / SET / PROBE bits.
+    pub ops: u32,
+    /// The feature data after the head.
+    pub data: &'a [u8],
+    /// The room `argsz` gives for feature data (request or reply).
+    pub room: usize,
+}
+
+/// Parses a DEVICE_FEATURE head: at least 8 bytes, `argsz` at least 8, no flag bit outside the
+/// feature id and GET/SET/PROBE (each EINVAL). Which feature and ops are served is
+/// [`check_feature_ops`].
+pub(crate) fn parse_feature(payload: &[u8]) -> Result<FeatureRequest<'_>, Errno> {
+    let (head, data) = fixed::<DeviceFeature>(payload)?;
+    if (head.argsz as usize) < size_of::<DeviceFeature>() {
+        return Err(Errno::EINVAL);
+    }
+    let feature = head.flags & FEATURE_MASK;
+    let ops = head.flags & !FEATURE_MASK;
+    if ops & !(FEATURE_GET | FEATURE_SET | FEATURE_PROBE) != 0 {
+        return Err(Errno::EINVAL);
+    }
+    let room = (head.argsz as usize).saturating_sub(size_of::<DeviceFeature>());
+    Ok(FeatureRequest { head, feature, ops, data, room })
+}
+
+/// Checks a feature id and its ops on a migratable device: an unknown feature is ENOTTY; no
+/// op, GET with SET but without PROBE, or an op the feature lacks is EINVAL.
+pub(crate) fn check_feature_ops(feature: u32, ops: u32) -> Result<(), Errno> {
+    let supported = supported_ops(feature).ok_or(Errno::ENOTTY)?;
+    if ops == 0 || (ops & FEATURE_GET != 0 && ops & FEATURE_SET != 0 && ops & FEATURE_PROBE == 0) {
+        return Err(Errno::EINVAL);
+    }
+    if ops & !supported != 0 {
+        return Err(Errno::EINVAL);
+    }
+    Ok(())
+}
+
+/// Parses DMA_LOGGING_START's data: the control head and its `num_ranges` ranges (more than
+/// [`MAX_RANGES`](crate::migration::dirty::MAX_RANGES): E2BIG; fewer bytes than they need,
+/// in the payload or in `room`: EINVAL).
+pub(crate) fn parse_logging_start(data: &[u8], room: usize) -> Result<(DmaLoggingControl, &[DmaLoggingRange]), Errno> {
+    let (ctl, tail) = fixed::<DmaLoggingControl>(data)?;
+    if ctl.num_ranges as usize > crate::migration::dirty::MAX_RANGES {
+        return Err(Errno::E2BIG);
+    }
+    let n = ctl.num_ranges as usize;
+    let need = size_of::<DmaLoggingControl>() + n * size_of::<DmaLoggingRange>();
+    if room < need {
+        return Err(Errno::EINVAL);
+    }
+    let ranges = <[DmaLoggingRange]>::ref_from_prefix_with_elems(tail, n).map_err(|_| Errno::EINVAL)?.0;
+    Ok((ctl, ranges))
+}
+
+/// Parses DMA_LOGGING_REPORT's request and the room `argsz` leaves for its bitmap (EINVAL when
+/// it leaves none for the request itself).
+pub(crate) fn parse_logging_report(data: &[u8], room: usize) -> Result<(DmaLoggingReport, usize), Errno> {
+    let (req, _) = fixed::<DmaLoggingReport>(data)?;
+    let bitmap_room = room.checked_sub(size_of::<DmaLoggingReport>()).ok_or(Errno::EINVAL)?;
+    Ok((req, bitmap_room))
+}
+
 /// Builds a reply: the head with `argsz` set to the whole reply, then `data`.
 fn reply(head: DeviceFeature, data: &[u8]) -> Reply {
     let argsz = (size_of::<DeviceFeature>() + data.len()) as u32;
@@ -45,29 +115,14 @@ fn data<T: FromBytes + KnownLayout + Immutable + Copy>(data: &[u8]) -> Result<(T
 
 impl Session<'_> {
     pub(super) fn device_feature(&mut self, payload: &[u8]) -> Result<Reply, Errno> {
-        let (head, rest) = fixed::<DeviceFeature>(payload)?;
-        if (head.argsz as usize) < size_of::<DeviceFeature>() {
-            return Err(Errno::EINVAL);
-        }
-        let feature = head.flags & FEATURE_MASK;
-        let ops = head.flags & !FEATURE_MASK;
-        if ops & !(FEATURE_GET | FEATURE_SET | FEATURE_PROBE) != 0 {
-            return Err(Errno::EINVAL);
-        }
+        let FeatureRequest { head, feature, ops, data: rest, room } = parse_feature(payload)?;
         if self.mig.is_none() {
             return Err(Errno::ENOTTY);
         }
-        let supported = supported_ops(feature).ok_or(Errno::ENOTTY)?;
-        if ops == 0 || (ops & FEATURE_GET != 0 && ops & FEATURE_SET != 0 && ops & FEATURE_PROBE == 0) {
-            return Err(Errno::EINVAL);
-        }
-        if ops & !supported != 0 {
-            return Err(Errno::EINVAL);
-        }
+        check_feature_ops(feature, ops)?;
         if ops & FEATURE_PROBE != 0 {
             return Ok(Reply::bytes(payload.to_vec()));
         }
-        let room = (head.argsz as usize).saturating_sub(size_of::<DeviceFeature>());
         match (feature, ops) {
             (FEATURE_MIGRATION, FEATURE_GET) => {
                 if room < size_of::<MigrationFeature>() {
@@ -110,29 +165,19 @@ impl Session<'_> {
     }
 
     fn logging_start(&mut self, head: DeviceFeature, rest: &[u8], room: usize) -> Result<Reply, Errno> {
-        let (ctl, tail) = data::<DmaLoggingControl>(rest)?;
-        if ctl.num_ranges as usize > crate::migration::dirty::MAX_RANGES {
-            return Err(Errno::E2BIG);
-        }
-        let n = ctl.num_ranges as usize;
-        let need = size_of::<DmaLoggingControl>() + n * size_of::<DmaLoggingRange>();
-        if room < need {
-            return Err(Errno::EINVAL);
-        }
-        let ranges = <[DmaLoggingRange]>::ref_from_prefix_with_elems(tail, n).map_err(|_| Errno::EINVAL)?.0;
-        let ranges: Vec<(u64, u64)> = ranges.iter().map(|r| (r.iova, r.length)).collect();
-        let chosen = self.dma.start_logging(ctl.page_size, &ranges).map_err(|e| {
+        let (ctl, ranges) = parse_logging_start(rest, room)?;
+        let pairs: Vec<(u64, u64)> = ranges.iter().map(|r| (r.iova, r.length)).collect();
+        let chosen = self.dma.start_logging(ctl.page_size, &pairs).map_err(|e| {
             tracing::debug!(error = %e, "DMA_LOGGING_START refused");
             e.errno()
         })?;
         let mut out = DmaLoggingControl { page_size: chosen, ..ctl }.as_bytes().to_vec();
-        out.extend_from_slice(tail.get(..n * size_of::<DmaLoggingRange>()).unwrap_or_default());
+        out.extend_from_slice(ranges.as_bytes());
         Ok(reply(head, &out))
     }
 
     fn logging_report(&mut self, head: DeviceFeature, rest: &[u8], room: usize) -> Result<Reply, Errno> {
-        let (req, _) = data::<DmaLoggingReport>(rest)?;
-        let bitmap_room = room.checked_sub(size_of::<DmaLoggingReport>()).ok_or(Errno::EINVAL)?;
+        let (req, bitmap_room) = parse_logging_report(rest, room)?;
         let bits = self.dma.report_dirty(req.iova, req.length, req.page_size, bitmap_room as u64).map_err(|e| {
             tracing::debug!(error = %e, "DMA_LOGGING_REPORT refused");
             e.errno()

@@ -21,7 +21,7 @@ use crate::wire::{
 };
 
 /// Parses the fixed part `T`, returning it and the tail; EINVAL when the payload is shorter.
-pub(super) fn fixed<T: FromBytes + KnownLayout + Immutable + Copy>(payload: &[u8]) -> Result<(T, &[u8]), Errno> {
+pub(crate) fn fixed<T: FromBytes + KnownLayout + Immutable + Copy>(payload: &[u8]) -> Result<(T, &[u8]), Errno> {
     parse_prefix::<T>(payload).map_err(|e| {
         tracing::debug!(error = %e, "payload too short");
         Errno::EINVAL
@@ -29,8 +29,29 @@ pub(super) fn fixed<T: FromBytes + KnownLayout + Immutable + Copy>(payload: &[u8
 }
 
 /// Checks an `argsz` field against the fixed size of its struct.
-pub(super) fn argsz_at_least<T>(argsz: u32) -> Result<(), Errno> {
+pub(crate) fn argsz_at_least<T>(argsz: u32) -> Result<(), Errno> {
     if (argsz as usize) < size_of::<T>() { Err(Errno::EINVAL) } else { Ok(()) }
+}
+
+/// Parses REGION_WRITE_MULTI: its head and its `wr_cnt` entries (1 to
+/// [`WRITE_MULTI_MAX_ENTRIES`], exactly filling the payload), EINVAL otherwise. Each entry's
+/// `count` is checked by [`write_multi_data`].
+pub(crate) fn parse_write_multi(payload: &[u8]) -> Result<(WriteMultiHead, &[WriteMultiEntry]), Errno> {
+    let (head, tail) = fixed::<WriteMultiHead>(payload)?;
+    if head.wr_cnt == 0 || head.wr_cnt > WRITE_MULTI_MAX_ENTRIES {
+        return Err(Errno::EINVAL);
+    }
+    let entries =
+        <[WriteMultiEntry]>::ref_from_bytes_with_elems(tail, head.wr_cnt as usize).map_err(|_| Errno::EINVAL)?;
+    Ok((head, entries))
+}
+
+/// The bytes one REGION_WRITE_MULTI entry writes: its first `count` (1 to 8) data bytes.
+pub(crate) fn write_multi_data(e: &WriteMultiEntry) -> Result<&[u8], Errno> {
+    if e.count == 0 || e.count as usize > WRITE_MULTI_DATA_SIZE {
+        return Err(Errno::EINVAL);
+    }
+    e.data.get(..e.count as usize).ok_or(Errno::EINVAL)
 }
 
 /// Server protocol version: 0.1.
@@ -283,20 +304,13 @@ impl Session<'_> {
     }
 
     pub(super) fn region_write_multi(&mut self, payload: &[u8]) -> Result<Reply, Errno> {
-        let (head, tail) = fixed::<WriteMultiHead>(payload)?;
-        if head.wr_cnt == 0 || head.wr_cnt > WRITE_MULTI_MAX_ENTRIES {
-            return Err(Errno::EINVAL);
-        }
-        let entries =
-            <[WriteMultiEntry]>::ref_from_bytes_with_elems(tail, head.wr_cnt as usize).map_err(|_| Errno::EINVAL)?;
+        let (head, entries) = parse_write_multi(payload)?;
         for e in entries {
-            if e.count == 0 || e.count as usize > WRITE_MULTI_DATA_SIZE {
-                return Err(Errno::EINVAL);
-            }
+            write_multi_data(e)?;
             self.check_access(e.region, e.offset, u64::from(e.count), true)?;
         }
         for e in entries {
-            let data = e.data.get(..e.count as usize).unwrap_or_default();
+            let data = write_multi_data(e)?;
             self.with_device(|d, ctx| d.region_write(ctx, e.region, e.offset, data))?;
         }
         Ok(Reply::bytes(head.as_bytes().to_vec()))

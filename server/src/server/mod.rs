@@ -24,6 +24,9 @@ use crate::migration::control::MigrationCtl;
 
 pub use session::SessionEnd;
 
+pub(crate) use feature::{FeatureRequest, check_feature_ops, parse_feature, parse_logging_report, parse_logging_start};
+pub(crate) use handlers::{argsz_at_least, fixed, parse_write_multi, write_multi_data};
+
 /// Limits and tunables of a server.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -87,6 +90,12 @@ pub enum ServerError {
 pub struct Server {
     listener: UnixListener,
     path: PathBuf,
+    host: Host,
+}
+
+/// The device and what the server keeps for it across clients (its spec, the DMA table, the
+/// IRQs, the migration state); serves one connected client at a time.
+pub(crate) struct Host {
     device: Box<dyn Device>,
     spec: DeviceSpec,
     dma: Arc<DmaSpace>,
@@ -95,43 +104,19 @@ pub struct Server {
     mig: Option<MigrationCtl>,
 }
 
-impl Server {
-    /// Binds `path` for `device`. A stale socket file at `path` (nothing listening) is replaced.
-    pub fn bind(path: impl AsRef<Path>, device: Box<dyn Device>, config: ServerConfig) -> Result<Self, ServerError> {
-        let path = path.as_ref().to_path_buf();
-        if path.exists() {
-            let stale = std::fs::symlink_metadata(&path)
-                .map(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()))
-                .unwrap_or(false)
-                && std::os::unix::net::UnixStream::connect(&path).is_err();
-            if !stale {
-                return Err(ServerError::PathExists { path });
-            }
-            let _ = std::fs::remove_file(&path);
-        }
-        let listener = UnixListener::bind(&path).map_err(|source| ServerError::Bind { path: path.clone(), source })?;
-        let mut device = device;
+impl Host {
+    /// Takes `device`, asking it once for its spec and whether it migrates.
+    pub(crate) fn new(mut device: Box<dyn Device>, config: ServerConfig) -> Self {
         let spec = device.spec();
         let mig = device.migration().map(|m| MigrationCtl::new(m.supports_pre_copy()));
         let irqs = IrqTable::new(spec.num_irqs, &spec.irqs);
         let dma = Arc::new(DmaSpace::new(config.max_dma_maps as usize));
-        Ok(Self { listener, path, device, spec, dma, irqs, config, mig })
+        Self { device, spec, dma, irqs, config, mig }
     }
 
-    /// The socket path.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// The device's declared spec.
-    pub fn spec(&self) -> &DeviceSpec {
-        &self.spec
-    }
-
-    /// Accepts one client and serves it until it disconnects.
-    pub fn serve_one(&mut self) -> Result<SessionEnd, ServerError> {
-        let (stream, _) = self.listener.accept().map_err(ServerError::Accept)?;
-        tracing::info!("client connected");
+    /// Serves the client at the other end of `stream` until it disconnects, then undoes what
+    /// it left behind.
+    pub(crate) fn serve(&mut self, stream: std::os::unix::net::UnixStream) -> SessionEnd {
         let end = session::Session::new(
             stream,
             self.device.as_mut(),
@@ -143,8 +128,7 @@ impl Server {
         )
         .run();
         self.client_gone();
-        tracing::info!(?end, "client gone");
-        Ok(end)
+        end
     }
 
     /// What a disconnect undoes: logging stops, the client's DMA regions and eventfds go, and
@@ -168,8 +152,56 @@ impl Server {
     }
 
     /// The device's migration state, if it is migratable.
-    pub fn migration_state(&self) -> Option<MigState> {
+    pub(crate) fn migration_state(&self) -> Option<MigState> {
         self.mig.as_ref().map(MigrationCtl::state)
+    }
+
+    /// The client's DMA table (and dirty log).
+    pub(crate) fn dma(&self) -> &DmaSpace {
+        &self.dma
+    }
+}
+
+impl Server {
+    /// Binds `path` for `device`. A stale socket file at `path` (nothing listening) is replaced.
+    pub fn bind(path: impl AsRef<Path>, device: Box<dyn Device>, config: ServerConfig) -> Result<Self, ServerError> {
+        let path = path.as_ref().to_path_buf();
+        if path.exists() {
+            let stale = std::fs::symlink_metadata(&path)
+                .map(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()))
+                .unwrap_or(false)
+                && std::os::unix::net::UnixStream::connect(&path).is_err();
+            if !stale {
+                return Err(ServerError::PathExists { path });
+            }
+            let _ = std::fs::remove_file(&path);
+        }
+        let listener = UnixListener::bind(&path).map_err(|source| ServerError::Bind { path: path.clone(), source })?;
+        Ok(Self { listener, path, host: Host::new(device, config) })
+    }
+
+    /// The socket path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The device's declared spec.
+    pub fn spec(&self) -> &DeviceSpec {
+        &self.host.spec
+    }
+
+    /// Accepts one client and serves it until it disconnects.
+    pub fn serve_one(&mut self) -> Result<SessionEnd, ServerError> {
+        let (stream, _) = self.listener.accept().map_err(ServerError::Accept)?;
+        tracing::info!("client connected");
+        let end = self.host.serve(stream);
+        tracing::info!(?end, "client gone");
+        Ok(end)
+    }
+
+    /// The device's migration state, if it is migratable.
+    pub fn migration_state(&self) -> Option<MigState> {
+        self.host.migration_state()
     }
 
     /// Serves clients one after another, forever.

@@ -44,8 +44,9 @@ pub enum LogError {
     /// START with page size 0.
     #[error("logging page size 0")]
     ZeroPageSize,
-    /// A range is empty or wraps around.
-    #[error("logging range {iova:#x}+{len:#x} is empty or wraps around")]
+    /// A range is empty, wraps around, or ends in the last logging page of the address space
+    /// (which could not be tracked whole).
+    #[error("logging range {iova:#x}+{len:#x} is empty, wraps around or reaches the end of the address space")]
     BadRange {
         /// Start.
         iova: u64,
@@ -287,6 +288,10 @@ impl DirtyLog {
         let need = bitmap_bytes(&spans, page_size);
         if need > MAX_BITMAP_BYTES {
             return Err(LogError::RangesTooLarge { need });
+        }
+        // A range whose last page would end past the address space cannot be tracked whole.
+        if let Some(&(iova, end)) = spans.iter().find(|&&(_, end)| end.checked_next_multiple_of(page_size).is_none()) {
+            return Err(LogError::BadRange { iova, len: end - iova });
         }
         let mut log = Self { page_size, ranges: Vec::new(), everything, requested: ranges.to_vec() };
         for (iova, end) in spans {

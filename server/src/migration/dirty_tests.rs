@@ -355,4 +355,12 @@ mod concurrent {
         );
         assert_eq!(reported, written);
     }
+
+    #[test]
+    fn a_range_in_the_last_page_of_the_address_space_is_refused() {
+        use crate::migration::dirty::{DirtyLog, LogError};
+        let top = DirtyLog::start(4096, &[(0xffff_ffff_ffff_0000, 0xffff)], &[]);
+        assert!(matches!(top, Err(LogError::BadRange { .. })), "{top:?}");
+        assert!(DirtyLog::start(4096, &[(0xffff_ffff_fffe_0000, 0x1_0000)], &[]).is_ok());
+    }
 }

@@ -134,12 +134,17 @@ impl Tap {
         self.inner().armed.push(armed);
     }
 
-    /// Drops every armed trigger and forgets the state last seen: a side's client or server
-    /// is gone, and the server moves the device without a message then.
+    /// Drops every armed trigger and forgets the state last seen and the requests awaiting
+    /// replies: a side's client or server is gone, and the server moves the device without a
+    /// message then.
     pub fn disarm(&self) {
         let mut inner = self.inner();
         inner.armed.clear();
         inner.last_state = None;
+        // The next client numbers its messages from 1 again: a request of the old one that
+        // never got its reply must not take a new reply for its own.
+        inner.pending_sets.clear();
+        inner.pending_reset = None;
     }
 
     /// The trace lines written since the last call.

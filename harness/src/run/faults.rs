@@ -260,6 +260,16 @@ impl Run<'_> {
             ctx.dev.model.resume = Default::default();
         }
     }
+
+    /// After a step whose messages the scenario damaged: the device is read back now if its
+    /// client still works, else at the next connect.
+    pub(super) fn after_damage(&mut self, side: Side) {
+        let ctx = self.side(side);
+        ctx.dev.uncertain = true;
+        if ctx.client.is_some() && ctx.read_back().is_err() {
+            ctx.disconnect();
+        }
+    }
 }
 
 fn action_name(a: &ProxyAction) -> &'static str {

@@ -424,16 +424,17 @@ impl Run<'_> {
         let side = step_side(&spanned.value);
         if let Some((s, must)) = side.and_then(|s| self.next_fails[index(s)].take().map(|m| (s, m))) {
             self.damaged_step = true;
-            return match outcome {
+            let judged = match outcome {
                 Ok(None) if must => Err("the step succeeded; the scenario expects it to fail".into()),
                 Ok(None) => Ok(None),
                 Ok(Some(e)) => Ok(Some(e)),
                 Err(e) => {
                     self.event(Some(s), EventKind::Note { text: format!("failed as expected: {e}") });
-                    self.resync(s);
                     Ok(None)
                 }
             };
+            self.after_damage(s);
+            return judged;
         }
         let Some(want) = side.and_then(|s| self.next_errno[index(s)].take()) else { return outcome };
         match outcome {

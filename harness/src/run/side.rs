@@ -48,6 +48,9 @@ pub struct Dev {
     pub shadow: DeviceShadow,
     /// Guest memory the background writer owns, `(addr, len)`: random commands stay out.
     pub dma_exclude: Option<(u64, u64)>,
+    /// Damaged messages left the device in a state the model cannot know: it is read back
+    /// (state and shadow) as soon as a client can.
+    pub uncertain: bool,
 }
 
 impl OutStream {
@@ -141,6 +144,7 @@ impl SideCtx {
         self.dev.dirty = DirtyModel::default();
         self.dev.mapped.clear();
         self.dev.driver = None;
+        self.dev.uncertain = false;
         self.out.restart();
         self.hooks = Hooks::default();
         self.server = Some(server);
@@ -170,6 +174,21 @@ impl SideCtx {
         client.negotiate(&options.capabilities).map_err(|e| format!("VERSION: {e}"))?;
         self.client = Some(client);
         self.dev.driver = None;
+        if self.dev.uncertain {
+            self.read_back()?;
+        }
+        Ok(())
+    }
+
+    /// Reads the device's state and contents back into the model, after damaged messages.
+    pub fn read_back(&mut self) -> Result<(), String> {
+        let client = self.client.as_mut().ok_or("no client")?;
+        let state = client.mig_state().map_err(|e| format!("reading the state back: {e}"))?;
+        let snap = DmaEngineDriver::snapshot(client).map_err(|e| format!("reading the device back: {e}"))?;
+        self.dev.model.state = state;
+        self.dev.model.resume = Default::default();
+        self.dev.shadow.adopt(&snap);
+        self.dev.uncertain = false;
         Ok(())
     }
 
@@ -238,6 +257,7 @@ impl SideCtx {
             self.dev.shadow.reset();
         }
         self.dev.model.resume = Default::default();
+        // A kill leaves an empty device; a disconnect of an uncertain one leaves it uncertain.
         // The client is QEMU: its guest goes with it, and the next client starts a new one.
         self.dev.guest = None;
     }

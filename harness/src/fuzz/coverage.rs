@@ -39,26 +39,6 @@ const ARCS: [&str; 9] = [
 
 const STATES: [&str; 5] = ["RUNNING", "STOP", "STOP_COPY", "RESUMING", "PRE_COPY"];
 
-const COMMANDS: [Command; 17] = [
-    Command::Version,
-    Command::DmaMap,
-    Command::DmaUnmap,
-    Command::DeviceGetInfo,
-    Command::DeviceGetRegionInfo,
-    Command::DeviceGetRegionIoFds,
-    Command::DeviceGetIrqInfo,
-    Command::DeviceSetIrqs,
-    Command::RegionRead,
-    Command::RegionWrite,
-    Command::DmaRead,
-    Command::DmaWrite,
-    Command::DeviceReset,
-    Command::RegionWriteMulti,
-    Command::DeviceFeature,
-    Command::MigDataRead,
-    Command::MigDataWrite,
-];
-
 /// The errnos the model predicts somewhere: each should come up in a campaign.
 const ERRNOS: [&str; 9] = ["EINVAL", "EBUSY", "EIO", "EBADMSG", "ENODATA", "E2BIG", "ENOSYS", "EFAULT", "ENOTTY"];
 
@@ -116,7 +96,7 @@ impl Coverage {
         let absent = |have: &BTreeMap<String, u64>, all: &[&str]| -> Vec<String> {
             all.iter().filter(|k| !have.contains_key(**k)).map(|k| (*k).to_string()).collect()
         };
-        let commands: Vec<&str> = COMMANDS.iter().map(|c| c.name()).collect();
+        let commands: Vec<&str> = Command::ALL.iter().map(|c| c.name()).collect();
         vec![
             ("states", absent(&self.states, &STATES)),
             ("arcs", absent(&self.arcs, &ARCS)),

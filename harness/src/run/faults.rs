@@ -202,7 +202,7 @@ impl Run<'_> {
         }
         if let Some(want) = e.state {
             let ctx = &mut self.sides[i];
-            let got = ctx.client()?.mig_state().map_err(|e| format!("GET MIG_DEVICE_STATE: {e}"))?;
+            let got = ctx.read_state()?;
             if got != want.to_wire() {
                 return Err(format!("the device is in {got:?}; the scenario expects {:?}", want.to_wire()));
             }

@@ -236,20 +236,14 @@ fn state_op(ctx: &mut SideCtx, invalid: bool, logs_arcs: bool, rng: &mut ChaCha8
     } else {
         *SETTABLE.choose(rng).unwrap_or(&MigState::Running) as u32
     };
-    let p = ctx.dev.model.predict_set(target);
-    let mark = ctx.log_mark();
-    let got = refused(ctx.client()?.set_mig_state_raw(target))?;
-    if logs_arcs
-        && p.expected.admits(got)
-        && let Some(wrong) = ctx.check_arcs(mark, &p)
-    {
-        // Where the wrong walk left the device, so the operations after it are judged from there.
-        ctx.dev.model.state = ctx.client()?.mig_state().map_err(|e| format!("GET MIG_DEVICE_STATE: {e}"))?;
+    let from = ctx.dev.model.state;
+    let (p, got, wrong) = ctx.set_and_check_walk(target, logs_arcs)?;
+    if let Some(wrong) = wrong {
         return Ok(Some(format!("SET {target}: {wrong}")));
     }
-    let finding = check(format!("SET {target} from {:?}", ctx.dev.model.state), &p.expected, got);
+    let finding = check(format!("SET {target} from {from:?}"), &p.expected, got);
     if finding.is_some() {
-        ctx.dev.model.state = ctx.client()?.mig_state().map_err(|e| format!("GET MIG_DEVICE_STATE: {e}"))?;
+        ctx.dev.model.state = ctx.read_state()?;
     } else {
         ctx.dev.model.apply_set(target, &p, got.is_none());
     }

@@ -290,6 +290,29 @@ impl SideCtx {
             .then(|| format!("the device was taken through {got:?}; the specification's walk is {:?}", p.arcs))
     }
 
+    /// SET of the raw state `target`: the model's prediction, the errno of a refusal, and,
+    /// for servers that log their arcs, the walk when it differs from the specification's
+    /// (the model then reads the state back, so what follows is judged from there).
+    pub fn set_and_check_walk(
+        &mut self,
+        target: u32,
+        logs_arcs: bool,
+    ) -> Result<(crate::oracle::SetPrediction, Option<Errno>, Option<String>), String> {
+        let p = self.dev.model.predict_set(target);
+        let mark = self.log_mark();
+        let got = refused(self.client()?.set_mig_state_raw(target))?;
+        let wrong = if logs_arcs && p.expected.admits(got) { self.check_arcs(mark, &p) } else { None };
+        if wrong.is_some() {
+            self.dev.model.state = self.read_state()?;
+        }
+        Ok((p, got, wrong))
+    }
+
+    /// GET of the migration state.
+    pub fn read_state(&mut self) -> Result<MigState, String> {
+        self.client()?.mig_state().map_err(|e| format!("GET MIG_DEVICE_STATE: {e}"))
+    }
+
     /// Whether the server process runs.
     pub fn server_alive(&mut self) -> bool {
         self.server.as_mut().is_some_and(ServerProcess::alive)

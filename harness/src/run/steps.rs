@@ -160,7 +160,7 @@ impl Run<'_> {
                 if got.is_none() {
                     ctx.dev.shadow.reset();
                 }
-                let now = ctx.client()?.mig_state().map_err(|e| format!("GET MIG_DEVICE_STATE: {e}"))?;
+                let now = ctx.read_state()?;
                 if now != before {
                     return Err(format!("a guest reset moved the migration state from {before:?} to {now:?}"));
                 }
@@ -204,14 +204,8 @@ impl Run<'_> {
     pub(super) fn set_state(&mut self, side: Side, target: u32) -> StepOutcome {
         let logs_arcs = self.options.server.logs_arcs;
         let ctx = self.side(side);
-        let p = ctx.dev.model.predict_set(target);
-        let mark = ctx.log_mark();
-        let got = refused(ctx.client()?.set_mig_state_raw(target))?;
-        if logs_arcs
-            && p.expected.admits(got)
-            && let Some(wrong) = ctx.check_arcs(mark, &p)
-        {
-            ctx.dev.model.state = ctx.client()?.mig_state().map_err(|e| format!("GET MIG_DEVICE_STATE: {e}"))?;
+        let (p, got, wrong) = ctx.set_and_check_walk(target, logs_arcs)?;
+        if let Some(wrong) = wrong {
             return Err(format!("SET MIG_DEVICE_STATE {target}: {wrong}"));
         }
         let ok = got.is_none();
@@ -219,7 +213,7 @@ impl Run<'_> {
             Ok(out) if !p.expected.admits(got) => {
                 // A refusal the scenario pinned and the model did not predict: where the
                 // device stands is read back.
-                ctx.dev.model.state = ctx.client()?.mig_state().map_err(|e| format!("GET MIG_DEVICE_STATE: {e}"))?;
+                ctx.dev.model.state = ctx.read_state()?;
                 Ok(out)
             }
             Ok(out) => {

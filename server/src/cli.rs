@@ -10,6 +10,7 @@
 //! vfu-server --socket PATH --device dma-engine [--devmem-size SIZE] [--chunk-size SIZE]
 //!            [--no-pre-copy] [--fail-arc FROM:TO]... [--fail-read-after BYTES]
 //!            [--max-data-xfer-size SIZE] [--once]
+//! vfu-server --socket PATH --device libvfio-user-sample [--max-data-xfer-size SIZE] [--once]
 //! ```
 //!
 //! Sizes take binary units (`4096`, `0x1000`, `64K`, `8M`, `1G`: see [`parse_size`]); the
@@ -32,6 +33,7 @@ use clap::{Parser, ValueEnum};
 use nix::sys::signal::{SigSet, Signal};
 
 use crate::devices::dma_engine::{DmaEngine, DmaEngineConfig, parse_size};
+use crate::devices::lvu_sample::{self, LvuSample};
 use crate::wire::MigState;
 use crate::{Device, Server, ServerConfig};
 
@@ -40,6 +42,9 @@ use crate::{Device, Server, ServerConfig};
 enum DeviceKind {
     /// The DMA engine: registers, device memory, a doorbell that runs DMA commands.
     DmaEngine,
+    /// The reference C library's sample device (libvfio-user's samples/server.c): a BAR0
+    /// timer, a sparse-mmap BAR1, INTx and a DMA test; serves that library's sample client.
+    LibvfioUserSample,
 }
 
 #[derive(Debug, Parser)]
@@ -119,6 +124,26 @@ impl Cli {
             DeviceKind::DmaEngine => {
                 Box::new(DmaEngine::new(self.dma_engine_config()?).context("invalid dma-engine options")?)
             }
+            DeviceKind::LibvfioUserSample => {
+                if self.no_pre_copy || !self.fail_arc.is_empty() || self.fail_read_after.is_some() {
+                    anyhow::bail!("--no-pre-copy, --fail-arc and --fail-read-after are dma-engine options");
+                }
+                Box::new(LvuSample::new().context("creating BAR1's shared memory")?)
+            }
+        })
+    }
+
+    /// The server's limits: the reference library's for its sample device (eight fds per
+    /// message, short MIG_DATA_READ replies padded), the specification's otherwise.
+    fn server_config(&self) -> anyhow::Result<ServerConfig> {
+        let max_data_xfer_size =
+            u32::try_from(self.max_data_xfer_size).context("--max-data-xfer-size must be below 4 GiB")?;
+        let config = ServerConfig { max_data_xfer_size, ..ServerConfig::default() };
+        Ok(match self.device {
+            DeviceKind::DmaEngine => config,
+            DeviceKind::LibvfioUserSample => {
+                ServerConfig { max_msg_fds: lvu_sample::MAX_MSG_FDS, pad_mig_data_read: true, ..config }
+            }
         })
     }
 }
@@ -184,9 +209,7 @@ fn handle_signals(socket: &Path) -> anyhow::Result<()> {
 
 fn run(cli: &Cli) -> anyhow::Result<()> {
     let device = cli.build_device()?;
-    let max_data_xfer_size =
-        u32::try_from(cli.max_data_xfer_size).context("--max-data-xfer-size must be below 4 GiB")?;
-    let config = ServerConfig { max_data_xfer_size, ..ServerConfig::default() };
+    let config = cli.server_config()?;
     handle_signals(&cli.socket)?;
     let mut server = Server::bind(&cli.socket, device, config)?;
     tracing::info!(socket = %cli.socket.display(), device = ?cli.device, "listening");

@@ -8,6 +8,7 @@
 
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
+use std::time::Instant;
 
 use nix::errno::Errno;
 
@@ -157,6 +158,27 @@ impl<'a> DeviceContext<'a> {
         Ok(())
     }
 
+    /// Writes `data` to guest memory at `iova` by DMA_WRITE messages even where the region was
+    /// mapped with an fd, as a device does that prefers messages (the reference sample server's
+    /// `vfu_sgl_write`). The range must lie in writable regions; the pages are marked dirty.
+    pub fn dma_write_by_message(&mut self, iova: u64, data: &[u8]) -> Result<(), DmaError> {
+        let len = data.len() as u64;
+        self.dma.check(iova, len, true)?;
+        let remote = self.remote.as_deref_mut().ok_or(DmaError::NotMapped { iova, len })?;
+        remote.dma_write(iova, data).map_err(|errno| DmaError::Remote { iova, len, errno })?;
+        self.dma.mark_dirty(iova, len);
+        Ok(())
+    }
+
+    /// Reads guest memory at `iova` by DMA_READ messages even where the region was mapped with
+    /// an fd. The range must lie in readable regions.
+    pub fn dma_read_by_message(&mut self, iova: u64, buf: &mut [u8]) -> Result<(), DmaError> {
+        let len = buf.len() as u64;
+        self.dma.check(iova, len, false)?;
+        let remote = self.remote.as_deref_mut().ok_or(DmaError::NotMapped { iova, len })?;
+        remote.dma_read(iova, buf).map_err(|errno| DmaError::Remote { iova, len, errno })
+    }
+
     /// The DMA table.
     pub fn dma_space(&self) -> &DmaSpace {
         self.dma
@@ -217,8 +239,24 @@ pub trait Device: Send {
     /// them. The default does nothing.
     fn dma_unmapped(&mut self, _iova: u64, _len: u64) {}
 
+    /// Called after the client mapped a DMA region, so a device that keeps its own list of
+    /// guest memory (in the order the client mapped it) can add it. The default does nothing.
+    fn dma_mapped(&mut self, _iova: u64, _len: u64, _readable: bool, _writable: bool) {}
+
     /// Called when the client disconnects, after its DMA regions and eventfds are gone.
     fn disconnected(&mut self) {}
+
+    /// When the device next wants [`deadline_reached`](Device::deadline_reached) called, if
+    /// ever: for work a device starts on its own between requests, such as a timer that raises
+    /// an interrupt and then does DMA by message, which only the session's thread may send.
+    /// The session waits for the next request no later than this. The default: never.
+    fn next_deadline(&self) -> Option<Instant> {
+        None
+    }
+
+    /// Called by the session between requests once [`next_deadline`](Device::next_deadline)
+    /// has passed; the context reaches guest memory by message too. The default does nothing.
+    fn deadline_reached(&mut self, _ctx: &mut DeviceContext<'_>) {}
 
     /// The device's migration callbacks, if it can be migrated. The default: it cannot.
     fn migration(&mut self) -> Option<&mut dyn crate::migration::Migratable> {

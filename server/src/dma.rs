@@ -353,6 +353,13 @@ impl DmaSpace {
         n
     }
 
+    /// Checks that `iova..iova+len` lies in mapped regions that allow the access, touching
+    /// nothing: what a device asks before it DMAs by message.
+    pub fn check(&self, iova: u64, len: u64, write: bool) -> Result<(), DmaError> {
+        let len = usize::try_from(len).map_err(|_| DmaError::NotMapped { iova, len })?;
+        walk(&self.read_lock(), iova, len, write, |_, _, _, _| Ok(()))
+    }
+
     /// Every region, in address order.
     pub fn regions(&self) -> Vec<DmaRegionInfo> {
         self.read_lock().iter().map(|r| info(r)).collect()

@@ -113,6 +113,7 @@ impl Session<'_> {
             e.errno()
         })?;
         tracing::debug!(addr = m.addr, size = m.size, fd = fd.is_some(), "DMA region mapped");
+        self.device.dma_mapped(m.addr, m.size, read, write);
         Ok(Reply::empty())
     }
 

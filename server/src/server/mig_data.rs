@@ -4,7 +4,9 @@
 //! without migration, EINVAL. A READ's `size` must be at least 1 and at most both sides'
 //! `max_data_xfer_size`, with `argsz` room for the reply; the reply carries what the device
 //! produced, and a `size` below the request's is the short read (PRE_COPY: no more data this
-//! round; STOP_COPY: end of stream). A WRITE's `size` is bounded by the server's
+//! round; STOP_COPY: end of stream), padded to the requested size only when
+//! [`ServerConfig::pad_mig_data_read`](super::ServerConfig::pad_mig_data_read) asks for the
+//! reference library's layout. A WRITE's `size` is bounded by the server's
 //! `max_data_xfer_size` and its payload must carry exactly `size` bytes.
 
 use nix::errno::Errno;
@@ -33,7 +35,11 @@ impl Session<'_> {
         let mut out = self.reply_buf(head + req.size as usize);
         let dev = self.device.migration().ok_or(Errno::EINVAL)?;
         let n = dev.read_data(out.get_mut(head..).unwrap_or_default())?.min(req.size as usize);
-        out.truncate(head + n);
+        if self.config.pad_mig_data_read {
+            out.get_mut(head + n..).unwrap_or_default().fill(0);
+        } else {
+            out.truncate(head + n);
+        }
         let reply_head = MigData { argsz: (head + n) as u32, size: n as u32 };
         out.get_mut(..head).unwrap_or_default().copy_from_slice(reply_head.as_bytes());
         Ok(Reply::bytes(out))

@@ -41,6 +41,11 @@ pub struct ServerConfig {
     pub dma_reply_timeout: Duration,
     /// Whether to offer twin-socket mode to a client that asks for it.
     pub twin_socket: bool,
+    /// Whether a short MIG_DATA_READ reply is padded with zeros to the size the client asked
+    /// for (its `argsz` and `size` still say how much is data). The specification's reply
+    /// carries only the data; libvfio-user pads, and its sample client reads a reply of the
+    /// requested size whatever the reply's header says, so it waits forever for a short one.
+    pub pad_mig_data_read: bool,
 }
 
 impl Default for ServerConfig {
@@ -51,6 +56,7 @@ impl Default for ServerConfig {
             max_dma_maps: 4096,
             dma_reply_timeout: Duration::from_secs(10),
             twin_socket: true,
+            pad_mig_data_read: false,
         }
     }
 }

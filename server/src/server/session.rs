@@ -7,8 +7,10 @@
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
+use std::time::Instant;
 
 use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use super::ServerConfig;
 use super::peer::Peer;
@@ -102,6 +104,14 @@ impl<'s> Session<'s> {
             if self.peer.broken {
                 return SessionEnd::SocketError(std::io::Error::other("client stopped answering DMA requests"));
             }
+            if self.peer.deferred.is_empty()
+                && let Err(e) = self.wait_for_request()
+            {
+                return SessionEnd::SocketError(e);
+            }
+            if self.peer.broken {
+                continue;
+            }
             let msg = match self.peer.next_request() {
                 Ok(m) => m,
                 Err(CodecError::Closed) => return SessionEnd::Disconnected,
@@ -129,6 +139,32 @@ impl<'s> Session<'s> {
                 return SessionEnd::ClosedByServer;
             }
         }
+    }
+
+    /// Waits until a request can be read, calling the device each time its
+    /// [`next_deadline`](Device::next_deadline) passes meanwhile. Returns at once for a device
+    /// without deadlines (the read that follows blocks), and as soon as the device's own work
+    /// queued requests or broke the socket.
+    fn wait_for_request(&mut self) -> std::io::Result<()> {
+        while let Some(deadline) = self.device.next_deadline() {
+            let now = Instant::now();
+            if deadline > now {
+                // Rounded up, so a wake-up never comes before the deadline and spins.
+                let ms = (deadline - now).as_micros().div_ceil(1000);
+                let timeout = PollTimeout::try_from(i32::try_from(ms).unwrap_or(i32::MAX)).unwrap_or(PollTimeout::MAX);
+                let mut fds = [PollFd::new(self.peer.conn.stream().as_fd(), PollFlags::POLLIN)];
+                match poll(&mut fds, timeout) {
+                    Ok(0) | Err(Errno::EINTR) => continue,
+                    Ok(_) => return Ok(()),
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            self.with_device(|dev, ctx| dev.deadline_reached(ctx));
+            if self.peer.broken || !self.peer.deferred.is_empty() {
+                return Ok(());
+            }
+        }
+        Ok(())
     }
 
     /// Handles one message; an error here is a socket failure.

@@ -39,6 +39,7 @@ fn options(bar0: i64, bar1: &[u8], use_pre_copy: bool) -> PairOptions {
         params: MigrationParams { use_pre_copy, ..MigrationParams::default() },
         client: ClientOptions { strict: true, ..ClientOptions::default() },
         device_writes: vec![(0, 0, bar0.to_le_bytes().to_vec()), (1, 0, bar1.to_vec())],
+        compare_regions: vec![(1, 0, BAR1_SIZE as u32)],
         ..PairOptions::default()
     }
 }
@@ -52,6 +53,8 @@ fn sample_migrates_by_stop_and_copy_with_bar1_and_its_timer() {
             panic!("{e}: {}\n{}\n{}", mock_qemu::migrate::error_chain(&e), src.context(), dst.context())
         });
     assert_eq!(report.ram_diff, Vec::<u64>::new(), "guest pages that differ");
+    assert!(report.device_compared);
+    assert_eq!(report.device_diff, Vec::<String>::new(), "BAR1 differs between source and destination");
     assert!(!report.stats.pre_copy);
     let rules: Vec<_> = report.findings.iter().map(|f| f.rule).collect();
     assert_eq!(rules, vec!["mig-data-read-padded"], "{:?}", report.findings);

@@ -120,6 +120,10 @@ struct MigrateArgs {
     /// REGION:OFFSET:HEX (e.g. 0:0x10:01000000); may be repeated.
     #[arg(long, value_name = "REGION:OFFSET:HEX", value_parser = parse_device_write)]
     device_write: Vec<(u32, u64, Vec<u8>)>,
+    /// Compare a device region between the stopped source and the running destination after
+    /// the migration: REGION:OFFSET:LEN (e.g. 1:0:0x3000); may be repeated.
+    #[arg(long, value_name = "REGION:OFFSET:LEN", value_parser = parse_compare_region)]
+    compare_region: Vec<(u32, u64, u32)>,
     /// Print the statistics as JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -148,6 +152,19 @@ fn parse_device_write(s: &str) -> Result<(u32, u64, Vec<u8>), String> {
         .collect::<Result<Vec<u8>, _>>()
         .map_err(|_| format!("{hex:?}: not hex"))?;
     Ok((region, offset, bytes))
+}
+
+fn parse_compare_region(s: &str) -> Result<(u32, u64, u32), String> {
+    let mut parts = s.splitn(3, ':');
+    let (Some(region), Some(offset), Some(len)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(format!("{s:?}: expected REGION:OFFSET:LEN"));
+    };
+    let region =
+        parse_size(region).ok().and_then(|r| u32::try_from(r).ok()).ok_or(format!("{region:?}: not a region index"))?;
+    let offset = parse_size(offset)?;
+    let len = parse_size(len)?;
+    let len = u32::try_from(len).ok().filter(|&l| l > 0).ok_or(format!("{len}: a length from 1 to 4 GiB - 1"))?;
+    Ok((region, offset, len))
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -188,6 +205,7 @@ fn migrate(args: MigrateArgs) -> anyhow::Result<ExitCode> {
         trace: trace.clone(),
         trace_timestamps: !args.client.trace_no_time,
         device_writes: args.device_write.clone(),
+        compare_regions: args.compare_region.clone(),
     };
     let Some(to) = &args.to else {
         let Some(addr) = &args.to_stream else { anyhow::bail!("--to or --to-stream is needed") };
@@ -216,7 +234,11 @@ fn migrate(args: MigrateArgs) -> anyhow::Result<ExitCode> {
         println!(
             "destination equals source: guest RAM ({} MiB){}; {} pages written by vCPUs and {} by the device during pre-copy",
             args.ram >> 20,
-            if report.device_compared { " and device state" } else { " (device state not compared: not a dma-engine)" },
+            if report.device_compared {
+                " and device state"
+            } else {
+                " (device state not compared: not a dma-engine, and no --compare-region)"
+            },
             report.vcpu_pages,
             report.device_pages
         );

@@ -38,6 +38,10 @@ pub struct PairOptions {
     /// Region writes `(region, offset, bytes)` made on the source device before the migration,
     /// for devices that need setting up by their guest driver first.
     pub device_writes: Vec<(u32, u64, Vec<u8>)>,
+    /// Device region ranges `(region, offset, len)` compared between the stopped source and
+    /// the running destination, for devices whose state is plain memory in a region (a
+    /// dma-engine's state is compared field by field anyway).
+    pub compare_regions: Vec<(u32, u64, u32)>,
 }
 
 /// One trace file written by both sides' clients.
@@ -80,6 +84,7 @@ impl Default for PairOptions {
             trace: None,
             trace_timestamps: true,
             device_writes: Vec::new(),
+            compare_regions: Vec::new(),
         }
     }
 }
@@ -93,8 +98,8 @@ pub struct PairReport {
     pub ram_diff: Vec<u64>,
     /// Device state fields that differ (empty when migrated).
     pub device_diff: Vec<String>,
-    /// Whether the device state was compared (only a dma-engine's is: other devices' state is
-    /// not observable in a known way).
+    /// Whether the device state was compared: a dma-engine's always, another device's by the
+    /// regions [`PairOptions::compare_regions`] names.
     pub device_compared: bool,
     /// Guest pages the vCPUs wrote during pre-copy.
     pub vcpu_pages: usize,
@@ -152,8 +157,8 @@ pub fn migrate_between(
         .map_err(|f| PairError::Migration(f.error))?;
     dst = migrated.destination;
     let ram_diff = dst_guest.diff_pages(&src_guest).map_err(|e| setup("comparison")(e.to_string()))?;
-    let device_compared = is_dma_engine;
-    let device_diff = if device_compared {
+    let device_compared = is_dma_engine || !options.compare_regions.is_empty();
+    let mut device_diff = if is_dma_engine {
         match (DmaEngineDriver::snapshot(&mut src), DmaEngineDriver::snapshot(&mut dst)) {
             (Ok(a), Ok(b)) => b.differences(&a),
             (Err(e), _) | (_, Err(e)) => vec![format!("device snapshot failed: {e}")],
@@ -161,6 +166,9 @@ pub fn migrate_between(
     } else {
         Vec::new()
     };
+    for &(region, offset, len) in &options.compare_regions {
+        device_diff.extend(compare_region(&mut src, &mut dst, region, offset, len));
+    }
     let mut findings = src.take_findings();
     findings.extend(dst.take_findings());
     Ok(PairReport {
@@ -172,6 +180,32 @@ pub fn migrate_between(
         vcpu_pages: workload.vcpu_pages.len(),
         device_pages: workload.device_pages.len(),
     })
+}
+
+/// Reads `region` at `offset..offset+len` from both sides in one request each (a device may
+/// treat split reads differently) and names the byte ranges that differ.
+fn compare_region(src: &mut Client, dst: &mut Client, region: u32, offset: u64, len: u32) -> Vec<String> {
+    let (a, b) = match (src.region_read(region, offset, len), dst.region_read(region, offset, len)) {
+        (Ok(a), Ok(b)) => (a, b),
+        (Err(e), _) => return vec![format!("region {region} {offset:#x}+{len:#x}: reading the source failed: {e}")],
+        (_, Err(e)) => {
+            return vec![format!("region {region} {offset:#x}+{len:#x}: reading the destination failed: {e}")];
+        }
+    };
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < a.len() {
+        if a.get(at) == b.get(at) {
+            at += 1;
+            continue;
+        }
+        let start = at;
+        while at < a.len() && a.get(at) != b.get(at) {
+            at += 1;
+        }
+        out.push(format!("region {region} bytes {:#x}..{:#x} differ", offset + start as u64, offset + at as u64));
+    }
+    out
 }
 
 /// Sets the source up before a migration: the device writes asked for, and a dma-engine put

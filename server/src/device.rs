@@ -160,14 +160,14 @@ impl<'a> DeviceContext<'a> {
 
     /// Writes `data` to guest memory at `iova` by DMA_WRITE messages even where the region was
     /// mapped with an fd, as a device does that prefers messages (the reference sample server's
-    /// `vfu_sgl_write`). The range must lie in writable regions; the pages are marked dirty.
+    /// `vfu_sgl_write`). The range must lie in writable regions. The pages are not marked
+    /// dirty: the client wrote its own memory and tracks that itself (the reference reports
+    /// them clean too).
     pub fn dma_write_by_message(&mut self, iova: u64, data: &[u8]) -> Result<(), DmaError> {
         let len = data.len() as u64;
         self.dma.check(iova, len, true)?;
         let remote = self.remote.as_deref_mut().ok_or(DmaError::NotMapped { iova, len })?;
-        remote.dma_write(iova, data).map_err(|errno| DmaError::Remote { iova, len, errno })?;
-        self.dma.mark_dirty(iova, len);
-        Ok(())
+        remote.dma_write(iova, data).map_err(|errno| DmaError::Remote { iova, len, errno })
     }
 
     /// Reads guest memory at `iova` by DMA_READ messages even where the region was mapped with

@@ -54,8 +54,10 @@ pub(crate) fn write_multi_data(e: &WriteMultiEntry) -> Result<&[u8], Errno> {
     e.data.get(..e.count as usize).ok_or(Errno::EINVAL)
 }
 
-/// Server protocol version: 0.1.
-const MINOR: u16 = 1;
+/// Server protocol version: 0.2. Minor 2 is the reference library's number for the protocol
+/// with twin-socket mode, which this server implements; the reply is min(client's, ours), so
+/// a 0.1 client is answered 0.1.
+const MINOR: u16 = 2;
 
 impl Session<'_> {
     pub(super) fn version(&mut self, payload: &[u8], fds: Vec<OwnedFd>) -> Result<Reply, Errno> {
@@ -242,7 +244,9 @@ impl Session<'_> {
         if req.index >= self.spec.num_irqs {
             return Err(Errno::EINVAL);
         }
-        let flags = self.spec.irqs.iter().find(|i| i.index == req.index).map_or(0, |i| i.flags | IRQ_INFO_EVENTFD);
+        // EVENTFD even for an index without vectors, as Linux's vfio-pci and the reference
+        // server report it: an eventfd is how every interrupt of vfio-user is delivered.
+        let flags = self.spec.irqs.iter().find(|i| i.index == req.index).map_or(0, |i| i.flags) | IRQ_INFO_EVENTFD;
         let info =
             IrqInfo { argsz: size_of::<IrqInfo>() as u32, flags, index: req.index, count: self.irqs.count(req.index) };
         Ok(Reply::bytes(info.as_bytes().to_vec()))

@@ -3,7 +3,8 @@
 //!
 //! Each test writes four 1 KiB chunks filled with `A`, `B`, `C` and `D` at the region's
 //! start, one access per chunk, then reads the 4 KiB back in two 2 KiB accesses and compares.
-//! The direct test goes through the mapping (so the pages are marked dirty if logging is on);
+//! The direct test goes through the mapping (so the pages are marked dirty if logging is on;
+//! the message test's pages are not: the client wrote them and tracks them itself);
 //! the message test sends DMA_WRITE and DMA_READ even though the region has an fd, which is
 //! what the reference's `vfu_sgl_write`/`vfu_sgl_read` do and what its client waits for: four
 //! DMA_WRITEs, then four DMA_READs when the client takes 1 KiB per message. A failure is logged

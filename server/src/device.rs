@@ -62,6 +62,19 @@ impl RegionSpec {
         Self { index, size, flags: REGION_FLAG_READ | REGION_FLAG_WRITE, mmap: None, io_fds: Vec::new() }
     }
 
+    /// A readable and writable region backed by `fd` from its start, of which the client may
+    /// mmap the `(offset, size)` areas (all of it if none).
+    pub fn rw_mmap(index: u32, size: u64, fd: &Arc<OwnedFd>, areas: &[(u64, u64)]) -> Self {
+        Self {
+            mmap: Some(RegionMmap {
+                fd: Arc::clone(fd),
+                file_offset: 0,
+                sparse_areas: areas.iter().map(|&(offset, size)| SparseArea { offset, size }).collect(),
+            }),
+            ..Self::rw(index, size)
+        }
+    }
+
     /// The flags reported to the client.
     pub fn wire_flags(&self) -> u32 {
         let mut f = self.flags & (REGION_FLAG_READ | REGION_FLAG_WRITE);

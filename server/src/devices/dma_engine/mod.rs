@@ -157,13 +157,13 @@ use std::sync::Arc;
 
 use nix::errno::Errno;
 
-use crate::device::{Device, DeviceContext, DeviceSpec, RegionMmap, RegionSpec};
+use crate::device::{Device, DeviceContext, DeviceSpec, RegionSpec};
 use crate::irq::IrqSpec;
 use crate::migration::Migratable;
 use crate::mmap::MappedRegion;
 use crate::wire::{
     IRQ_INDEX_ERR, IRQ_INDEX_INTX, IRQ_INDEX_MSI, IRQ_INDEX_MSIX, IRQ_INDEX_REQ, IRQ_INFO_AUTOMASKED, IRQ_INFO_EVENTFD,
-    IRQ_INFO_MASKABLE, IRQ_INFO_NORESIZE, PCI_CONFIG_REGION_INDEX, PCI_NUM_IRQS, PCI_NUM_REGIONS, SparseArea,
+    IRQ_INFO_MASKABLE, IRQ_INFO_NORESIZE, PCI_CONFIG_REGION_INDEX, PCI_NUM_IRQS, PCI_NUM_REGIONS,
 };
 
 pub use background::background_write;
@@ -287,14 +287,7 @@ fn errno_einval<T>(v: Option<T>) -> Result<T, Errno> {
 
 impl Device for DmaEngine {
     fn spec(&self) -> DeviceSpec {
-        let scratch = RegionSpec {
-            mmap: Some(RegionMmap {
-                fd: Arc::clone(&self.scratch_fd),
-                file_offset: 0,
-                sparse_areas: SCRATCH_MMAP_AREAS.iter().map(|&(offset, size)| SparseArea { offset, size }).collect(),
-            }),
-            ..RegionSpec::rw(REGION_SCRATCH, SCRATCH_SIZE)
-        };
+        let scratch = RegionSpec::rw_mmap(REGION_SCRATCH, SCRATCH_SIZE, &self.scratch_fd, &SCRATCH_MMAP_AREAS);
         let irq = |index, count, flags| IrqSpec { index, count, flags: IRQ_INFO_EVENTFD | flags };
         DeviceSpec {
             pci: true,

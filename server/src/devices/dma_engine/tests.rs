@@ -111,7 +111,13 @@ fn spec_declares_the_pci_regions_and_irqs() {
     let sizes: Vec<_> = spec.regions.iter().map(|r| (r.index, r.size, r.mmap.is_some())).collect();
     assert_eq!(sizes, [(0, 4096, false), (2, 8 << 20, false), (4, 64 << 10, true), (7, 256, false)]);
     let areas = &spec.region(4).unwrap().mmap.as_ref().unwrap().sparse_areas;
-    assert_eq!(areas, &[SparseArea { offset: 0, size: 16 << 10 }, SparseArea { offset: 32 << 10, size: 32 << 10 }]);
+    assert_eq!(
+        areas,
+        &[
+            crate::wire::SparseArea { offset: 0, size: 16 << 10 },
+            crate::wire::SparseArea { offset: 32 << 10, size: 32 << 10 }
+        ]
+    );
     let irqs: Vec<_> = spec.irqs.iter().map(|i| (i.index, i.count)).collect();
     assert_eq!(irqs, [(0, 1), (1, 1), (2, 4), (3, 1), (4, 1)]);
 }

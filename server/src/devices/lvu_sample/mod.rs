@@ -37,13 +37,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use nix::errno::Errno;
 
 use self::config::{CONFIG_SPACE_SIZE, ConfigSpace};
-use crate::device::{Device, DeviceContext, DeviceSpec, RegionMmap, RegionSpec};
+use crate::device::{Device, DeviceContext, DeviceSpec, RegionSpec};
 use crate::irq::IrqSpec;
 use crate::migration::{MigState, Migratable};
 use crate::mmap::{MapError, MappedRegion};
 use crate::wire::{
     IRQ_INDEX_ERR, IRQ_INDEX_INTX, IRQ_INDEX_REQ, PCI_BAR0_REGION_INDEX, PCI_CONFIG_REGION_INDEX, PCI_NUM_IRQS,
-    PCI_NUM_REGIONS, SparseArea,
+    PCI_NUM_REGIONS,
 };
 
 /// Size of BAR0: one `time_t`.
@@ -114,14 +114,7 @@ fn unix_now() -> i64 {
 
 impl Device for LvuSample {
     fn spec(&self) -> DeviceSpec {
-        let bar1 = RegionSpec {
-            mmap: Some(RegionMmap {
-                fd: Arc::clone(&self.bar1_fd),
-                file_offset: 0,
-                sparse_areas: BAR1_SPARSE_AREAS.iter().map(|&(offset, size)| SparseArea { offset, size }).collect(),
-            }),
-            ..RegionSpec::rw(BAR1_REGION_INDEX, BAR1_SIZE)
-        };
+        let bar1 = RegionSpec::rw_mmap(BAR1_REGION_INDEX, BAR1_SIZE, &self.bar1_fd, &BAR1_SPARSE_AREAS);
         let irq = |index| IrqSpec { index, count: 1, flags: 0 };
         DeviceSpec {
             pci: true,

@@ -8,9 +8,10 @@
 //! DMA_WRITE / DMA_READ our server sends to equal the reference server's byte for byte —
 //! headers, sizes and fds included — except for what depends on the clock or on formatting:
 //!
-//! - the two BAR0 times the client wrote are replaced by `now + 1` (the timer that starts the
-//!   source's DMA test) and `now + 3` (the time the destination re-arms from after migrating);
-//! - BAR0's read (now minus BAR0: -1 in the recording) may also be 0, as a second may tick;
+//! - the two BAR0 times the client wrote are replaced by `now + 2` (the timer that starts the
+//!   source's DMA test; `now + 1` could fall in the device's present second, which disarms
+//!   it) and `now + 3` (the time the destination re-arms from after migrating);
+//! - BAR0's read (now minus BAR0: -1 in the recording, for `now + 1`) is -2 or -1;
 //! - the last stop-and-copy read carries BAR0, so it holds our `now + 3`, and the destination
 //!   is given the data our source produced rather than the recorded bytes;
 //! - VERSION's JSON may differ in formatting and extra keys: the values the reference client
@@ -241,8 +242,10 @@ fn replay(side: &mut Side<'_>, session: &[&Record], times: &mut Times, resume: O
                 // BAR0's time: region 0 at offset 16 of a REGION_WRITE's payload.
                 REGION_WRITE if payload.get(8..12) == Some(&[0, 0, 0, 0]) => {
                     let t = match bar0_writes {
+                        // Two seconds, not one: a time in the device's present second
+                        // disarms its timer, and a second may tick before the write lands.
                         0 => {
-                            times.first = now() + 1;
+                            times.first = now() + 2;
                             times.first
                         }
                         _ => {
@@ -288,12 +291,12 @@ fn replay(side: &mut Side<'_>, session: &[&Record], times: &mut Times, resume: O
                 assert_eq!((got.msg_id, got.cmd, got.flags, got.error_no), (r.msg_id, r.cmd, r.flags, r.error_no));
                 continue;
             }
-            // BAR0 read: now minus BAR0, -1 or 0 seconds.
+            // BAR0 read: now minus BAR0, -2 or -1 seconds (the recording's -1 was for `now + 1`).
             REGION_READ if recorded.get(8..12) == Some(&[0, 0, 0, 0]) && recorded.len() == 24 => {
                 let delta =
                     i64::from_le_bytes(got.payload.get(16..24).unwrap_or_default().try_into().unwrap_or_default());
-                if !(-1..=0).contains(&delta) {
-                    side.fail(r, &format!("BAR0 reads {delta}, not -1 or 0"));
+                if !(-2..=-1).contains(&delta) {
+                    side.fail(r, &format!("BAR0 reads {delta}, not -2 or -1"));
                 }
                 expected.splice(16 + 16..16 + 24, delta.to_le_bytes());
             }

@@ -93,7 +93,9 @@ fuzz-targets target="session" time="60":
     command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
     cd fuzz
     mkdir -p corpus-grown/{{target}}
-    RUSTC_BOOTSTRAP=1 cargo fuzz run --debug-assertions {{target}} corpus-grown/{{target}} corpus/{{target}} -- -max_total_time={{time}}
+    # sample_session starts from the session target's seeds (the same client bytes).
+    seeds=corpus/{{target}}; [ "{{target}}" = sample_session ] && seeds=corpus/session
+    RUSTC_BOOTSTRAP=1 cargo fuzz run --debug-assertions {{target}} corpus-grown/{{target}} "$seeds" -- -max_total_time={{time}}
 
 # From the recorded reference trace, and real dma-engine conversations and migration streams.
 # Regenerate the seed corpus of the cargo-fuzz targets (fuzz/corpus/).

@@ -9,7 +9,8 @@
 //!   ([`codec::payload_len`]) and each payload taken apart with the parsers the server's
 //!   handlers use, the VERSION JSON and the DMA logging requests included.
 //! - [`session`]: the bytes as everything a client sends on one connection to an in-process
-//!   server of a dma-engine, which must then end its session and leave the device clean.
+//!   server of a dma-engine, which must then end its session and leave the device clean;
+//!   [`sample_session`] the same against the libvfio-user-sample device.
 //! - [`resume`]: the bytes as a migration stream given to a resuming dma-engine, which must
 //!   accept it or refuse it and stay in RESUMING.
 //!
@@ -33,6 +34,7 @@ use crate::codec::{self, Malformed};
 use crate::device::{Device, DeviceContext};
 use crate::devices::dma_engine::stream::{RECORD_HEADER_LEN, RecordType, StreamDigest, record_checksum};
 use crate::devices::dma_engine::{DmaEngine, DmaEngineConfig, REGION_CONFIG, REGION_REGS};
+use crate::devices::lvu_sample::{self, LvuSample};
 use crate::dma::DmaSpace;
 use crate::irq::{IrqSpec, IrqTable};
 use crate::migration::dirty::DirtyLog;
@@ -311,16 +313,32 @@ const SESSION_DMA_REPLY_TIMEOUT: Duration = Duration::from_secs(2);
 /// it arrives. The session must end; afterwards the device must be RUNNING with no DMA region
 /// mapped and logging off (what a disconnect leaves).
 pub fn session(data: &[u8]) {
+    let Ok(device) = DmaEngine::new(dma_engine_config()) else { return };
+    serve_session(Box::new(device), ServerConfig::default(), data);
+}
+
+/// [`session`] against the reference library's sample device (`libvfio-user-sample`), served
+/// with the limits `vfu-server` gives it (eight fds per message, padded short MIG_DATA_READ
+/// replies): the recorded reference conversations reach far into this device, and its timer,
+/// message DMA and migration format are code the dma-engine never runs.
+pub fn sample_session(data: &[u8]) {
+    let Ok(device) = LvuSample::new() else { return };
+    let config =
+        ServerConfig { max_msg_fds: lvu_sample::MAX_MSG_FDS, pad_mig_data_read: true, ..ServerConfig::default() };
+    serve_session(Box::new(device), config, data);
+}
+
+/// The body of [`session`] and [`sample_session`]: `data` as one client's bytes to `device`.
+fn serve_session(device: Box<dyn Device>, config: ServerConfig, data: &[u8]) {
     let Some((&mode, bytes)) = data.split_first() else { return };
     let chunk = match CHUNKS.get(usize::from(mode) % CHUNKS.len()).copied().unwrap_or(0) {
         0 => bytes.len(),
         n => n.max(bytes.len().div_ceil(MAX_WRITES)),
     }
     .max(1);
-    let Ok(device) = DmaEngine::new(dma_engine_config()) else { return };
     let Ok((server_end, client_end)) = UnixStream::pair() else { return };
-    let config = ServerConfig { dma_reply_timeout: SESSION_DMA_REPLY_TIMEOUT, ..ServerConfig::default() };
-    let mut host = Host::new(Box::new(device), config);
+    let config = ServerConfig { dma_reply_timeout: SESSION_DMA_REPLY_TIMEOUT, ..config };
+    let mut host = Host::new(device, config);
     std::thread::scope(|s| {
         s.spawn(move || client(client_end, bytes, chunk));
         black_box(host.serve(server_end));

@@ -83,6 +83,12 @@ mod regressions {
         replay("regressions", "session", fuzzing::session);
     }
 
+    /// The session target's regressions hit the sample device too.
+    #[test]
+    fn sample_session() {
+        replay("regressions", "session", fuzzing::sample_session);
+    }
+
     #[test]
     fn resume() {
         replay("regressions", "resume", fuzzing::resume);
@@ -100,6 +106,13 @@ mod seed_corpus {
     #[test]
     fn session() {
         replay("corpus", "session", fuzzing::session);
+    }
+
+    /// The session seeds, the recorded reference conversations among them, against the
+    /// sample device (the `sample_session` target starts from the same seeds).
+    #[test]
+    fn sample_session() {
+        replay("corpus", "session", fuzzing::sample_session);
     }
 
     #[test]

@@ -47,6 +47,54 @@ mock-migrate *args="--max-rounds 5 --downtime-ms 1":
     done
     target/release/mock-qemu migrate --from "$dir/source.sock" --to "$dir/destination.sock" {{args}}
 
+# Both directions against the reference C library's samples, built beforehand by hand (this
+# recipe only runs them; see README, "Against the reference C library"): its sample client
+# against `vfu-server --device libvfio-user-sample`, migration included, then mock-qemu's
+# `info` and a migration against its sample server. E.g. `just reference-check $LVU/build/samples`.
+reference-check samples:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    samples=$(realpath "{{samples}}")
+    [ -x "$samples/client" ] && [ -x "$samples/server" ] || { echo "no client and server in $samples" >&2; exit 2; }
+    cargo build --release --locked -p vfu-server -p mock-qemu
+    vfu=$PWD/target/release/vfu-server mq=$PWD/target/release/mock-qemu
+    w=$(mktemp -d)
+    trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true' EXIT
+    wait_for() { for _ in $(seq 200); do [ -S "$1" ] && return 0; sleep 0.05; done; echo "no socket $1" >&2; exit 1; }
+    echo "== the reference sample client against vfu-server --device libvfio-user-sample (logs in $w)"
+    # The client starts its destination as "$(dirname client)/server -v SOCKET": ours, here.
+    cp "$samples/client" "$w/client"
+    printf '#!/bin/sh\nexec %s --device libvfio-user-sample --once --socket "$2" 2>>%s/dst.log\n' "$vfu" "$w" >"$w/server"
+    chmod +x "$w/server"
+    "$vfu" --device libvfio-user-sample --once --socket "$w/src.sock" 2>"$w/src.log" &
+    wait_for "$w/src.sock"
+    # The client forks and its child goes on as the client: a subreaper collects both.
+    python3 -c '
+    import ctypes, os, subprocess, sys
+    ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)
+    top = subprocess.Popen(sys.argv[1:], stdout=open(sys.argv[1] + ".out", "w"), stderr=subprocess.STDOUT).pid
+    codes = []
+    while True:
+        try: pid, status = os.wait()
+        except ChildProcessError: break
+        codes.append(("parent" if pid == top else "forked child", os.waitstatus_to_exitcode(status)))
+    print(codes); sys.exit(max(abs(c) for _, c in codes))' "$w/client" "$w/src.sock" || { tail -5 "$w/client.out"; exit 1; }
+    tail -1 "$w/client.out"
+    echo "== mock-qemu info --strict against the reference sample server"
+    "$samples/server" -v "$w/lvu.sock" 2>"$w/lvu.log" &
+    wait_for "$w/lvu.sock"
+    "$mq" info --socket "$w/lvu.sock" --strict
+    echo "== mock-qemu migrate --strict between two reference sample servers"
+    "$samples/server" -v "$w/lvu-src.sock" 2>"$w/lvu-src.log" &
+    "$samples/server" -v "$w/lvu-dst.sock" 2>"$w/lvu-dst.log" &
+    wait_for "$w/lvu-src.sock"; wait_for "$w/lvu-dst.sock"
+    t=$(python3 -c 'import struct,time; print(struct.pack("<Q", int(time.time()) + 60).hex())')
+    b=$(python3 -c 'import os; print(os.urandom(0x3000).hex())')
+    # Findings (exit status 3) are the reference's deviations, the point of --strict here.
+    "$mq" migrate --from "$w/lvu-src.sock" --to "$w/lvu-dst.sock" --ram 64M --dma-commands 0 --no-pre-copy \
+        --device-write 0:0:$t --device-write 1:0:$b --compare-region 1:0:0x3000 --strict \
+        --trace "$w/migrate.jsonl" || [ $? -eq 3 ]
+
 # Failures are shrunk into scenarios/regressions/; e.g. `just fuzz --time 60s`, `just fuzz --seeds 0..1000 --shard 1/4`.
 # A fuzz campaign of generated scenarios (default: 10 minutes from a fresh seed, printed).
 fuzz *args="--time 600s":

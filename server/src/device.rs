@@ -268,7 +268,8 @@ pub trait Device: Send {
     }
 
     /// Called by the session between requests once [`next_deadline`](Device::next_deadline)
-    /// has passed; the context reaches guest memory by message too. The default does nothing.
+    /// has passed; the context reaches guest memory by message too. The device must move or
+    /// clear its deadline here, or it is called again at once. The default does nothing.
     fn deadline_reached(&mut self, _ctx: &mut DeviceContext<'_>) {}
 
     /// The device's migration callbacks, if it can be migrated. The default: it cannot.

@@ -141,9 +141,7 @@ impl Cli {
         let config = ServerConfig { max_data_xfer_size, ..ServerConfig::default() };
         Ok(match self.device {
             DeviceKind::DmaEngine => config,
-            DeviceKind::LibvfioUserSample => {
-                ServerConfig { max_msg_fds: lvu_sample::MAX_MSG_FDS, pad_mig_data_read: true, ..config }
-            }
+            DeviceKind::LibvfioUserSample => lvu_sample::server_config(config),
         })
     }
 }

@@ -368,10 +368,26 @@ impl DmaSpace {
     /// Reads guest memory at `iova` into `buf`. Parts in regions without an fd are not read
     /// but returned as [`Piece::Remote`] for the caller to fetch by message.
     pub fn read(&self, iova: u64, buf: &mut [u8]) -> Result<Vec<Piece>, DmaError> {
+        Self::read_locked(&self.read_lock(), iova, buf)
+    }
+
+    /// Reads guest memory at `iova` if every byte of it lies in readable regions mapped with
+    /// an fd; otherwise reads nothing ([`DmaError::NeedsMessage`] for a part in a region
+    /// without one). The counterpart of [`write_direct`](Self::write_direct), under one read
+    /// lock of the table likewise.
+    pub fn read_direct(&self, iova: u64, buf: &mut [u8]) -> Result<(), DmaError> {
         let regions = self.read_lock();
+        walk(&regions, iova, buf.len(), false, |r, at, _, n| match r.mapping {
+            Some(_) => Ok(()),
+            None => Err(DmaError::NeedsMessage { iova: at, len: n as u64 }),
+        })?;
+        Self::read_locked(&regions, iova, buf).map(|_| ())
+    }
+
+    fn read_locked(regions: &[Arc<DmaRegion>], iova: u64, buf: &mut [u8]) -> Result<Vec<Piece>, DmaError> {
         let len = buf.len();
         let mut out = Vec::new();
-        walk(&regions, iova, len, false, |r, at, buf_offset, n| {
+        walk(regions, iova, len, false, |r, at, buf_offset, n| {
             match &r.mapping {
                 Some(m) => {
                     let dst =
@@ -577,6 +593,21 @@ mod tests {
         space.map(0x5000, 0x1000, true, true, None).unwrap();
         let pieces = space.write(0x5010, &[0; 8]).unwrap();
         assert!(matches!(pieces.as_slice(), [Piece::Remote { iova: 0x5010, buf_offset: 0, len: 8 }]));
+    }
+
+    #[test]
+    fn direct_read_refuses_a_range_reaching_a_region_without_an_fd_and_reads_nothing() {
+        let space = DmaSpace::new(16);
+        let fd = memfd(0x1000);
+        space.map(0x10000, 0x1000, true, true, Some((&fd, 0))).unwrap();
+        space.map(0x11000, 0x1000, true, true, None).unwrap();
+        space.write_direct(0x10ff8, &[7; 8]).unwrap();
+        let mut b = [0xaau8; 8];
+        assert_eq!(space.read_direct(0x10ffc, &mut b), Err(DmaError::NeedsMessage { iova: 0x11000, len: 4 }));
+        assert_eq!(b, [0xaa; 8], "nothing was read into the buffer");
+        assert!(matches!(space.read_direct(0x20000, &mut b), Err(DmaError::NotMapped { .. })));
+        space.read_direct(0x10ff8, &mut b).unwrap();
+        assert_eq!(b, [7; 8]);
     }
 
     #[test]

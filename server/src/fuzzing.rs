@@ -323,9 +323,7 @@ pub fn session(data: &[u8]) {
 /// message DMA and migration format are code the dma-engine never runs.
 pub fn sample_session(data: &[u8]) {
     let Ok(device) = LvuSample::new() else { return };
-    let config =
-        ServerConfig { max_msg_fds: lvu_sample::MAX_MSG_FDS, pad_mig_data_read: true, ..ServerConfig::default() };
-    serve_session(Box::new(device), config, data);
+    serve_session(Box::new(device), lvu_sample::server_config(ServerConfig::default()), data);
 }
 
 /// The body of [`session`] and [`sample_session`]: `data` as one client's bytes to `device`.

@@ -32,6 +32,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use pretty_assertions::assert_eq;
 use serde::Deserialize;
+use vfu_server::wire::Header;
+use zerocopy::IntoBytes;
 
 use common::{RawConn, RawMsg, ServerProcess, eventfd};
 
@@ -81,13 +83,9 @@ impl Record {
     }
 
     fn header(&self, size: u32) -> Vec<u8> {
-        let mut h = Vec::with_capacity(16);
-        h.extend_from_slice(&self.msg_id.to_le_bytes());
-        h.extend_from_slice(&self.cmd.to_le_bytes());
-        h.extend_from_slice(&size.to_le_bytes());
-        h.extend_from_slice(&self.flags.to_le_bytes());
-        h.extend_from_slice(&self.error_no.to_le_bytes());
-        h
+        let h =
+            Header { msg_id: self.msg_id, cmd: self.cmd, msg_size: size, flags: self.flags, error_no: self.error_no };
+        h.as_bytes().to_vec()
     }
 }
 
@@ -118,14 +116,8 @@ fn dump(bytes: &[u8]) -> String {
 
 /// The header and payload of a received message, as recorded messages are laid out.
 fn wire(m: &RawMsg) -> Vec<u8> {
-    let mut out = Vec::with_capacity(16 + m.payload.len());
-    out.extend_from_slice(&m.msg_id.to_le_bytes());
-    out.extend_from_slice(&m.cmd.to_le_bytes());
-    out.extend_from_slice(&m.msg_size.to_le_bytes());
-    out.extend_from_slice(&m.flags.to_le_bytes());
-    out.extend_from_slice(&m.error_no.to_le_bytes());
-    out.extend_from_slice(&m.payload);
-    out
+    let h = Header { msg_id: m.msg_id, cmd: m.cmd, msg_size: m.msg_size, flags: m.flags, error_no: m.error_no };
+    [h.as_bytes(), &m.payload].concat()
 }
 
 /// The values of VERSION's JSON that the reference client reads.
@@ -269,8 +261,6 @@ fn replay(side: &mut Side<'_>, session: &[&Record], times: &mut Times, resume: O
                     payload.truncate(8);
                     payload.extend_from_slice(data);
                 }
-                // The client's DMA_WRITE reply: it writes the data into its file first.
-                DMA_WRITE if !r.is_request() => {}
                 _ => {}
             }
             side.send(r, &payload);

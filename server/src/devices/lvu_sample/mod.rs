@@ -41,6 +41,7 @@ use crate::device::{Device, DeviceContext, DeviceSpec, RegionSpec};
 use crate::irq::IrqSpec;
 use crate::migration::{MigState, Migratable};
 use crate::mmap::{MapError, MappedRegion};
+use crate::server::ServerConfig;
 use crate::wire::{
     IRQ_INDEX_ERR, IRQ_INDEX_INTX, IRQ_INDEX_REQ, PCI_BAR0_REGION_INDEX, PCI_CONFIG_REGION_INDEX, PCI_NUM_IRQS,
     PCI_NUM_REGIONS,
@@ -58,6 +59,12 @@ pub const BAR1_SPARSE_AREAS: [(u64, u64); 2] = [(0, 0x1000), (0x2000, 0x1000)];
 pub const DMA_SLOTS: usize = 96;
 /// The `max_msg_fds` the reference sample advertises; its client maps twice as many regions.
 pub const MAX_MSG_FDS: u32 = 8;
+
+/// `config` with the reference library's limits, which its sample client expects: eight fds
+/// per message, and short MIG_DATA_READ replies padded to the requested size.
+pub fn server_config(config: ServerConfig) -> ServerConfig {
+    ServerConfig { max_msg_fds: MAX_MSG_FDS, pad_mig_data_read: true, ..config }
+}
 
 /// The sample device.
 #[derive(Debug)]

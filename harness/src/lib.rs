@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod fuzz;
+pub mod model;
 pub mod oracle;
 pub mod proxy;
 pub mod report;

@@ -19,6 +19,9 @@ pub const SETTABLE: [MigState; 5] =
 /// valid stream (truncated, corrupted, of another version, of another configuration).
 pub const INVALID_STREAM_ERRNOS: &[Errno] = &[Errno::ENODATA, Errno::EBADMSG, Errno::EPROTO, Errno::EINVAL];
 
+/// [`INVALID_STREAM_ERRNOS`], or EIO from an arc planted to fail after the stream is taken.
+pub const INVALID_STREAM_OR_EIO: &[Errno] = &[Errno::ENODATA, Errno::EBADMSG, Errno::EPROTO, Errno::EINVAL, Errno::EIO];
+
 /// The specification's next hop from `from` toward `to` (`None`: the request fails).
 pub fn next_hop(from: MigState, to: MigState) -> Option<MigState> {
     use MigState::*;
@@ -160,8 +163,16 @@ impl DeviceModel {
                         return SetPrediction { expected: Expected::OneOf(INVALID_STREAM_ERRNOS), arcs, end: at };
                     }
                     ResumeData::Unknown => {
-                        // Judged by the device; the model follows what it answered.
-                        return SetPrediction { expected: Expected::Either(INVALID_STREAM_ERRNOS), arcs, end: at };
+                        // Judged by the device; the model follows what it answered. A stream it
+                        // takes still meets the arcs planted to fail further on.
+                        let rest = DeviceModel { state: MigState::Stop, resume: ResumeData::Whole, ..self.clone() };
+                        let after = rest.predict_set(target as u32);
+                        let expected = if after.expected == Expected::Ok {
+                            Expected::Either(INVALID_STREAM_ERRNOS)
+                        } else {
+                            Expected::OneOf(INVALID_STREAM_OR_EIO)
+                        };
+                        return SetPrediction { expected, arcs, end: at };
                     }
                 }
             }

@@ -76,6 +76,7 @@ impl Run<'_> {
                         action: a,
                     });
                 }
+                self.side(*side).tap.model_event(crate::model::Event::Damaged);
                 self.event(
                     Some(*side),
                     EventKind::Note { text: format!("proxy fault armed: {}", action_name(action)) },
@@ -187,6 +188,10 @@ impl Run<'_> {
         }
         if e.next_may_fail == Some(true) {
             self.next_fails[i] = Some(false);
+        }
+        if self.next_fails[i].is_some() {
+            // The scenario knows of damage the conversation does not show.
+            self.sides[i].tap.model_event(crate::model::Event::Damaged);
         }
         if let Some(want) = e.rounds {
             let got = self.stats.as_ref().map(|s| s.rounds.len().saturating_sub(1) as u32);

@@ -72,6 +72,8 @@ pub struct RunOutput {
     pub written: Option<Written>,
     /// The migration arcs the servers' logs record (of their last start), source first.
     pub arcs: Vec<(vfu_server::wire::MigState, vfu_server::wire::MigState)>,
+    /// What the protocol model judged, both sides.
+    pub matrix: crate::model::Matrix,
 }
 
 /// Why a run could not even start or its report could not be written.
@@ -257,6 +259,10 @@ pub fn run_scenario(scenario: &Scenario, file: &Path, options: &RunOptions) -> R
         side.server = None;
     }
     let arcs = run.sides.iter().flat_map(|s| server::arcs_in(s.log_path())).collect();
+    let mut matrix = crate::model::Matrix::default();
+    for side in &run.sides {
+        matrix.merge(&side.tap.matrix());
+    }
     let written = match &options.reports {
         Some(root) => {
             let dir = report::report_dir(root, &report);
@@ -272,7 +278,7 @@ pub fn run_scenario(scenario: &Scenario, file: &Path, options: &RunOptions) -> R
         None => None,
     };
     let trace = std::fs::read(&run.trace_path)?;
-    Ok(RunOutput { report, trace, written, arcs })
+    Ok(RunOutput { report, trace, written, arcs, matrix })
 }
 
 impl Run<'_> {
@@ -401,17 +407,26 @@ impl Run<'_> {
             .unwrap_or_else(|| "RUNNING".into())
     }
 
-    /// Strict mode: a deviation from the specification a client saw fails the step, unless the
-    /// scenario damaged that step's messages on purpose (`next_fails`, `next_may_fail`).
+    /// A reply the protocol model does not admit fails the step, and so does (strict mode) a
+    /// deviation from the specification a client saw, unless the scenario damaged that step's
+    /// messages on purpose (`next_fails`, `next_may_fail`).
     fn strict_findings(&mut self, outcome: StepOutcome) -> StepOutcome {
         let tolerate = std::mem::take(&mut self.damaged_step);
         let mut seen = Vec::new();
+        let mut model = Vec::new();
         for side in Side::BOTH {
-            if let Some(c) = self.sides[index(side)].client.as_mut() {
+            let ctx = &mut self.sides[index(side)];
+            if let Some(c) = ctx.client.as_mut() {
                 seen.extend(c.take_findings().into_iter().map(|f| format!("{}: {f}", side.name())));
             }
+            model.extend(ctx.tap.take_model_findings().into_iter().map(|f| format!("{}: {f}", side.name())));
         }
         match outcome {
+            Ok(_) if !model.is_empty() && !tolerate => Err(format!(
+                "protocol model: {} reply(ies) the specification does not admit: {}",
+                model.len(),
+                model.into_iter().take(4).collect::<Vec<_>>().join("; ")
+            )),
             Ok(_) if !seen.is_empty() && !tolerate => {
                 Err(format!("strict mode: {} deviation(s) from the specification: {}", seen.len(), seen.join("; ")))
             }

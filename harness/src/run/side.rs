@@ -14,6 +14,7 @@ use vfu_server::wire::MigState;
 
 use super::server::{Hooks, ServerCommand, ServerProcess, connect};
 use super::tap::Tap;
+use crate::model::Event;
 use crate::oracle::{DeviceModel, DeviceShadow, DirtyModel, Expected};
 use crate::proxy::{Proxy, ProxyHandle};
 use crate::scenario::model::{DmaEngineOptions, Side};
@@ -140,6 +141,11 @@ impl SideCtx {
             .map_err(|e| format!("starting the {} server: {e}", self.side.name()))?;
         self.dev.model = DeviceModel::new(options.pre_copy, self.hooks.fail_arcs.iter().copied().collect());
         self.dev.model.fail_read_after = self.hooks.fail_read_after;
+        self.tap.model_event(Event::ServerStarted {
+            pre_copy: options.pre_copy,
+            failing_arcs: self.dev.model.failing_arcs.clone(),
+            fail_read_after: self.hooks.fail_read_after,
+        });
         self.dev.shadow = DeviceShadow::new(options.devmem_size.value.bytes());
         self.dev.dirty = DirtyModel::default();
         self.dev.mapped.clear();
@@ -166,12 +172,22 @@ impl SideCtx {
         let stream = connect(&path, Duration::from_secs(10))
             .map_err(|e| format!("connecting to the {} server at {}: {e}", self.side.name(), path.display()))?;
         let options = ClientOptions::with_timeout(timeout).strict(strict).twin_socket(twin_socket);
+        self.tap.model_event(Event::Connected);
         let mut client = Client::from_stream_with(stream, &options);
         client.set_trace_with(
             Box::new(self.tap.clone()),
             TraceOptions { session: self.side.name().into(), timestamps: false },
         );
         client.negotiate(&options.capabilities).map_err(|e| format!("VERSION: {e}"))?;
+        // What QEMU asks when it realizes a device: its regions and IRQ indexes, which the
+        // protocol model then holds the server to.
+        let info = client.device_info().map_err(|e| format!("DEVICE_GET_INFO: {e}"))?;
+        for index in 0..info.num_regions {
+            client.region_info(index).map_err(|e| format!("DEVICE_GET_REGION_INFO {index}: {e}"))?;
+        }
+        for index in 0..info.num_irqs {
+            client.irq_info(index).map_err(|e| format!("DEVICE_GET_IRQ_INFO {index}: {e}"))?;
+        }
         self.client = Some(client);
         self.dev.driver = None;
         if self.dev.uncertain {
@@ -248,6 +264,9 @@ impl SideCtx {
     /// caught anywhere but RUNNING.
     pub fn disconnect(&mut self) {
         self.tap.disarm();
+        if self.client.is_some() {
+            self.tap.model_event(Event::Disconnected);
+        }
         self.client = None;
         self.dev.driver = None;
         self.dev.mapped.clear();
@@ -265,6 +284,7 @@ impl SideCtx {
     /// SIGKILL of the server; the client is dropped with it.
     pub fn kill_server(&mut self) {
         self.tap.disarm();
+        self.tap.model_event(Event::ServerKilled);
         if let Some(mut s) = self.server.take() {
             s.kill();
         }

@@ -159,6 +159,7 @@ impl Run<'_> {
                 let out = judge("CTRL reset write", &want, got)?;
                 if got.is_none() {
                     ctx.dev.shadow.reset();
+                    ctx.tap.model_event(crate::model::Event::GuestReset);
                 }
                 let now = ctx.read_state()?;
                 if now != before {

@@ -6,6 +6,9 @@
 //! triggers armed on the Nth message of a command: the client traces each request before it
 //! sends it, so a trigger fires just before that message leaves.
 //!
+//! Every message also goes to the side's protocol model ([`crate::model`]), which predicts
+//! each reply from the conversation so far and keeps what it finds for the runner.
+//!
 //! A payload longer than [`PAYLOAD_KEPT`] bytes (migration data, large DMA) keeps its first
 //! bytes only, followed by `"payload_len"` and `"payload_xxh3"` of the whole payload: a
 //! trace stays small enough to keep with every report, and two traces still differ wherever
@@ -20,6 +23,8 @@ use std::time::Instant;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use vfu_server::wire::{Command, FEATURE_MIG_DEVICE_STATE, FEATURE_SET, MigState};
+
+use crate::model::{Event, Matrix, Msg, ServerModel};
 
 /// What a trigger does when it fires.
 #[derive(Debug)]
@@ -112,6 +117,7 @@ struct Inner {
     messages: u64,
     resets: u64,
     last_state: Option<MigState>,
+    model: ServerModel,
 }
 
 /// A side's trace tap; clones share it.
@@ -177,9 +183,32 @@ impl Tap {
         self.inner().messages
     }
 
+    /// Tells the protocol model of something that happened to the server.
+    pub fn model_event(&self, event: Event) {
+        self.inner().model.event(event);
+    }
+
+    /// The protocol model's findings since the last call.
+    pub fn take_model_findings(&self) -> Vec<String> {
+        self.inner().model.take_findings()
+    }
+
+    /// What the protocol model's judgement covered.
+    pub fn matrix(&self) -> Matrix {
+        self.inner().model.matrix.clone()
+    }
+
+    /// Runs `f` on the protocol model (what it promises now, the runner's word on the state).
+    pub fn with_model<R>(&self, f: impl FnOnce(&mut ServerModel) -> R) -> R {
+        f(&mut self.inner().model)
+    }
+
     fn line(inner: &mut Inner, line: &[u8]) {
         inner.messages += 1;
         let Ok(text) = std::str::from_utf8(line) else { return };
+        if let Some(m) = Msg::parse_line(text) {
+            inner.model.message(m);
+        }
         // Only the fields needed; data payloads can be megabytes, so no full JSON parse.
         let field = |key: &str| -> Option<&str> {
             let at = text.find(key)? + key.len();

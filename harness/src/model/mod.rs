@@ -1,0 +1,320 @@
+//! The protocol as an executable model: what any conforming vfio-user server answers to any
+//! request, given everything it was sent and everything that happened to it.
+//!
+//! The model reads the conversation (every request and reply of the message trace) and the
+//! events the runner tells it of (a server started with its device hooks, a client connected or
+//! gone, a server killed, messages damaged on purpose). Before each reply it predicts the
+//! outcome from the specification — and the project's documented choices where the
+//! specification leaves room (README, "Behaviour worth knowing") — and after it checks the
+//! reply's shape and applies what the request promised: the migration state and its walk,
+//! dirty logging and its ranges, DMA mappings, interrupt eventfds and masks, the migration
+//! data stream. A reply the prediction does not admit is a finding.
+//!
+//! It knows nothing of a device's registers: what a device is (its regions, IRQ indexes,
+//! whether it migrates) it learns from the server's own answers and holds the server to them.
+//! Where it cannot know — the device judges the stream it resumes from, messages were damaged
+//! on purpose — it admits either outcome or stops judging until the next connection, and says
+//! which in [`ServerModel::suspended`].
+
+pub mod matrix;
+pub mod msg;
+mod predict;
+mod reply;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::collections::BTreeSet;
+
+use vfu_server::wire::MigState;
+
+pub use matrix::Matrix;
+pub use msg::{Dir, Msg};
+use predict::{Effect, Prediction};
+
+use crate::oracle::{DeviceModel, DirtyModel};
+
+/// Something that happened to a server outside its conversation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A server (re)started: a device at power-on, with the faults its hooks plant.
+    ServerStarted {
+        /// Whether the device offers PRE_COPY.
+        pre_copy: bool,
+        /// Arcs the device refuses with EIO.
+        failing_arcs: BTreeSet<(MigState, MigState)>,
+        /// Bytes of a data stream after which its reads fail with EIO.
+        fail_read_after: Option<u64>,
+    },
+    /// A client connected (VERSION comes next).
+    Connected,
+    /// The client went away: the server drops its logging, mappings and eventfds and resets a
+    /// device that is not RUNNING.
+    Disconnected,
+    /// The server was killed: nothing is judged until it starts again.
+    ServerKilled,
+    /// The guest reset the device through its own registers: the protocol's state stays.
+    GuestReset,
+    /// Messages will be damaged on purpose (a proxy fault): the conversation cannot be judged
+    /// until the next connection.
+    Damaged,
+}
+
+impl Event {
+    /// The name of the event in the event matrix, if it is one of its columns.
+    fn column(&self) -> Option<&'static str> {
+        match self {
+            Event::Disconnected => Some("client-disconnect"),
+            Event::ServerKilled => Some("server-kill"),
+            Event::GuestReset => Some("guest-reset"),
+            _ => None,
+        }
+    }
+}
+
+/// A request that awaits its reply.
+#[derive(Debug, Clone)]
+struct Pending {
+    req: Msg,
+    prediction: Prediction,
+}
+
+/// An interrupt vector as the client set it up.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Vector {
+    /// An eventfd is attached.
+    pub eventfd: bool,
+    /// The vector is masked.
+    pub masked: bool,
+}
+
+/// What a region is, as the server described it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct RegionSeen {
+    size: u64,
+    flags: u32,
+}
+
+/// The model of one server and its current client.
+#[derive(Debug, Clone)]
+pub struct ServerModel {
+    negotiated: bool,
+    /// The server's `max_data_xfer_size`, and the smaller of both sides'.
+    server_xfer: u32,
+    xfer: u32,
+    /// The server advertised migration in VERSION.
+    migratable: Option<bool>,
+    /// The migration side: state, walk, resume data, planted arc faults.
+    pub mig: DeviceModel,
+    /// Whether the migration state is known (it is not after a reply the model did not admit).
+    mig_known: bool,
+    /// Dirty logging (its protocol side; the truth of writes is the runner's).
+    dirty: DirtyModel,
+    maps: Vec<(u64, u64)>,
+    device: Option<(u32, u32, u32)>,
+    regions: BTreeMap<u32, RegionSeen>,
+    irqs: BTreeMap<u32, (u32, u32)>,
+    vectors: BTreeMap<(u32, u32), Vector>,
+    /// Bytes read of the current outgoing data stream.
+    out_offset: u64,
+    pending: BTreeMap<u16, Pending>,
+    suspended: Option<&'static str>,
+    findings: Vec<String>,
+    /// What this server's conversation reached.
+    pub matrix: Matrix,
+}
+
+impl Default for ServerModel {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ServerModel {
+    /// A server whose device is at power-on and that has no client yet.
+    pub fn new() -> Self {
+        Self {
+            negotiated: false,
+            server_xfer: vfu_server::wire::DEFAULT_MAX_DATA_XFER_SIZE,
+            xfer: vfu_server::wire::DEFAULT_MAX_DATA_XFER_SIZE,
+            migratable: None,
+            mig: DeviceModel::default(),
+            mig_known: true,
+            dirty: DirtyModel::default(),
+            maps: Vec::new(),
+            device: None,
+            regions: BTreeMap::new(),
+            irqs: BTreeMap::new(),
+            vectors: BTreeMap::new(),
+            out_offset: 0,
+            pending: BTreeMap::new(),
+            suspended: Some("no server started yet"),
+            findings: Vec::new(),
+            matrix: Matrix::default(),
+        }
+    }
+
+    /// Why the model does not judge now, if it does not.
+    pub fn suspended(&self) -> Option<&'static str> {
+        self.suspended
+    }
+
+    /// The findings since the last call: replies the model did not admit.
+    pub fn take_findings(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.findings)
+    }
+
+    /// The vectors the client set up (index, vector) and their masks.
+    pub fn vectors(&self) -> &BTreeMap<(u32, u32), Vector> {
+        &self.vectors
+    }
+
+    /// The DMA mappings the server must hold.
+    pub fn mappings(&self) -> &[(u64, u64)] {
+        &self.maps
+    }
+
+    /// Whether the server must be logging, and the ranges it logs.
+    pub fn logging(&self) -> Option<Vec<(u64, u64)>> {
+        self.dirty.logging().then(|| self.dirty.logged_ranges())
+    }
+
+    /// The state the device must be in, if the model knows it.
+    pub fn state(&self) -> Option<MigState> {
+        self.mig_known.then_some(self.mig.state)
+    }
+
+    /// The runner's word on the migration state (read back after damaged messages).
+    pub fn adopt_state(&mut self, state: MigState) {
+        self.mig.state = state;
+        self.mig_known = true;
+    }
+
+    fn state_name(&self) -> &'static str {
+        if self.mig_known { crate::run::state_name(self.mig.state) } else { "UNKNOWN" }
+    }
+
+    /// Something happened to the server.
+    pub fn event(&mut self, event: Event) {
+        if let Some(column) = event.column()
+            && self.suspended.is_none()
+        {
+            self.matrix.event(self.state_name(), column);
+        }
+        match event {
+            Event::ServerStarted { pre_copy, failing_arcs, fail_read_after } => {
+                let matrix = std::mem::take(&mut self.matrix);
+                *self = Self { matrix, suspended: None, ..Self::new() };
+                self.mig = DeviceModel::new(pre_copy, failing_arcs);
+                self.mig.fail_read_after = fail_read_after;
+            }
+            Event::Connected => {
+                // The previous client's requests will never be answered on this connection.
+                self.pending.clear();
+                self.negotiated = false;
+                if self.suspended == Some("messages damaged on purpose") {
+                    self.suspended = None;
+                }
+            }
+            Event::Disconnected => {
+                self.pending.clear();
+                self.negotiated = false;
+                self.maps.clear();
+                self.dirty.forget_all();
+                self.vectors.clear();
+                // A device caught anywhere but RUNNING is reset to RUNNING, and one that was
+                // RUNNING stays: RUNNING either way, whatever the damaged messages did.
+                self.mig.reset();
+                self.mig_known = true;
+                self.out_offset = 0;
+            }
+            Event::ServerKilled => self.suspended = Some("the server is not running"),
+            Event::GuestReset => {}
+            Event::Damaged => self.suspended = Some("messages damaged on purpose"),
+        }
+    }
+
+    /// The next message of the conversation.
+    pub fn message(&mut self, m: Msg) {
+        match (m.dir, m.is_request()) {
+            (Dir::ToServer, true) => {
+                let prediction = self.predict(&m);
+                if m.no_reply() {
+                    // Executed but never answered: its effect is applied as predicted when the
+                    // prediction is certain, and the model stops knowing otherwise.
+                    if prediction.expected == crate::oracle::Expected::Ok {
+                        self.apply(&m, &prediction, None, None);
+                    }
+                }
+                self.pending.insert(m.msg_id, Pending { req: m, prediction });
+            }
+            (Dir::ToClient, false) if m.is_reply() => self.reply(m),
+            (Dir::ToClient, true) => self.server_request(&m),
+            _ => {}
+        }
+    }
+
+    fn finding(&mut self, text: String) {
+        if self.suspended.is_none() {
+            self.findings.push(text);
+        }
+    }
+
+    fn reply(&mut self, reply: Msg) {
+        let Some(Pending { req, prediction }) = self.pending.remove(&reply.msg_id) else {
+            self.finding(format!("a reply (msg_id {}, cmd {}) to no request awaiting one", reply.msg_id, reply.cmd));
+            return;
+        };
+        let what = format!("{} msg_id {}", prediction.op, req.msg_id);
+        if reply.cmd != req.cmd {
+            self.finding(format!("{what}: the reply carries command {} instead of {}", reply.cmd, req.cmd));
+        }
+        if req.no_reply() {
+            self.finding(format!("{what}: a NO_REPLY request was answered"));
+            return;
+        }
+        let got = reply.errno();
+        let outcome = got.map_or("ok".to_string(), |e| format!("{e:?}"));
+        if self.suspended.is_none() {
+            self.matrix.reply(prediction.state, &prediction.op, &outcome);
+        }
+        if !prediction.expected.admits(got) {
+            let shown = if got.is_some() { outcome.clone() } else { "success".into() };
+            self.finding(format!(
+                "{what} in {}: the server answered {shown}; the specification's model predicts {}",
+                prediction.state, prediction.expected
+            ));
+            self.lost_track(&prediction.effect);
+        }
+        if got.is_none() {
+            for problem in self.check_reply(&req, &prediction, &reply) {
+                self.finding(format!("{what}: {problem}"));
+            }
+        }
+        self.apply(&req, &prediction, Some(&reply), got);
+    }
+
+    /// After a reply the model did not admit, what the request touched is no longer known.
+    fn lost_track(&mut self, effect: &Effect) {
+        if matches!(effect, Effect::SetState(..) | Effect::Reset) {
+            self.mig_known = false;
+        }
+    }
+
+    /// A DMA request of the server's: it may only reach memory the client mapped.
+    fn server_request(&mut self, m: &Msg) {
+        let (Some(addr), Some(count)) = (m.u64_at(0), m.u64_at(8)) else {
+            self.finding(format!("server request cmd {} msg_id {}: payload too short", m.cmd, m.msg_id));
+            return;
+        };
+        let inside = self.maps.iter().any(|&(iova, len)| {
+            addr >= iova && addr.checked_add(count).is_some_and(|end| end <= iova.saturating_add(len))
+        });
+        if !inside {
+            self.finding(format!(
+                "the server asked for DMA (cmd {}) of {addr:#x}+{count:#x}, outside every mapped region",
+                m.cmd
+            ));
+        }
+    }
+}

@@ -1,0 +1,179 @@
+//! One message as the model sees it, read off a line of the message trace.
+//!
+//! The trace is what the client sent and received, so the model judges exactly the
+//! conversation the server took part in. Data payloads can be megabytes; only the bytes a
+//! prediction needs are decoded (the whole payload for DEVICE_FEATURE, whose report bitmaps
+//! are judged bit by bit, and VERSION, whose capabilities bound later requests; the fixed part
+//! for the rest), and the length is kept.
+
+use vfu_server::wire::{
+    Command, FEATURE_DMA_LOGGING_REPORT, FEATURE_DMA_LOGGING_START, FEATURE_DMA_LOGGING_STOP, FEATURE_GET,
+    FEATURE_MASK, FEATURE_MIG_DEVICE_STATE, FEATURE_MIGRATION, FEATURE_PROBE, FEATURE_SET, FLAG_ERROR, FLAG_NO_REPLY,
+    FLAGS_TYPE_MASK, TYPE_COMMAND, TYPE_REPLY,
+};
+
+/// Bytes of a payload decoded for commands whose data the model does not read.
+const HEAD_BYTES: usize = 64;
+
+/// Which way a message went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dir {
+    /// Client to server.
+    ToServer,
+    /// Server to client.
+    ToClient,
+}
+
+/// A message of the conversation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Msg {
+    /// Direction.
+    pub dir: Dir,
+    /// The header's msg_id.
+    pub msg_id: u16,
+    /// The header's command number.
+    pub cmd: u16,
+    /// The header's msg_size.
+    pub size: u32,
+    /// The header's flags.
+    pub flags: u32,
+    /// The header's error_no.
+    pub error_no: u32,
+    /// File descriptors that travelled with it.
+    pub nfds: u32,
+    /// The payload, or its first bytes (see [`Msg::payload_len`]).
+    pub payload: Vec<u8>,
+    /// The whole payload's length.
+    pub payload_len: usize,
+}
+
+fn hex_bytes(hex: &str, limit: usize) -> Vec<u8> {
+    hex.as_bytes()
+        .chunks_exact(2)
+        .take(limit)
+        .filter_map(|p| std::str::from_utf8(p).ok().and_then(|p| u8::from_str_radix(p, 16).ok()))
+        .collect()
+}
+
+impl Msg {
+    /// Reads one trace line; `None` for an event line or a line of another shape.
+    pub fn parse_line(text: &str) -> Option<Msg> {
+        let field = |key: &str| -> Option<&str> {
+            let at = text.find(key)? + key.len();
+            let rest = &text[at..];
+            let end = rest.find([',', '}']).unwrap_or(rest.len());
+            Some(rest[..end].trim().trim_matches('"'))
+        };
+        let num = |key: &str| field(key).and_then(|v| v.parse::<u64>().ok());
+        let dir = match field("\"dir\": ")? {
+            "c2s" => Dir::ToServer,
+            "s2c" => Dir::ToClient,
+            _ => return None,
+        };
+        let cmd = u16::try_from(num("\"cmd\": ")?).ok()?;
+        let hex = text.find("\"payload\": \"").map_or("", |i| {
+            let rest = &text[i + 12..];
+            &rest[..rest.find('"').unwrap_or(rest.len())]
+        });
+        let payload_len = match num("\"payload_len\": ") {
+            Some(n) => usize::try_from(n).ok()?,
+            None => hex.len() / 2,
+        };
+        let whole = [Command::DeviceFeature as u16, Command::Version as u16];
+        let limit = if whole.contains(&cmd) { usize::MAX } else { HEAD_BYTES };
+        Some(Msg {
+            dir,
+            msg_id: u16::try_from(num("\"msg_id\": ")?).ok()?,
+            cmd,
+            size: u32::try_from(num("\"size\": ")?).ok()?,
+            flags: u32::try_from(num("\"flags\": ")?).ok()?,
+            error_no: u32::try_from(num("\"error_no\": ").unwrap_or(0)).ok()?,
+            nfds: u32::try_from(num("\"nfds\": ").unwrap_or(0)).ok()?,
+            payload: hex_bytes(hex, limit),
+            payload_len,
+        })
+    }
+
+    /// A request (of either side).
+    pub fn is_request(&self) -> bool {
+        self.flags & FLAGS_TYPE_MASK == TYPE_COMMAND
+    }
+
+    /// A reply (of either side).
+    pub fn is_reply(&self) -> bool {
+        self.flags & FLAGS_TYPE_MASK == TYPE_REPLY
+    }
+
+    /// A request that must not be answered.
+    pub fn no_reply(&self) -> bool {
+        self.flags & FLAG_NO_REPLY != 0
+    }
+
+    /// The errno of an error reply.
+    pub fn errno(&self) -> Option<nix::errno::Errno> {
+        (self.flags & FLAG_ERROR != 0).then(|| nix::errno::Errno::from_raw(self.error_no as i32))
+    }
+
+    /// A little-endian integer of the payload at `at`, if the decoded bytes hold it.
+    pub fn u32_at(&self, at: usize) -> Option<u32> {
+        Some(u32::from_le_bytes(self.payload.get(at..at + 4)?.try_into().ok()?))
+    }
+
+    /// A little-endian 64-bit integer of the payload at `at`.
+    pub fn u64_at(&self, at: usize) -> Option<u64> {
+        Some(u64::from_le_bytes(self.payload.get(at..at + 8)?.try_into().ok()?))
+    }
+}
+
+/// The name of a request's operation in the coverage matrix: the command, and for
+/// DEVICE_FEATURE the feature and its op (`FEATURE SET MIG_DEVICE_STATE`).
+pub fn op_name(cmd: u16, feature_flags: Option<u32>) -> String {
+    match Command::from_u16(cmd) {
+        Some(Command::DeviceFeature) => {
+            let Some(flags) = feature_flags else { return "DEVICE_FEATURE".into() };
+            let feature = match flags & FEATURE_MASK {
+                FEATURE_MIGRATION => "MIGRATION",
+                FEATURE_MIG_DEVICE_STATE => "MIG_DEVICE_STATE",
+                FEATURE_DMA_LOGGING_START => "DMA_LOGGING_START",
+                FEATURE_DMA_LOGGING_STOP => "DMA_LOGGING_STOP",
+                FEATURE_DMA_LOGGING_REPORT => "DMA_LOGGING_REPORT",
+                _ => "UNKNOWN",
+            };
+            let op = match flags & !FEATURE_MASK {
+                f if f & FEATURE_PROBE != 0 => "PROBE",
+                FEATURE_GET => "GET",
+                FEATURE_SET => "SET",
+                _ => "BAD-OP",
+            };
+            format!("FEATURE {op} {feature}")
+        }
+        Some(c) => c.name().into(),
+        None => "UNKNOWN".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_trace_line_is_read_with_its_payload_and_fds() {
+        let line = r#"{"session": "source", "dir": "c2s", "msg_id": 7, "cmd": 16, "size": 32, "flags": 0, "error_no": 0, "nfds": 1, "payload": "1000000002000200", "cmd_name": "DEVICE_FEATURE"}"#;
+        let m = Msg::parse_line(line).unwrap();
+        assert_eq!((m.dir, m.msg_id, m.cmd, m.nfds, m.payload_len), (Dir::ToServer, 7, 16, 1, 8));
+        assert_eq!(m.u32_at(4), Some(0x20002));
+        assert_eq!(op_name(m.cmd, m.u32_at(4)), "FEATURE SET MIG_DEVICE_STATE");
+        assert!(Msg::parse_line(r#"{"event": "step", "index": 0}"#).is_none());
+    }
+
+    #[test]
+    fn a_long_data_payload_keeps_its_head_and_its_length() {
+        let hex = "ab".repeat(5000);
+        let line = format!(
+            r#"{{"dir": "s2c", "msg_id": 1, "cmd": 17, "size": 5016, "flags": 1, "error_no": 0, "nfds": 0, "payload": "{hex}"}}"#
+        );
+        let m = Msg::parse_line(&line).unwrap();
+        assert_eq!((m.payload.len(), m.payload_len), (HEAD_BYTES, 5000));
+        assert!(m.is_reply());
+    }
+}

@@ -232,6 +232,8 @@ impl DmaSpace {
     /// Starts dirty-page logging; returns the page size chosen. A second start with the same
     /// parameters is a no-op that keeps the bits; with other parameters it is refused.
     pub fn start_logging(&self, page_size_hint: u64, ranges: &[(u64, u64)]) -> Result<u64, LogError> {
+        // A malformed START is refused as such, logging or not.
+        DirtyLog::check_request(page_size_hint, ranges)?;
         let regions = self.read_lock();
         let mut log = self.log_write();
         if let Some(l) = log.as_ref() {
@@ -523,6 +525,23 @@ mod tests {
 
     fn memfd(len: u64) -> OwnedFd {
         MappedRegion::memfd(c"guest", len).unwrap().1
+    }
+
+    #[rstest]
+    #[case::zero_page_size(0, vec![], Errno::EINVAL)]
+    #[case::empty_range(4096, vec![(0x1000, 0)], Errno::EINVAL)]
+    #[case::overlapping_ranges(4096, vec![(0, 0x2000), (0x1000, 0x1000)], Errno::EINVAL)]
+    #[case::other_page_size(8192, vec![], Errno::EBUSY)]
+    fn a_start_while_logging_is_judged_on_its_own_parameters_first(
+        #[case] hint: u64,
+        #[case] ranges: Vec<(u64, u64)>,
+        #[case] errno: Errno,
+    ) {
+        let space = DmaSpace::new(16);
+        space.map(0, 0x10000, true, true, None).unwrap();
+        assert_eq!(space.start_logging(4096, &[]).unwrap(), 4096);
+        assert_eq!(space.start_logging(hint, &ranges).unwrap_err().errno(), errno);
+        assert_eq!(space.start_logging(4096, &[]).unwrap(), 4096, "the same START again is no change");
     }
 
     #[rstest]

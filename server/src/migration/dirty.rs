@@ -264,22 +264,9 @@ impl DirtyLog {
     /// Starts logging at (about) `page_size_hint` over `ranges`, or over every region in
     /// `mapped` when `ranges` is empty.
     pub fn start(page_size_hint: u64, ranges: &[(u64, u64)], mapped: &[(u64, u64)]) -> Result<Self, LogError> {
-        if page_size_hint == 0 {
-            return Err(LogError::ZeroPageSize);
-        }
-        if ranges.len() > MAX_RANGES {
-            return Err(LogError::TooManyRanges { count: ranges.len() as u64 });
-        }
+        Self::check_request(page_size_hint, ranges)?;
         let everything = ranges.is_empty();
-        let mut spans: Vec<(u64, u64)> = Vec::new();
-        for &(iova, len) in if everything { mapped } else { ranges } {
-            let end = iova.checked_add(len).filter(|_| len > 0).ok_or(LogError::BadRange { iova, len })?;
-            spans.push((iova, end));
-        }
-        spans.sort_unstable();
-        if let Some(w) = spans.windows(2).find(|w| w[0].1 > w[1].0) {
-            return Err(LogError::Overlap { iova: w[1].0, len: w[1].1 - w[1].0 });
-        }
+        let spans = spans(if everything { mapped } else { ranges })?;
         let mut page_size =
             page_size_hint.checked_next_power_of_two().unwrap_or(MAX_PAGE_SIZE).clamp(MIN_PAGE_SIZE, MAX_PAGE_SIZE);
         while page_size < MAX_PAGE_SIZE && bitmap_bytes(&spans, page_size) > MAX_BITMAP_BYTES {
@@ -298,6 +285,18 @@ impl DirtyLog {
             log.add_range(iova, end, everything);
         }
         Ok(log)
+    }
+
+    /// Checks a START's own parameters, whatever is logged already: a page size hint of 0,
+    /// more than [`MAX_RANGES`] ranges, an empty or wrapping range, overlapping ranges.
+    pub fn check_request(page_size_hint: u64, ranges: &[(u64, u64)]) -> Result<(), LogError> {
+        if page_size_hint == 0 {
+            return Err(LogError::ZeroPageSize);
+        }
+        if ranges.len() > MAX_RANGES {
+            return Err(LogError::TooManyRanges { count: ranges.len() as u64 });
+        }
+        spans(ranges).map(|_| ())
     }
 
     /// Whether a second START with these parameters asks for exactly this log.
@@ -481,6 +480,21 @@ impl DirtyLog {
             }
         }
     }
+}
+
+/// `[iova, iova + len)` ranges as sorted `(start, end)` spans; an empty or wrapping range, or
+/// two that overlap, are refused.
+fn spans(ranges: &[(u64, u64)]) -> Result<Vec<(u64, u64)>, LogError> {
+    let mut spans = Vec::with_capacity(ranges.len());
+    for &(iova, len) in ranges {
+        let end = iova.checked_add(len).filter(|_| len > 0).ok_or(LogError::BadRange { iova, len })?;
+        spans.push((iova, end));
+    }
+    spans.sort_unstable();
+    if let Some(w) = spans.windows(2).find(|w| w[0].1 > w[1].0) {
+        return Err(LogError::Overlap { iova: w[1].0, len: w[1].1 - w[1].0 });
+    }
+    Ok(spans)
 }
 
 fn overlaps_any(r: &LogRange, mapped: &[(u64, u64)]) -> bool {

@@ -179,6 +179,32 @@ impl ServerModel {
         self.dirty.logging().then(|| self.dirty.logged_ranges())
     }
 
+    /// The device as DEVICE_GET_INFO described it: flags, regions, IRQ indexes.
+    pub fn device(&self) -> Option<(u32, u32, u32)> {
+        self.device
+    }
+
+    /// The first region that is plain memory (readable, writable, mappable): index and size.
+    pub fn memory_region(&self) -> Option<(u32, u64)> {
+        use vfu_server::wire::{REGION_FLAG_MMAP, REGION_FLAG_READ, REGION_FLAG_WRITE};
+        let all = REGION_FLAG_READ | REGION_FLAG_WRITE | REGION_FLAG_MMAP;
+        self.regions.iter().find(|(_, r)| r.flags & all == all && r.size >= 8).map(|(&i, r)| (i, r.size))
+    }
+
+    /// An IRQ index with vectors whose vectors may be masked.
+    pub fn maskable_index(&self) -> Option<u32> {
+        use vfu_server::wire::IRQ_INFO_MASKABLE;
+        self.irqs
+            .iter()
+            .find(|(i, (count, flags))| **i < 3 && *count > 0 && flags & IRQ_INFO_MASKABLE != 0)
+            .map(|(&i, _)| i)
+    }
+
+    /// The page size the server logs at, while it logs.
+    pub fn logging_page_size(&self) -> Option<u64> {
+        self.dirty.page_size()
+    }
+
     /// The state the device must be in, if the model knows it.
     pub fn state(&self) -> Option<MigState> {
         self.mig_known.then_some(self.mig.state)

@@ -69,6 +69,11 @@ impl DirtyModel {
         self.log.is_some()
     }
 
+    /// The page size the server logs at, while it logs.
+    pub fn page_size(&self) -> Option<u64> {
+        self.log.as_ref().map(|l| l.page_size)
+    }
+
     /// The ranges being logged now.
     pub fn logged_ranges(&self) -> Vec<(u64, u64)> {
         match &self.log {

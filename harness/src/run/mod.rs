@@ -22,6 +22,7 @@ mod migrate;
 pub mod server;
 mod side;
 mod steps;
+mod sweep;
 pub mod tap;
 mod workload;
 
@@ -484,6 +485,7 @@ fn step_side(step: &Step) -> Option<Side> {
         Step::Program(s) => s.side,
         Step::StartLogging(s) => s.side,
         Step::StopLogging(s) | Step::Reset(s) | Step::GuestReset(s) => s.side,
+        Step::Sweep(s) => s.side,
         Step::SetState(s) => s.side,
         Step::ReadData(s) => s.side,
         Step::WriteData(s) => s.side,

@@ -140,6 +140,7 @@ impl Run<'_> {
             Step::Fault(f) => self.fault(f),
             Step::Expect(e) => self.expect(e),
             Step::Verify(v) => self.verify(v),
+            Step::Sweep(w) => self.sweep(w),
             Step::DirtyReport(d) => self.dirty_report(d),
             Step::Reset(s) => {
                 let ctx = self.side(s.side);
@@ -320,7 +321,7 @@ impl Run<'_> {
         Ok(None)
     }
 
-    fn dirty_report(&mut self, d: &m::DirtyReportStep) -> StepOutcome {
+    pub(super) fn dirty_report(&mut self, d: &m::DirtyReportStep) -> StepOutcome {
         let ps = d.page_size.bytes();
         let ctx = &mut self.sides[index(d.side)];
         let ranges: Vec<(u64, u64)> = match (d.iova, d.length) {

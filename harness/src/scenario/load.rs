@@ -354,6 +354,7 @@ fn check(s: &Scenario, file: &str) -> Vec<Problem> {
                 }
             }
             Step::Reset(r) | Step::GuestReset(r) => need_connected(&sides, r.side, &mut problem),
+            Step::Sweep(w) => need_connected(&sides, w.side, &mut problem),
             Step::Unmap(u) => {
                 need_connected(&sides, u.side, &mut problem);
                 for &r in u.regions.iter().flatten() {

@@ -388,6 +388,22 @@ pub enum Step {
     GuestReset(SideStep),
     /// DMA_UNMAP of guest RAM regions.
     Unmap(UnmapStep),
+    /// Every operation of the protocol once, valid and malformed, in the device's current
+    /// state, each reply judged by the protocol model; what the model says must hold (state,
+    /// mappings, logging) is asked of the server.
+    Sweep(SweepStep),
+}
+
+/// `sweep`.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SweepStep {
+    /// The side it acts on.
+    #[serde(default)]
+    pub side: Side,
+    /// Also send a message above the server's size bound (a megabyte of payload).
+    #[serde(default)]
+    pub oversized: bool,
 }
 
 impl Step {
@@ -411,6 +427,7 @@ impl Step {
             Step::Reset(_) => "reset",
             Step::GuestReset(_) => "guest-reset",
             Step::Unmap(_) => "unmap",
+            Step::Sweep(_) => "sweep",
         }
     }
 }

@@ -1,0 +1,272 @@
+//! The `sweep` step: every operation of the protocol once in the device's current state —
+//! the form a client sends and malformed ones — each reply judged by the protocol model.
+//!
+//! A sweep right after an event is how the runner asks the server for what the model says
+//! must still hold: the state (GET), each mapping (an identical DMA_MAP must be EEXIST while
+//! it is mapped), logging (a report of a logged range succeeds only while logging is on).
+//! It changes nothing the scenario set up: region writes put back the bytes they read,
+//! masks are lifted again, a test mapping is unmapped. Only migration data moves: a read in
+//! PRE_COPY or STOP_COPY takes bytes from the stream, a write in RESUMING spoils the stream
+//! being resumed, and the models are told so.
+
+use std::os::fd::AsFd;
+
+use mock_qemu::Client;
+use nix::sys::eventfd::{EfdFlags, EventFd};
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+use vfu_server::wire::{
+    Command, DmaMap, DmaUnmap, FEATURE_DMA_LOGGING_REPORT, FEATURE_DMA_LOGGING_START, FEATURE_DMA_LOGGING_STOP,
+    FEATURE_GET, FEATURE_MIG_DEVICE_STATE, FEATURE_MIGRATION, FEATURE_PROBE, FEATURE_SET, Header, IRQ_SET_ACTION_MASK,
+    IRQ_SET_ACTION_TRIGGER, IRQ_SET_ACTION_UNMASK, IRQ_SET_DATA_BOOL, IRQ_SET_DATA_NONE, MigState,
+    PCI_CONFIG_REGION_INDEX, TYPE_COMMAND,
+};
+use zerocopy::IntoBytes;
+
+use super::side::SideCtx;
+use super::{Run, StepOutcome, index, rng_for};
+use crate::oracle::ResumeData;
+use crate::scenario::model::{self as m, Size};
+
+/// Where the test mapping goes: far above any guest RAM the scenarios lay out.
+const SPARE_IOVA: u64 = 1 << 46;
+/// A command number the protocol does not define.
+const UNDEFINED_COMMAND: u16 = 0x7f;
+
+/// A request of the sweep: the reply's payload, `None` for a refusal (the protocol model
+/// judges both); any other failure (no reply, a closed connection) fails the step.
+fn ask(client: &mut Client, cmd: Command, payload: &[u8]) -> Result<Option<Vec<u8>>, String> {
+    match client.request(cmd, &[payload], &[]) {
+        Ok(reply) => Ok(Some(reply.payload)),
+        Err(e) if e.errno().is_some() => Ok(None),
+        Err(e) => Err(format!("{} in the sweep: {e}", cmd.name())),
+    }
+}
+
+fn feature(flags: u32, data: &[u8], room: usize) -> Vec<u8> {
+    let mut p = ((8 + room) as u32).to_le_bytes().to_vec();
+    p.extend_from_slice(&flags.to_le_bytes());
+    p.extend_from_slice(data);
+    p
+}
+
+fn query(argsz: u32, index: u32, extra: usize) -> Vec<u8> {
+    let mut p = argsz.to_le_bytes().to_vec();
+    p.extend_from_slice(&0u32.to_le_bytes());
+    p.extend_from_slice(&index.to_le_bytes());
+    p.resize(argsz as usize + extra, 0);
+    p
+}
+
+/// A REGION_READ of `count` bytes.
+fn read_req(offset: u64, region: u32, count: u32) -> Vec<u8> {
+    let mut p = offset.to_le_bytes().to_vec();
+    p.extend_from_slice(&region.to_le_bytes());
+    p.extend_from_slice(&count.to_le_bytes());
+    p
+}
+
+/// A REGION_WRITE of `data`.
+fn write_req(offset: u64, region: u32, data: &[u8]) -> Vec<u8> {
+    let mut p = read_req(offset, region, data.len() as u32);
+    p.extend_from_slice(data);
+    p
+}
+
+fn set_irqs(flags: u32, index: u32, start: u32, count: u32, data: &[u8]) -> Vec<u8> {
+    let mut p = ((20 + data.len()) as u32).to_le_bytes().to_vec();
+    for v in [flags, index, start, count] {
+        p.extend_from_slice(&v.to_le_bytes());
+    }
+    p.extend_from_slice(data);
+    p
+}
+
+impl Run<'_> {
+    pub(super) fn sweep(&mut self, w: &m::SweepStep) -> StepOutcome {
+        let mut rng = rng_for(self.seed, self.step, 5);
+        if self.sides[index(w.side)].dev.dirty.logging() {
+            // Logging must still be on: a report of the first logged range, judged as every
+            // report is (it takes the bits it reports).
+            let ctx = &self.sides[index(w.side)];
+            if let Some(&(iova, len)) = ctx.dev.dirty.logged_ranges().first() {
+                let page_size = ctx.tap.with_model(|m| m.logging_page_size()).unwrap_or(4096);
+                let step = m::DirtyReportStep {
+                    side: w.side,
+                    iova: Some(Size(iova)),
+                    length: Some(Size(len.min(page_size * 4096))),
+                    page_size: Size(page_size),
+                    expect_errno: None,
+                };
+                self.dirty_report(&step)?;
+            }
+        }
+        let ctx = &mut self.sides[index(w.side)];
+        queries(ctx, &mut rng)?;
+        mappings(ctx)?;
+        region_access(ctx, &mut rng, w.oversized)?;
+        features(ctx)?;
+        data(ctx, &mut rng)?;
+        malformed(ctx)?;
+        Ok(None)
+    }
+}
+
+/// VERSION again, the device, a region, a region's ioeventfds, an IRQ index (each index drawn
+/// up to one past the last), and interrupt masks.
+fn queries(ctx: &mut SideCtx, rng: &mut ChaCha8Rng) -> Result<(), String> {
+    let (_, regions, irqs) = ctx.tap.with_model(|m| m.device()).unwrap_or((0, 9, 5));
+    let maskable = ctx.tap.with_model(|m| m.maskable_index());
+    let client = ctx.client()?;
+    let mut version = vec![0, 0, 2, 0];
+    version.extend_from_slice(b"{\"capabilities\": {}}\0");
+    ask(client, Command::Version, &version)?;
+    ask(client, Command::DeviceGetInfo, &query(16, 0, 0)[..16])?;
+    ask(client, Command::DeviceGetRegionInfo, &query(32, rng.random_range(0..=regions), 0))?;
+    ask(client, Command::DeviceGetRegionIoFds, &query(16, rng.random_range(0..regions.max(1)), 0))?;
+    ask(client, Command::DeviceGetIrqInfo, &query(16, rng.random_range(0..=irqs), 0))?;
+    // Two DATA bits: refused whatever the index.
+    ask(
+        client,
+        Command::DeviceSetIrqs,
+        &set_irqs(IRQ_SET_DATA_NONE | IRQ_SET_DATA_BOOL | IRQ_SET_ACTION_TRIGGER, 0, 0, 1, &[1]),
+    )?;
+    if let Some(i) = maskable {
+        ask(client, Command::DeviceSetIrqs, &set_irqs(IRQ_SET_DATA_NONE | IRQ_SET_ACTION_MASK, i, 0, 1, &[]))?;
+        ask(client, Command::DeviceSetIrqs, &set_irqs(IRQ_SET_DATA_NONE | IRQ_SET_ACTION_UNMASK, i, 0, 1, &[]))?;
+    }
+    Ok(())
+}
+
+/// Each mapping the model holds must still be there (an identical or overlapping map is
+/// EEXIST); a spare range maps and unmaps; unmapping what is not mapped is ENOENT.
+fn mappings(ctx: &mut SideCtx) -> Result<(), String> {
+    let held = ctx.tap.with_model(|m| m.mappings().to_vec());
+    let client = ctx.client()?;
+    let map = |addr, size| DmaMap { argsz: 32, flags: 3, offset: 0, addr, size };
+    for &(addr, size) in held.iter().take(4) {
+        ask(client, Command::DmaMap, map(addr, size).as_bytes())?;
+    }
+    if let Some(&(addr, size)) = held.first()
+        && size > 4096
+    {
+        ask(client, Command::DmaMap, map(addr + 4096, 4096).as_bytes())?;
+    }
+    let mapped = ask(client, Command::DmaMap, map(SPARE_IOVA, 4096).as_bytes())?.is_some();
+    let unmap = DmaUnmap { argsz: 24, flags: 0, addr: SPARE_IOVA, size: 4096 };
+    let unmapped = ask(client, Command::DmaUnmap, unmap.as_bytes())?.is_some();
+    ask(client, Command::DmaUnmap, DmaUnmap { addr: SPARE_IOVA * 2, ..unmap }.as_bytes())?;
+    ask(client, Command::DmaUnmap, DmaUnmap { flags: 4, ..unmap }.as_bytes())?;
+    ask(client, Command::DmaUnmap, DmaUnmap { flags: 2, ..unmap }.as_bytes())?;
+    if mapped {
+        ctx.dev.dirty.mapped(SPARE_IOVA, 4096);
+    }
+    if unmapped {
+        ctx.dev.dirty.unmapped(SPARE_IOVA, 4096);
+    }
+    Ok(())
+}
+
+/// Configuration space read; plain memory read and its bytes written back, alone and in a
+/// REGION_WRITE_MULTI; an access past the region's end; with `oversized`, a write above the
+/// size bound.
+fn region_access(ctx: &mut SideCtx, rng: &mut ChaCha8Rng, oversized: bool) -> Result<(), String> {
+    let memory = ctx.tap.with_model(|m| m.memory_region());
+    let client = ctx.client()?;
+    ask(client, Command::RegionRead, &read_req(0, PCI_CONFIG_REGION_INDEX, 4))?;
+    if let Some((region, size)) = memory {
+        let offset = rng.random_range(0..=(size - 8) / 8) * 8;
+        if let Some(reply) = ask(client, Command::RegionRead, &read_req(offset, region, 8))? {
+            let bytes = reply.get(16..24).unwrap_or(&[0; 8]).to_vec();
+            ask(client, Command::RegionWrite, &write_req(offset, region, &bytes))?;
+            let mut multi = 1u64.to_le_bytes().to_vec();
+            multi.extend_from_slice(&offset.to_le_bytes());
+            multi.extend_from_slice(&region.to_le_bytes());
+            multi.extend_from_slice(&8u32.to_le_bytes());
+            multi.extend_from_slice(&bytes);
+            ask(client, Command::RegionWriteMulti, &multi)?;
+        }
+        ask(client, Command::RegionRead, &read_req(size - 4, region, 8))?;
+        if oversized {
+            let big = vec![0u8; (2 << 20) + 64];
+            ask(client, Command::RegionWrite, &write_req(0, region, &big))?;
+        }
+    }
+    ask(client, Command::RegionWriteMulti, &0u64.to_le_bytes())?;
+    Ok(())
+}
+
+/// Migration flags, the state (read, and set to itself), probes, an unknown feature, a bad op,
+/// and logging's refusals that leave it as it is.
+fn features(ctx: &mut SideCtx) -> Result<(), String> {
+    let state = ctx.tap.with_model(|m| m.state());
+    let logging = ctx.dev.dirty.logging();
+    let client = ctx.client()?;
+    ask(client, Command::DeviceFeature, &feature(FEATURE_GET | FEATURE_MIGRATION, &[0; 8], 8))?;
+    ask(client, Command::DeviceFeature, &feature(FEATURE_GET | FEATURE_MIG_DEVICE_STATE, &[0; 8], 8))?;
+    if let Some(s) = state.filter(|s| *s != MigState::Error) {
+        let mut data = (s as u32).to_le_bytes().to_vec();
+        data.extend_from_slice(&u32::MAX.to_le_bytes());
+        ask(client, Command::DeviceFeature, &feature(FEATURE_SET | FEATURE_MIG_DEVICE_STATE, &data, 8))?;
+    }
+    let probe = FEATURE_PROBE | FEATURE_GET | FEATURE_SET | FEATURE_MIG_DEVICE_STATE;
+    ask(client, Command::DeviceFeature, &feature(probe, &[], 0))?;
+    ask(client, Command::DeviceFeature, &feature(FEATURE_GET | FEATURE_SET | FEATURE_MIG_DEVICE_STATE, &[0; 8], 8))?;
+    ask(client, Command::DeviceFeature, &feature(FEATURE_GET | 3, &[0; 8], 8))?;
+    ask(client, Command::DeviceFeature, &feature(0x8_0000 | FEATURE_MIGRATION, &[0; 8], 8))?;
+    // A START with page size 0 is refused whether logging is on or not, and changes nothing.
+    ask(client, Command::DeviceFeature, &feature(FEATURE_SET | FEATURE_DMA_LOGGING_START, &[0; 16], 16))?;
+    if !logging {
+        let mut report = 0u64.to_le_bytes().to_vec();
+        report.extend_from_slice(&(1u64 << 20).to_le_bytes());
+        report.extend_from_slice(&4096u64.to_le_bytes());
+        ask(client, Command::DeviceFeature, &feature(FEATURE_GET | FEATURE_DMA_LOGGING_REPORT, &report, 24 + 32))?;
+        ask(client, Command::DeviceFeature, &feature(FEATURE_SET | FEATURE_DMA_LOGGING_STOP, &[0; 16], 16))?;
+    }
+    Ok(())
+}
+
+/// MIG_DATA_READ and MIG_DATA_WRITE where the state serves them and where it does not.
+fn data(ctx: &mut SideCtx, rng: &mut ChaCha8Rng) -> Result<(), String> {
+    let state = ctx.tap.with_model(|m| m.state());
+    let n: u32 = rng.random_range(1..=64);
+    let mut read = (8 + n).to_le_bytes().to_vec();
+    read.extend_from_slice(&n.to_le_bytes());
+    let got = ask(ctx.client()?, Command::MigDataRead, &read)?;
+    if let Some(reply) = got {
+        let size = reply.get(4..8).map_or(0, |b| u32::from_le_bytes(b.try_into().unwrap_or_default()));
+        ctx.out.offset += u64::from(size);
+        ctx.out.ended |= size < n && state == Some(MigState::StopCopy);
+    }
+    let mut bytes = vec![0u8; 16];
+    rng.fill(&mut bytes[..]);
+    let mut write = (8 + 16u32).to_le_bytes().to_vec();
+    write.extend_from_slice(&16u32.to_le_bytes());
+    write.extend_from_slice(&bytes);
+    ask(ctx.client()?, Command::MigDataWrite, &write)?;
+    if state == Some(MigState::Resuming) {
+        ctx.dev.model.wrote_data(ResumeData::Invalid);
+    }
+    Ok(())
+}
+
+/// A command the protocol does not define, the retired command 14, and an fd on a command
+/// that takes none.
+fn malformed(ctx: &mut SideCtx) -> Result<(), String> {
+    let client = ctx.client()?;
+    for cmd in [UNDEFINED_COMMAND, 14] {
+        let header = Header { msg_id: client.next_msg_id(), cmd, msg_size: 16, flags: TYPE_COMMAND, error_no: 0 };
+        client.send_raw(&header, &[], &[]).map_err(|e| format!("command {cmd} in the sweep: {e}"))?;
+        if let Err(e) = client.wait_reply(&header)
+            && e.errno().is_none()
+        {
+            return Err(format!("command {cmd} in the sweep: {e}"));
+        }
+    }
+    let fd = EventFd::from_flags(EfdFlags::EFD_CLOEXEC).map_err(|e| format!("an eventfd for the sweep: {e}"))?;
+    match client.request(Command::RegionRead, &[&read_req(0, PCI_CONFIG_REGION_INDEX, 4)], &[fd.as_fd()]) {
+        Ok(_) => Ok(()),
+        Err(e) if e.errno().is_some() => Ok(()),
+        Err(e) => Err(format!("REGION_READ with an fd in the sweep: {e}")),
+    }
+}

@@ -101,11 +101,13 @@ fuzz *args="--time 600s":
     cargo build --release --locked -p harness
     target/release/miglab fuzz {{args}}
 
-# CI's campaign: a fixed seed range (a failure fails CI), then 30 s from a fresh seed whose
-# findings are printed with their seed and shrunk file but do not fail the run.
+# CI's campaign: a fixed seed range, then the same range in concurrent mode (the background
+# writer racing the dirty reports; about 35 s), a failure of either failing CI; then 30 s from
+# a fresh seed whose findings are printed with their seed and shrunk file but do not fail the run.
 fuzz-ci:
     cargo build --release --locked -p harness
     target/release/miglab fuzz --seeds 0..300 --no-shrink
+    target/release/miglab fuzz --concurrent --seeds 0..300 --no-shrink
     target/release/miglab fuzz --time 30s || echo "fuzz-ci: the fresh-seed campaign found the failures above (reported, not fatal)"
 
 # Run every test of the workspace (unit, integration over real sockets, interop, property tests).

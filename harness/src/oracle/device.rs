@@ -1,5 +1,5 @@
 //! A shadow of the dma-engine: what its device memory and counters must hold, from the
-//! commands and writes the harness gave it.
+//! commands and writes the harness gave it, and whether its background writer is enabled.
 //!
 //! The shadow is kept from the device's documented contract (the README's register table and
 //! command rules), never from reading the device, so after each command the harness can check
@@ -49,6 +49,9 @@ pub struct DeviceShadow {
     pub counters: Counters,
     /// The SCRATCH register.
     pub scratch_reg: u64,
+    /// The background writer a concurrent migration left enabled on a device it stopped: it
+    /// resumes whenever the device runs again, and migrates with the device's registers.
+    pub writer: Option<crate::run::background::Params>,
 }
 
 impl Default for DeviceShadow {
@@ -64,6 +67,7 @@ impl DeviceShadow {
             devmem: vec![0; usize::try_from(devmem_size).unwrap_or(0)],
             counters: Counters::default(),
             scratch_reg: 0,
+            writer: None,
         }
     }
 
@@ -131,11 +135,13 @@ impl DeviceShadow {
         }
     }
 
-    /// A guest reset or DEVICE_RESET: power-on values, device memory zeroed.
+    /// A guest reset or DEVICE_RESET: power-on values, device memory zeroed, the writer
+    /// disabled.
     pub fn reset(&mut self) {
         self.devmem.fill(0);
         self.counters = Counters::default();
         self.scratch_reg = 0;
+        self.writer = None;
     }
 
     /// Takes the device's own state as the shadow's: after messages the scenario damaged on

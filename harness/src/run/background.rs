@@ -12,6 +12,7 @@
 
 use std::collections::BTreeSet;
 use std::ops::Range;
+use std::time::{Duration, Instant};
 
 use mock_qemu::Client;
 use vfu_server::devices::dma_engine::REGION_REGS;
@@ -22,6 +23,9 @@ pub use vfu_server::devices::dma_engine::regs::{
 
 /// BG_STATUS of a running writer.
 pub const BG_RUNNING: u32 = 1;
+
+/// BG_STATUS of a writer whose write hit memory it cannot write.
+pub const BG_FAULT: u32 = 3;
 
 const GAMMA: u64 = 0x9e37_79b9_7f4a_7c15;
 
@@ -46,6 +50,11 @@ pub struct Params {
 }
 
 impl Params {
+    /// The window, `(addr, len)`.
+    pub fn window(&self) -> (u64, u64) {
+        (self.addr, self.len)
+    }
+
     /// The guest address of write `k`.
     pub fn addr_of(&self, k: u64) -> u64 {
         self.addr + 8 * (splitmix64(self.seed ^ k.wrapping_mul(GAMMA)) % (self.len / 8).max(1))
@@ -99,6 +108,18 @@ pub fn status(client: &mut Client) -> Result<u32, String> {
     client.read_u32(REGION_REGS, REG_BG_STATUS).map_err(|e| format!("reading BG_STATUS: {e}"))
 }
 
+/// Reads BG_STATUS until it is `want` or `timeout` has passed; returns the last value.
+pub fn wait_for_status(client: &mut Client, want: u32, timeout: Duration) -> Result<u32, String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let now = status(client)?;
+        if now == want || Instant::now() >= deadline {
+            return Ok(now);
+        }
+        std::thread::yield_now();
+    }
+}
+
 /// Disables the writer (the write returns once it is parked) and returns BG_WRITES.
 pub fn stop(client: &mut Client) -> Result<u64, String> {
     client.write_u32(REGION_REGS, REG_BG_CTRL, 0).map_err(|e| format!("disabling the background writer: {e}"))?;
@@ -118,19 +139,60 @@ pub struct Background {
     last_set: BTreeSet<u64>,
 }
 
+/// How a migration's writer begins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// Programmed and enabled once logging is on.
+    New(Params),
+    /// Already enabled on the source, by an earlier migration that stopped the device: the
+    /// device carries it, paused, and it resumes wherever the device runs.
+    Carried(Params),
+}
+
+impl Start {
+    /// The writer's parameters.
+    pub fn params(&self) -> Params {
+        match *self {
+            Start::New(p) | Start::Carried(p) => p,
+        }
+    }
+}
+
 impl Background {
-    /// Programs and enables the writer.
-    pub fn start(client: &mut Client, params: Params) -> Result<Self, String> {
-        let w = |c: &mut Client, reg, v: u64| c.write_u64(REGION_REGS, reg, v).map_err(|e| format!("BG {reg:#x}: {e}"));
-        w(client, REG_BG_SEED, params.seed)?;
-        w(client, REG_BG_ADDR, params.addr)?;
-        w(client, REG_BG_LEN, params.len)?;
-        client
-            .write_u32(REGION_REGS, REG_BG_INTERVAL_US, params.interval_us)
-            .map_err(|e| format!("BG_INTERVAL_US: {e}"))?;
+    /// Programs and enables a new writer, or checks that a carried one is still programmed
+    /// as it was; then follows it from BG_WRITES as it is now.
+    pub fn start(client: &mut Client, start: Start) -> Result<Self, String> {
+        let params = start.params();
+        match start {
+            Start::New(params) => {
+                let w = |c: &mut Client, reg, v: u64| {
+                    c.write_u64(REGION_REGS, reg, v).map_err(|e| format!("BG {reg:#x}: {e}"))
+                };
+                w(client, REG_BG_SEED, params.seed)?;
+                w(client, REG_BG_ADDR, params.addr)?;
+                w(client, REG_BG_LEN, params.len)?;
+                client
+                    .write_u32(REGION_REGS, REG_BG_INTERVAL_US, params.interval_us)
+                    .map_err(|e| format!("BG_INTERVAL_US: {e}"))?;
+            }
+            Start::Carried(params) => {
+                let on = read_params(client)?;
+                if on != params {
+                    return Err(format!("the carried writer's registers changed: {on:?}, programmed {params:?}"));
+                }
+                let ctrl = client.read_u32(REGION_REGS, REG_BG_CTRL).map_err(|e| format!("reading BG_CTRL: {e}"))?;
+                if ctrl & 1 == 0 {
+                    return Err(format!("the carried writer is disabled: BG_CTRL {ctrl:#x}"));
+                }
+            }
+        }
         // Every write from here on comes after logging started: all of them are owed.
         let first = writes(client)?;
-        client.write_u32(REGION_REGS, REG_BG_CTRL, 1).map_err(|e| format!("enabling the background writer: {e}"))?;
+        if let Start::New(_) = start {
+            client
+                .write_u32(REGION_REGS, REG_BG_CTRL, 1)
+                .map_err(|e| format!("enabling the background writer: {e}"))?;
+        }
         Ok(Self { params, before: first, after: first, last_set: BTreeSet::new() })
     }
 

@@ -10,6 +10,7 @@ use mock_qemu::migrate::{CancelToken, Endpoints, MigrationError, MigrationParams
 use mock_qemu::stream::{FaultyWriter, Transport, connected_pair};
 use vfu_server::wire::MigState;
 
+use super::background::Start;
 use super::workload::{HarnessWorkload, Mark};
 use super::{Run, StepOutcome, Verification, index, rng_for};
 use crate::report::{EventKind, PageDiff};
@@ -18,6 +19,9 @@ use crate::scenario::model::{self as m, MigrateOutcome, MigrationErrorKind, Side
 /// Bandwidth assumed for the switchover budget when the scenario names none: a measured one
 /// would make the number of rounds depend on the machine, and the run would not replay.
 pub const NOMINAL_BANDWIDTH: u64 = 1 << 30;
+
+/// How long a destination's writer may take to fault on a window it cannot write.
+const WRITER_FAULT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Pages whose bytes the report keeps, for hex diffs.
 const PAGES_WITH_BYTES: usize = crate::report::MAX_PAGE_DIFFS;
@@ -66,15 +70,25 @@ impl Run<'_> {
             self.sides[fi].client = Some(src_client);
             return Err("the destination has no client".into());
         };
-        let background = if self.options.concurrent { self.background_window(fi, &src_guest) } else { None };
+        let background = match self.sides[fi].dev.shadow.writer {
+            Some(carried) => Some(Start::Carried(carried)),
+            None if self.options.concurrent => self
+                .background_window(fi)
+                .map_err(|why| {
+                    self.event(Some(mg.from), EventKind::Note { text: format!("no background writer: {why}") })
+                })
+                .ok()
+                .map(Start::New),
+            None => None,
+        };
         let mut dev = std::mem::take(&mut self.sides[fi].dev);
         let ranges = src_guest.logging_ranges();
         if dev.dirty.predict_start(mock_qemu::guest::PAGE_SIZE, &ranges) == crate::oracle::Expected::Ok {
             dev.dirty.started(mock_qemu::guest::PAGE_SIZE, mock_qemu::guest::PAGE_SIZE, &ranges);
         }
-        dev.dma_exclude = background.map(|p| (p.addr, p.len));
+        dev.dma_exclude = background.map(|b| b.params().window());
         let mut workload = HarnessWorkload::new(dev, self.scenario.workload.clone(), rng_for(self.seed, self.step, 2))?;
-        workload.background_params = background;
+        workload.background_start = background;
         workload.tap = Some(self.sides[fi].tap.clone());
         let cancel = CancelToken::default();
         if let Some(n) = mg.cancel_after_rounds {
@@ -137,7 +151,10 @@ impl Run<'_> {
         let background = workload.background.as_ref().map(|b| b.params);
         self.sides[fi].dev = workload.into_dev();
         self.sides[fi].dev.dirty.stopped();
-        self.sides[fi].dev.dma_exclude = None;
+        // The writer stays enabled on the source (and goes with its state to the destination)
+        // until it is disabled where the device runs.
+        self.sides[fi].dev.shadow.writer = background;
+        self.sides[fi].dev.dma_exclude = background.map(|p| p.window());
         // The device as it stopped, for the destination's model.
         let stopped_shadow = self.sides[fi].dev.shadow.clone();
         // The states mock-qemu moved the devices to.
@@ -180,6 +197,8 @@ impl Run<'_> {
                 }
                 let d = &mut self.sides[ti];
                 d.dev.shadow = stopped_shadow;
+                // explain_background disabled the destination's writer.
+                d.dev.shadow.writer = None;
                 d.dev.model.reset();
                 d.dev.driver = None;
                 match mg.expect {
@@ -203,9 +222,10 @@ impl Run<'_> {
                 if background.is_some()
                     && let Some(c) = self.sides[fi].client.as_mut()
                     && c.mig_state().is_ok_and(|s| s == MigState::Running)
-                    && let Err(e) = super::background::stop(c)
                 {
-                    return Err(format!("after the failed migration: {e}"));
+                    super::background::stop(c).map_err(|e| format!("after the failed migration: {e}"))?;
+                    self.sides[fi].dev.shadow.writer = None;
+                    self.sides[fi].dev.dma_exclude = None;
                 }
                 self.resync(mg.to);
                 let expected = match mg.expect {
@@ -228,19 +248,14 @@ impl Run<'_> {
         outcome
     }
 
-    /// The background writer's window: the upper half of the first RAM region mapped with
-    /// its fd (the device thread cannot send DMA_WRITE messages).
-    fn background_window(&self, fi: usize, guest: &Guest) -> Option<super::background::Params> {
-        let side = &self.sides[fi];
-        if side.backing != mock_qemu::guest::Backing::Fd {
-            return None;
-        }
-        let r = side.dev.mapped.iter().filter_map(|&i| guest.regions().get(i)).next()?;
-        let half = r.len / 2 / 4096 * 4096;
-        Some(super::background::Params {
+    /// A new background writer for the migration from side `fi`, in
+    /// [`writer_window`](super::side::Dev::writer_window), or why there is none.
+    fn background_window(&self, fi: usize) -> Result<super::background::Params, String> {
+        let (addr, len) = self.sides[fi].dev.writer_window()?;
+        Ok(super::background::Params {
             seed: rand::RngCore::next_u64(&mut rng_for(self.seed, self.step, 4)),
-            addr: r.iova + half,
-            len: r.len - half,
+            addr,
+            len,
             interval_us: self.scenario.workload.background.interval_us,
         })
     }
@@ -261,16 +276,29 @@ impl Run<'_> {
         let (a, b) = self.sides.split_at_mut(1);
         let (s, d) = if fi == 0 { (&mut a[0], &mut b[0]) } else { (&mut b[0], &mut a[0]) };
         let _ = ti;
+        let runs = d.dev.maps_with_fd(params.addr, params.len);
         let (Some(sc), Some(dc)) = (s.client.as_mut(), d.client.as_mut()) else { return };
         let result = (|| -> Result<(u64, u64), String> {
             let migrated = bg::read_params(dc)?;
             if migrated != params {
                 return Err(format!("the writer's registers did not migrate: {migrated:?} against {params:?}"));
             }
+            let from = bg::writes(sc)?;
+            if !runs {
+                // Its first write faults: nothing written, nothing counted.
+                let status = bg::wait_for_status(dc, bg::BG_FAULT, WRITER_FAULT_TIMEOUT)?;
+                let to = bg::writes(dc)?;
+                if status != bg::BG_FAULT || to != from {
+                    return Err(format!(
+                        "the destination's writer, whose window is not mapped with its fd there, reads BG_STATUS \
+                         {status} and BG_WRITES {to} (from {from}), not FAULT with no write"
+                    ));
+                }
+                return Ok((from, to));
+            }
             if bg::status(dc)? != bg::BG_RUNNING {
                 return Err("the destination's writer does not run after the migration".into());
             }
-            let from = bg::writes(sc)?;
             let to = bg::stop(dc)?;
             if to < from {
                 return Err(format!("BG_WRITES went back from {from} to {to}"));

@@ -361,6 +361,7 @@ impl Run<'_> {
     /// After each step: the trace, the timeline, and the faults that fired inside it.
     fn after_step(&mut self) -> StepOutcome {
         self.flush_taps();
+        self.disable_resumed_writers()?;
         for side in Side::BOTH {
             let changes = self.sides[index(side)].tap.take_changes();
             let mut last = self.last_state(side);
@@ -372,6 +373,25 @@ impl Run<'_> {
             }
         }
         self.drain_fired()
+    }
+
+    /// A writer a migration left enabled on a device it stopped resumed with the device (a
+    /// state change, a recovery): it is disabled, so that it writes only while a migration
+    /// follows its writes. Lock-step DMA stayed out of its window meanwhile.
+    fn disable_resumed_writers(&mut self) -> Result<(), String> {
+        for side in Side::BOTH {
+            let ctx = &mut self.sides[index(side)];
+            if ctx.dev.shadow.writer.is_none() || ctx.dev.model.region_write() != crate::oracle::Expected::Ok {
+                continue;
+            }
+            let Some(client) = ctx.client.as_mut() else { continue };
+            let writes = background::stop(client).map_err(|e| format!("the {} device runs again: {e}", side.name()))?;
+            ctx.dev.shadow.writer = None;
+            ctx.dev.dma_exclude = None;
+            let text = format!("background writer disabled where the device runs again, at {writes} writes");
+            self.event(Some(side), EventKind::Note { text });
+        }
+        Ok(())
     }
 
     /// The triggers that fired: marked in the trace and on the timeline, and what they did

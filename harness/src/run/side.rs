@@ -1,7 +1,7 @@
 //! One side of a run: its server process (behind a proxy when the scenario damages its
 //! messages), its client, its guest, the dma-engine driver, and the oracle's models of it.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -37,8 +37,9 @@ pub struct OutStream {
 pub struct Dev {
     /// The guest whose RAM the client maps.
     pub guest: Option<Guest>,
-    /// Indexes of the guest RAM regions mapped now.
-    pub mapped: BTreeSet<usize>,
+    /// The guest RAM regions mapped now, by index, with how each was mapped (the background
+    /// writer reaches only those mapped with their fd).
+    pub mapped: BTreeMap<usize, Backing>,
     /// The dma-engine driver, attached on first use.
     pub driver: Option<DmaEngineDriver>,
     /// The protocol model of its device.
@@ -73,8 +74,6 @@ pub struct SideCtx {
     pub client: Option<Client>,
     /// Guest, driver and models.
     pub dev: Dev,
-    /// How guest RAM was mapped.
-    pub backing: Backing,
     /// Hooks the server gets when it next starts.
     pub hooks: Hooks,
     /// The outgoing stream read by hand.
@@ -115,7 +114,6 @@ impl SideCtx {
                 shadow: DeviceShadow::new(options.devmem_size.value.bytes()),
                 ..Dev::default()
             },
-            backing: Backing::Fd,
             hooks: Hooks::default(),
             out: OutStream::default(),
             tap: Tap::default(),
@@ -227,19 +225,18 @@ impl SideCtx {
         let guest = self.guest(layout)?;
         let wanted: Vec<usize> = match regions {
             Some(r) => r.iter().map(|&i| i as usize).collect(),
-            None => (0..guest.regions().len()).filter(|i| !self.dev.mapped.contains(i)).collect(),
+            None => (0..guest.regions().len()).filter(|i| !self.dev.mapped.contains_key(i)).collect(),
         };
         let client = self.client.as_mut().ok_or("no client")?;
         for i in wanted {
             guest.map_region(client, i, backing).map_err(|e| format!("DMA_MAP of region {i}: {e}"))?;
             let r = &guest.regions()[i];
             self.dev.dirty.mapped(r.iova, r.len);
-            self.dev.mapped.insert(i);
+            self.dev.mapped.insert(i, backing);
         }
         if backing == Backing::Message {
             client.set_dma_service(guest.dma_service());
         }
-        self.backing = backing;
         Ok(())
     }
 
@@ -248,7 +245,7 @@ impl SideCtx {
         let guest = self.dev.guest.clone().ok_or("no guest RAM to unmap")?;
         let wanted: Vec<usize> = match regions {
             Some(r) => r.iter().map(|&i| i as usize).collect(),
-            None => self.dev.mapped.iter().copied().collect(),
+            None => self.dev.mapped.keys().copied().collect(),
         };
         let client = self.client.as_mut().ok_or("no client")?;
         for i in wanted {
@@ -271,6 +268,9 @@ impl SideCtx {
         self.dev.driver = None;
         self.dev.mapped.clear();
         self.dev.dirty.forget_all();
+        // An enabled writer faults with the client's memory gone (BG_CTRL reads 0).
+        self.dev.shadow.writer = None;
+        self.dev.dma_exclude = None;
         if self.dev.model.state != MigState::Running {
             self.dev.model.reset();
             self.dev.shadow.reset();
@@ -292,6 +292,8 @@ impl SideCtx {
         self.dev.driver = None;
         self.dev.mapped.clear();
         self.dev.dirty.forget_all();
+        self.dev.shadow.writer = None;
+        self.dev.dma_exclude = None;
     }
 
     /// Where the server's log ends now (for [`arcs_since`](Self::arcs_since)).
@@ -340,12 +342,43 @@ impl SideCtx {
 }
 
 impl Dev {
+    /// Where a new background writer goes: the upper half of the first guest RAM region
+    /// mapped with its fd (the device thread cannot send DMA_WRITE messages). None, and why,
+    /// when the device cannot run one: a stopped device must not DMA, and refuses the
+    /// register writes that would program it (the model's answer to a region write).
+    pub fn writer_window(&self) -> Result<(u64, u64), String> {
+        let write = self.model.region_write();
+        if write != Expected::Ok {
+            return Err(format!("the device is in {:?}, where BAR0 writes get {write}", self.model.state));
+        }
+        let guest = self.guest.as_ref().ok_or("no guest RAM")?;
+        let r =
+            self.fd_mapped().find_map(|i| guest.regions().get(i)).ok_or("no guest RAM region is mapped with its fd")?;
+        let half = r.len / 2 / 4096 * 4096;
+        Ok((r.iova + half, r.len - half))
+    }
+
+    /// Whether `[addr, addr + len)` lies in one guest RAM region mapped with its fd: where a
+    /// background writer can write (elsewhere its first write faults).
+    pub fn maps_with_fd(&self, addr: u64, len: u64) -> bool {
+        let Some(guest) = &self.guest else { return false };
+        let end = addr.checked_add(len);
+        self.fd_mapped()
+            .filter_map(|i| guest.regions().get(i))
+            .any(|r| r.iova <= addr && end.is_some_and(|e| e <= r.end()))
+    }
+
+    /// Indexes of the regions mapped with their fd.
+    fn fd_mapped(&self) -> impl Iterator<Item = usize> + '_ {
+        self.mapped.iter().filter(|&(_, &b)| b == Backing::Fd).map(|(&i, _)| i)
+    }
+
     /// Whether `[addr, addr + len)` is wholly in mapped guest RAM.
     pub fn is_mapped(&self, addr: u64, len: u64) -> bool {
         let Some(guest) = &self.guest else { return false };
         let Some(end) = addr.checked_add(len) else { return false };
         let mut ranges: Vec<(u64, u64)> =
-            self.mapped.iter().filter_map(|&i| guest.regions().get(i)).map(|r| (r.iova, r.end())).collect();
+            self.mapped.keys().filter_map(|&i| guest.regions().get(i)).map(|r| (r.iova, r.end())).collect();
         ranges.sort_unstable();
         let mut at = addr;
         for (s, e) in ranges {
@@ -437,5 +470,44 @@ impl Dev {
             (Err(e), want) => findings.push(format!("{cmd:?}: {e}; the model says {want}")),
         }
         Ok(findings)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dev(mapped: &[(usize, Backing)]) -> Dev {
+        let guest = Guest::with_layout(&[(0, 1 << 20), (4 << 30, 1 << 20)]).expect("guest RAM");
+        Dev { guest: Some(guest), mapped: mapped.iter().copied().collect(), ..Dev::default() }
+    }
+
+    #[test]
+    fn the_writer_goes_to_the_upper_half_of_the_first_region_mapped_with_its_fd() {
+        let d = dev(&[(0, Backing::Message), (1, Backing::Fd)]);
+        assert_eq!(d.writer_window(), Ok(((4 << 30) + (1 << 19), 1 << 19)));
+        assert!(d.maps_with_fd((4 << 30) + (1 << 19), 1 << 19));
+        assert!(!d.maps_with_fd(1 << 19, 1 << 19), "region 0 is reached only by messages");
+        assert!(!d.maps_with_fd((4 << 30) + (1 << 19), 1 << 20), "the window passes the region's end");
+        let none = dev(&[(0, Backing::Message)]);
+        assert_eq!(none.writer_window(), Err("no guest RAM region is mapped with its fd".into()));
+    }
+
+    #[test]
+    fn a_stopped_device_gets_no_writer() {
+        for (state, errno) in [
+            (MigState::Stop, "EBUSY"),
+            (MigState::StopCopy, "EBUSY"),
+            (MigState::Resuming, "EBUSY"),
+            (MigState::Error, "EIO"),
+        ] {
+            let mut d = dev(&[(0, Backing::Fd)]);
+            d.model.state = state;
+            let why = d.writer_window().expect_err("no writer");
+            assert!(why.contains(&format!("{state:?}")) && why.contains(errno), "{state:?}: {why}");
+        }
+        let mut d = dev(&[(0, Backing::Fd)]);
+        d.model.state = MigState::PreCopy;
+        assert_eq!(d.writer_window(), Ok((1 << 19, 1 << 19)));
     }
 }

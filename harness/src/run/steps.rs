@@ -328,7 +328,7 @@ impl Run<'_> {
             (Some(i), Some(l)) => vec![(i.bytes(), l.bytes())],
             _ => {
                 let guest = ctx.dev.guest.clone().ok_or("no guest RAM")?;
-                ctx.dev.mapped.iter().filter_map(|&i| guest.regions().get(i)).map(|r| (r.iova, r.len)).collect()
+                ctx.dev.mapped.keys().filter_map(|&i| guest.regions().get(i)).map(|r| (r.iova, r.len)).collect()
             }
         };
         let (mut out, mut lost, mut over, mut problem) = (None, 0, 0, None);

@@ -16,7 +16,7 @@ use rand::seq::IndexedRandom;
 use rand::{Rng, RngCore};
 use rand_chacha::ChaCha8Rng;
 
-use super::background::{Background, Params};
+use super::background::{Background, Start};
 use super::side::Dev;
 use super::tap::{Armed, Tap};
 use crate::oracle::dirty::PAGE;
@@ -116,7 +116,7 @@ pub fn random_command(dev: &Dev, ops: &[DmaOpKind], max_len: u64, rng: &mut ChaC
     let guest = dev.guest.as_ref()?;
     let regions: Vec<(u64, u64)> = dev
         .mapped
-        .iter()
+        .keys()
         .filter_map(|&i| guest.regions().get(i))
         .map(|r| match dev.dma_exclude {
             // The writer takes the upper half of its region.
@@ -165,7 +165,7 @@ pub struct HarnessWorkload {
     at_phase: Vec<(PhaseMark, Tap, Armed)>,
     last_round: u32,
     /// The background writer to start once logging is on (concurrent mode).
-    pub background_params: Option<Params>,
+    pub background_start: Option<Start>,
     /// The background writer, once started.
     pub background: Option<Background>,
     /// The source's trace tap: the states the migration puts the device in.
@@ -191,7 +191,7 @@ impl HarnessWorkload {
             cancel: None,
             at_phase: Vec::new(),
             last_round: 0,
-            background_params: None,
+            background_start: None,
             background: None,
             tap: None,
         })
@@ -215,8 +215,8 @@ impl HarnessWorkload {
 
 impl Workload for HarnessWorkload {
     fn logging_started(&mut self, client: &mut Client) {
-        if let Some(params) = self.background_params.take() {
-            match Background::start(client, params) {
+        if let Some(start) = self.background_start.take() {
+            match Background::start(client, start) {
                 Ok(b) => self.background = Some(b),
                 Err(e) => self.findings.push(e),
             }

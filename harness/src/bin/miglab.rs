@@ -42,32 +42,7 @@ enum Command {
     },
     /// Run generated scenarios: each seed draws a whole scenario (device, guest, workload,
     /// steps, faults); failures are shrunk and written to scenarios/regressions/.
-    Fuzz {
-        /// Seeds to run, A..B (B excluded); from a fresh seed when absent.
-        #[arg(long, value_parser = parse_range)]
-        seeds: Option<std::ops::Range<u64>>,
-        /// Stop after this long: 60s, 10m, 1h.
-        #[arg(long, value_parser = parse_duration)]
-        time: Option<std::time::Duration>,
-        /// Runs at once.
-        #[arg(long, default_value_t = 2)]
-        jobs: usize,
-        /// Run only shard I of N of the seeds (s % N == I), e.g. 0/4.
-        #[arg(long, value_parser = parse_shard, default_value = "0/1")]
-        shard: (u64, u64),
-        /// Do not shrink failures.
-        #[arg(long)]
-        no_shrink: bool,
-        /// Concurrent runs: the device's background writer during each migration.
-        #[arg(long)]
-        concurrent: bool,
-        /// Where shrunk failures are written.
-        #[arg(long, default_value = "scenarios/regressions")]
-        regressions: PathBuf,
-        /// Where their reports go.
-        #[arg(long, default_value = "reports")]
-        reports: PathBuf,
-    },
+    Fuzz(FuzzArgs),
     /// Decode a message trace (a report's trace.jsonl, or any trace of mock-qemu's format).
     Trace {
         /// The trace file.
@@ -105,14 +80,45 @@ enum Command {
     Schema,
 }
 
+/// `miglab fuzz`'s arguments.
+#[derive(Debug, clap::Args)]
+struct FuzzArgs {
+    /// Seeds to run, A..B (B excluded); from a fresh seed when absent.
+    #[arg(long, value_parser = parse_range)]
+    seeds: Option<std::ops::Range<u64>>,
+    /// Stop after this long: 60s, 10m, 1h.
+    #[arg(long, value_parser = parse_duration)]
+    time: Option<std::time::Duration>,
+    /// Runs at once.
+    #[arg(long, default_value_t = 2)]
+    jobs: usize,
+    /// Run only shard I of N of the seeds (s % N == I), e.g. 0/4.
+    #[arg(long, value_parser = parse_shard, default_value = "0/1")]
+    shard: (u64, u64),
+    /// Do not shrink failures.
+    #[arg(long)]
+    no_shrink: bool,
+    /// Concurrent runs: the device's background writer during each migration.
+    #[arg(long)]
+    concurrent: bool,
+    /// Where shrunk failures are written.
+    #[arg(long, default_value = "scenarios/regressions")]
+    regressions: PathBuf,
+    /// Where their reports go.
+    #[arg(long, default_value = "reports")]
+    reports: PathBuf,
+    /// Fail when a cell the protocol model's coverage requires was not reached (each
+    /// operation in each state, let through and refused; each event in each state).
+    #[arg(long)]
+    require_coverage: bool,
+}
+
 fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Scenario { scenario, seed, reports, server, concurrent } => {
             run(&scenario, seed, reports, server, concurrent)
         }
-        Command::Fuzz { seeds, time, jobs, shard, no_shrink, concurrent, regressions, reports } => {
-            fuzz(seeds, time, jobs, shard, !no_shrink, concurrent, regressions, reports)
-        }
+        Command::Fuzz(args) => fuzz(args),
         Command::Trace { file, session, step, payload_bytes } => {
             let options = DecodeOptions { session, step, payload_bytes };
             match decode_trace_file(&file, &options, &mut std::io::stdout().lock()) {
@@ -260,17 +266,9 @@ fn parse_shard(s: &str) -> Result<(u64, u64), String> {
     Ok((i, n))
 }
 
-#[allow(clippy::too_many_arguments)]
-fn fuzz(
-    seeds: Option<std::ops::Range<u64>>,
-    time: Option<std::time::Duration>,
-    jobs: usize,
-    shard: (u64, u64),
-    shrink: bool,
-    concurrent: bool,
-    regressions: PathBuf,
-    reports: PathBuf,
-) -> ExitCode {
+fn fuzz(args: FuzzArgs) -> ExitCode {
+    let FuzzArgs { seeds, time, jobs, shard, no_shrink, concurrent, regressions, reports, require_coverage } = args;
+    let shrink = !no_shrink;
     let seeds = seeds.unwrap_or_else(|| {
         // A fresh seed, printed below so the campaign can be run again.
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
@@ -349,7 +347,16 @@ fn fuzz(
             println!("      replay: cargo run -p harness --bin miglab -- scenario {}", file.display());
         }
     }
-    if summary.findings.is_empty() && summary.generator_errors.is_empty() {
+    let (cells, events) = summary.coverage.model.missing();
+    let uncovered = require_coverage && !(cells.is_empty() && events.is_empty());
+    if uncovered {
+        println!(
+            "coverage: {} required cell(s) and {} event cell(s) not reached (--require-coverage)",
+            cells.len(),
+            events.len()
+        );
+    }
+    if summary.findings.is_empty() && summary.generator_errors.is_empty() && !uncovered {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

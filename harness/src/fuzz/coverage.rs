@@ -23,6 +23,8 @@ pub struct Coverage {
     pub errnos: BTreeMap<String, u64>,
     /// Fault kinds the scenarios named.
     pub faults: BTreeMap<String, u64>,
+    /// The protocol model's (state × operation × outcome) and (state × event) cells.
+    pub model: crate::model::Matrix,
 }
 
 const ARCS: [&str; 9] = [
@@ -76,6 +78,11 @@ impl Coverage {
         }
     }
 
+    /// Adds the cells the protocol model judged in one run.
+    pub fn add_matrix(&mut self, matrix: &crate::model::Matrix) {
+        self.model.merge(matrix);
+    }
+
     /// Merges another campaign's (or job's) coverage.
     pub fn merge(&mut self, other: &Coverage) {
         for (mine, theirs) in [
@@ -89,6 +96,7 @@ impl Coverage {
                 *mine.entry(k.clone()).or_default() += v;
             }
         }
+        self.model.merge(&other.model);
     }
 
     /// What no run exercised, by kind.
@@ -124,6 +132,7 @@ impl Coverage {
                 let _ = writeln!(out, "never hit {kind}: {}", missing.join(", "));
             }
         }
+        out.push_str(&self.model.summary());
         out
     }
 }

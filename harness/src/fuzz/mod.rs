@@ -173,6 +173,7 @@ pub fn campaign(options: &FuzzOptions, tick: &(dyn Fn(u64, usize) + Sync)) -> Su
                         Err(e) => summary.generator_errors.push((seed, e)),
                         Ok(out) => {
                             summary.coverage.add_run(&out.trace, &out.arcs, &faults_of(&g));
+                            summary.coverage.add_matrix(&out.matrix);
                             if let Some(sig) = signature(&out.report) {
                                 let reason = match &out.report.outcome {
                                     Outcome::Failed { reason } => reason.clone(),

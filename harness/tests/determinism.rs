@@ -48,3 +48,11 @@ fn another_seed_gives_another_trace() {
     let b = trace_of("cancel-then-migrate.yaml", Some(2));
     assert_ne!(a, b);
 }
+
+#[test]
+fn qemu_s_iteration_replays_byte_for_byte() {
+    // Reads that cut the device's records, a rate limit and a switchover with data unread.
+    let first = trace_of("qemu-iteration.yaml", None);
+    let second = trace_of("qemu-iteration.yaml", None);
+    assert!(first == second, "the traces differ at {}", first_difference(&first, &second));
+}

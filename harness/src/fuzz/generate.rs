@@ -79,6 +79,8 @@ pub struct MigrateGen {
     pub cancel: Option<u32>,
     /// `transport`.
     pub transport: &'static str,
+    /// `read_size` and `iteration` (none: the defaults, every round read to its end).
+    pub iteration: Option<super::iteration::IterationGen>,
     /// Whether it must migrate (nothing in the scenario may make it fail) or may go either way.
     pub must_migrate: bool,
 }
@@ -130,10 +132,11 @@ impl GenStep {
                 let cancel = m.cancel.map(|c| format!(", cancel_after_rounds: {c}")).unwrap_or_default();
                 let _ = writeln!(
                     out,
-                    "  - migrate: {{budget: {{max_rounds: {}, downtime_ms: 1, bandwidth: 256M}}, pre_copy: {}, \
+                    "  - migrate: {{budget: {{max_rounds: {}, downtime_ms: 1, bandwidth: 256M}}, pre_copy: {}{}, \
                      transport: {}{cancel}, expect: {}}}",
                     m.max_rounds,
                     m.pre_copy,
+                    m.iteration.map(|i| i.render()).unwrap_or_default(),
                     m.transport,
                     if m.must_migrate && m.cancel.is_none() { "migrated" } else { "any" }
                 );
@@ -457,13 +460,18 @@ impl Builder<'_> {
             self.raw("stop-logging: {side: source}");
             self.sides[0].logging = false;
         }
-        let m = MigrateGen {
+        let mut m = MigrateGen {
             must_migrate,
             max_rounds: self.rng.random_range(1..=5),
             pre_copy: self.rng.random_bool(0.8),
             cancel: self.rng.random_bool(0.15).then(|| self.rng.random_range(1..=2)),
             transport: ["pipe", "unix", "tcp"].choose(&mut self.rng).copied().unwrap_or("pipe"),
+            iteration: None,
         };
+        if m.pre_copy {
+            let nth = self.g.steps.iter().filter(|s| matches!(s, GenStep::Migrate(_))).count();
+            m.iteration = super::iteration::IterationGen::draw(self.g.seed, nth, self.g.devmem);
+        }
         self.g.steps.push(GenStep::Migrate(m));
         self.sides[0].logging = false;
         self.sides[1].logging = false;

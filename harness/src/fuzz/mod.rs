@@ -8,6 +8,7 @@
 
 pub mod coverage;
 pub mod generate;
+pub mod iteration;
 pub mod shrink;
 
 use std::collections::BTreeMap;

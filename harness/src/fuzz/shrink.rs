@@ -78,6 +78,13 @@ pub fn candidates(g: &Generated) -> Vec<Generated> {
                         }
                     }));
                 }
+                if m.iteration.is_some() {
+                    out.push(with(&|c| {
+                        if let GenStep::Migrate(m) = &mut c.steps[i] {
+                            m.iteration = None;
+                        }
+                    }));
+                }
                 if m.cancel.is_some() || m.transport != "pipe" {
                     out.push(with(&|c| {
                         if let GenStep::Migrate(m) = &mut c.steps[i] {

@@ -160,7 +160,8 @@ pub fn summary_markdown(report: &RunReport) -> String {
     let _ = writeln!(md, "| differing device fields | {} |", report.device_diff.len());
     if let Some(s) = &report.stats {
         let _ = writeln!(md, "| downtime | {} |", human_micros(s.downtime_micros));
-        let _ = writeln!(md, "| switchover | {} |", cell(&s.switchover));
+        let unread = if s.pending_at_switchover { " (pre-copy data unread)" } else { "" };
+        let _ = writeln!(md, "| switchover | {}{unread} |", cell(&s.switchover));
     }
     let _ = writeln!(md, "\nReplay:\n\n```sh\n{}\n```\n", replay_command(report));
 

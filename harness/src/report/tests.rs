@@ -75,11 +75,13 @@ pub(super) fn sample() -> RunReport {
                 pages_sent: 64 >> r,
                 micros: 3000,
                 remaining_estimate: 4096 * 10,
+                device_pending: false,
             })
             .collect(),
         stop_copy_device_bytes: 512,
         stop_copy_pages: 3,
         switchover: "budget".into(),
+        pending_at_switchover: false,
         cleanup_error: None,
         downtime_micros: 1_500,
         total_micros: 11_500,

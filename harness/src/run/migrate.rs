@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use mock_qemu::guest::Guest;
 use mock_qemu::guest::dmae::DmaEngineDriver;
-use mock_qemu::migrate::{CancelToken, Endpoints, MigrationError, MigrationParams, Phase, migrate};
+use mock_qemu::migrate::{CancelToken, Endpoints, Iteration, MigrationError, MigrationParams, Phase, migrate};
 use mock_qemu::stream::{FaultyWriter, Transport, connected_pair};
 use vfu_server::wire::MigState;
 
@@ -127,6 +127,10 @@ impl Run<'_> {
             bandwidth: Some(b.bandwidth.map_or(NOMINAL_BANDWIDTH, |s| s.bytes())),
             downtime: Duration::from_millis(b.downtime_ms),
             read_size: u32::try_from(mg.read_size.bytes()).unwrap_or(u32::MAX),
+            iteration: mg.iteration.map_or_else(Iteration::default, |it| Iteration {
+                reads: it.reads,
+                max_bandwidth: it.max_bandwidth.map(|b| b.bytes()),
+            }),
             use_pre_copy: mg.pre_copy,
             max_device_bytes: b.max_device_bytes.bytes(),
         };
@@ -179,6 +183,7 @@ impl Run<'_> {
             Ok(done) => {
                 self.sides[ti].client = Some(done.destination);
                 let cleanup = done.stats.cleanup_error.clone();
+                let pending = done.stats.pending_at_switchover;
                 self.stats = Some(done.stats);
                 let mut ver = self.compare(fi, ti, &src_guest, &dst_guest, lost, &stopped_shadow, source_reset);
                 if let Some(e) = cleanup {
@@ -201,13 +206,19 @@ impl Run<'_> {
                 d.dev.shadow.writer = None;
                 d.dev.model.reset();
                 d.dev.driver = None;
-                match mg.expect {
-                    MigrateOutcome::Migrated => Ok(None),
-                    MigrateOutcome::Any => {
-                        let all = m::VerifyStep { ram: true, device: true, dirty_log: true };
-                        self.verify(&all)
+                let want_pending = mg.iteration.and_then(|it| it.pending_at_switchover);
+                if let Some(want) = want_pending.filter(|&w| w != pending) {
+                    let what = if want { "with pre-copy data unread" } else { "with every pre-copy round read" };
+                    Err(format!("the scenario expects the switchover {what}; it came the other way"))
+                } else {
+                    match mg.expect {
+                        MigrateOutcome::Migrated => Ok(None),
+                        MigrateOutcome::Any => {
+                            let all = m::VerifyStep { ram: true, device: true, dirty_log: true };
+                            self.verify(&all)
+                        }
+                        other => Err(format!("the device migrated; the scenario expects {other:?}")),
                     }
-                    other => Err(format!("the device migrated; the scenario expects {other:?}")),
                 }
             }
             Err(failed) => {

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use serde_saphyr::{DefaultMessageFormatter, Location, MessageFormatter as _};
 use vfu_server::devices::dma_engine::DmaEngineConfig;
 
-use super::model::{DataSource, Fault, Layout, Scenario, Side, Step};
+use super::model::{DataSource, Fault, Iteration, Layout, Scenario, Side, Step};
 
 /// Guest page size: RAM sizes and regions must be multiples of it.
 pub const PAGE_SIZE: u64 = 4096;
@@ -291,8 +291,14 @@ fn check(s: &Scenario, file: &str) -> Vec<Problem> {
                 if m.budget.max_rounds == 0 && m.pre_copy {
                     problem(at, "expected `budget.max_rounds` of at least 1 with pre-copy".into());
                 }
-                if m.read_size.bytes() == 0 {
-                    problem(at, "expected a non-zero `read_size`".into());
+                if m.read_size.bytes() == 0 || m.read_size.bytes() > u64::from(u32::MAX) {
+                    problem(
+                        at,
+                        format!("expected a `read_size` from 1 byte to 4 GiB - 1, found {}", m.read_size.bytes()),
+                    );
+                }
+                if let Some(it) = &m.iteration {
+                    check_iteration(it, m.pre_copy, at, &mut problem);
                 }
                 pending_stream = None;
                 // Logging is started and stopped by the migration itself.
@@ -390,6 +396,19 @@ fn check(s: &Scenario, file: &str) -> Vec<Problem> {
         problem(at, "expected a `migrate` step after this stream fault".into());
     }
     problems
+}
+
+/// A migrate step's `iteration`: it bounds pre-copy reads, so it needs pre-copy and a bound.
+fn check_iteration(it: &Iteration, pre_copy: bool, at: Location, problem: &mut dyn FnMut(Location, String)) {
+    if !pre_copy {
+        problem(at, "expected `pre_copy: true` with `iteration` (it bounds the reads of pre-copy rounds)".into());
+    }
+    match (it.reads, it.max_bandwidth) {
+        (None, None) => problem(at, "expected `iteration.reads` or `iteration.max_bandwidth`".into()),
+        (Some(0), _) => problem(at, "expected `iteration.reads` of at least 1".into()),
+        (_, Some(b)) if b.bytes() == 0 => problem(at, "expected a non-zero `iteration.max_bandwidth`".into()),
+        _ => {}
+    }
 }
 
 fn check_fault(

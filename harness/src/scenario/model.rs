@@ -711,9 +711,14 @@ pub struct MigrateStep {
     /// Use PRE_COPY (false: RUNNING→STOP→STOP_COPY at switchover).
     #[serde(default = "yes")]
     pub pre_copy: bool,
-    /// Bytes asked for by each MIG_DATA_READ.
+    /// Bytes asked for by each MIG_DATA_READ (QEMU's `data_buffer_size`), in pre-copy and
+    /// stop-and-copy; any size, down to 1: the device's records are cut wherever it falls.
     #[serde(default = "default_chunk")]
     pub read_size: Size,
+    /// How each pre-copy round reads device data, as QEMU iterates; absent: every round to a
+    /// short read.
+    #[serde(default)]
+    pub iteration: Option<Iteration>,
     /// What carries the migration stream.
     #[serde(default)]
     pub transport: TransportKind,
@@ -723,6 +728,23 @@ pub struct MigrateStep {
     /// How the migration must end.
     #[serde(default)]
     pub expect: MigrateOutcome,
+}
+
+/// QEMU's pre-copy iteration: a few reads of device data per round under a rate limit, so
+/// that the switchover may come with pre-copy data unread, which STOP_COPY then carries.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Iteration {
+    /// Most MIG_DATA_READs per round (QEMU: 1).
+    #[serde(default)]
+    pub reads: Option<u32>,
+    /// Rate limit per second (QEMU's `max-bandwidth`): a round reads while the limit's 100 ms
+    /// window has room. Not timed, so a run replays.
+    #[serde(default)]
+    pub max_bandwidth: Option<Size>,
+    /// Whether the switchover must leave pre-copy data unread (true) or must not (false).
+    #[serde(default)]
+    pub pending_at_switchover: Option<bool>,
 }
 
 /// When a migration switches over.

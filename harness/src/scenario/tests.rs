@@ -414,3 +414,35 @@ fn the_committed_schema_is_fresh() {
         path.display()
     );
 }
+
+/// Both sides connected and mapped: what a `migrate` step needs before it.
+const READY_TO_MIGRATE: &str =
+    "  - connect: {}\n  - connect: {side: destination}\n  - map: {}\n  - map: {side: destination}\n";
+
+#[test]
+fn a_migrate_step_takes_qemu_s_iteration() {
+    let text = with_steps(&format!(
+        "{READY_TO_MIGRATE}  - migrate: {{read_size: 48, iteration: {{reads: 2, max_bandwidth: 1M, \
+         pending_at_switchover: true}}}}\n  - migrate: {{from: destination, to: source}}\n"
+    ));
+    let steps = steps(&text);
+    let (Step::Migrate(qemu), Step::Migrate(drain)) = (&steps[4], &steps[5]) else { panic!("{steps:?}") };
+    let want = Iteration { reads: Some(2), max_bandwidth: Some(Size(1 << 20)), pending_at_switchover: Some(true) };
+    assert_eq!((qemu.read_size, qemu.iteration), (Size(48), Some(want)));
+    assert_eq!(drain.iteration, None, "without it every round is read to a short read");
+}
+
+#[rstest::rstest]
+#[case::iteration_without_pre_copy(
+    "pre_copy: false, iteration: {reads: 1}",
+    "expected `pre_copy: true` with `iteration` (it bounds the reads of pre-copy rounds)"
+)]
+#[case::iteration_without_a_bound("iteration: {}", "expected `iteration.reads` or `iteration.max_bandwidth`")]
+#[case::no_reads("iteration: {reads: 0}", "expected `iteration.reads` of at least 1")]
+#[case::no_bandwidth("iteration: {max_bandwidth: 0}", "expected a non-zero `iteration.max_bandwidth`")]
+#[case::no_read_size("read_size: 0", "expected a `read_size` from 1 byte to 4 GiB - 1, found 0")]
+#[case::read_size_past_a_message("read_size: 4G", "expected a `read_size` from 1 byte to 4 GiB - 1, found 4294967296")]
+fn a_migrate_step_s_reads_are_checked_where_they_are_written(#[case] knobs: &str, #[case] expected: &str) {
+    let text = with_steps(&format!("{READY_TO_MIGRATE}  - migrate: {{{knobs}}}\n"));
+    assert_eq!(problems(&text), [format!("t.yaml:11:5: {expected}")]);
+}

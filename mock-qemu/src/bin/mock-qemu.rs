@@ -113,6 +113,18 @@ struct MigrateArgs {
     /// Do not use PRE_COPY even if the device offers it (RUNNING→STOP→STOP_COPY at switchover).
     #[arg(long)]
     no_pre_copy: bool,
+    /// Bytes asked for by each MIG_DATA_READ (QEMU's data_buffer_size), e.g. 1M, 4K, 7; any
+    /// size, the device's records are cut wherever it falls.
+    #[arg(long, value_parser = parse_read_size, default_value = "1M")]
+    read_size: u32,
+    /// Most MIG_DATA_READs in one pre-copy iteration (QEMU reads 1); without it or
+    /// --max-bandwidth, each iteration reads the device's whole round.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    reads_per_iteration: Option<u32>,
+    /// Rate limit of pre-copy device data per second (QEMU's max-bandwidth), e.g. 100M: an
+    /// iteration reads while its 100 ms window has room, and may switch over with data unread.
+    #[arg(long, value_parser = parse_size)]
+    max_bandwidth: Option<u64>,
     /// What carries the migration stream: pipe, unix, tcp.
     #[arg(long, default_value = "pipe")]
     transport: String,
@@ -167,13 +179,18 @@ fn parse_compare_region(s: &str) -> Result<(u32, u64, u32), String> {
     Ok((region, offset, len))
 }
 
+fn parse_read_size(s: &str) -> Result<u32, String> {
+    let n = parse_size(s)?;
+    u32::try_from(n).ok().filter(|&n| n > 0).ok_or(format!("{n}: a read size from 1 byte to 4 GiB - 1"))
+}
+
 fn parse_size(s: &str) -> Result<u64, String> {
     vfu_server::devices::dma_engine::parse_size(s).map_err(|e| e.to_string())
 }
 
 /// Runs a migration and prints its figures and verdict.
 fn migrate(args: MigrateArgs) -> anyhow::Result<ExitCode> {
-    use mock_qemu::migrate::{CancelToken, MigrationParams, PairOptions, SharedTrace, migrate_between};
+    use mock_qemu::migrate::{CancelToken, Iteration, MigrationParams, PairOptions, SharedTrace, migrate_between};
     use mock_qemu::stream::Transport;
     let transport = match args.transport.as_str() {
         "pipe" => Transport::Pipe,
@@ -198,6 +215,8 @@ fn migrate(args: MigrateArgs) -> anyhow::Result<ExitCode> {
             bandwidth: args.bandwidth_mib.map(|m| m << 20),
             downtime: Duration::from_millis(args.downtime_ms),
             use_pre_copy: !args.no_pre_copy,
+            read_size: args.read_size,
+            iteration: Iteration { reads: args.reads_per_iteration, max_bandwidth: args.max_bandwidth },
             ..MigrationParams::default()
         },
         transport,

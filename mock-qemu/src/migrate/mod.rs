@@ -9,6 +9,7 @@
 
 mod destination;
 mod device;
+mod iteration;
 mod pair;
 mod source;
 mod split;
@@ -21,6 +22,7 @@ use std::time::Duration;
 
 pub use destination::{Destination, DestinationDone};
 pub use device::{StateChangeError, set_state, set_state_or_reset};
+pub use iteration::{Iteration, RATE_LIMIT_WINDOW};
 pub use pair::{PairError, PairOptions, PairReport, SharedTrace, migrate_between};
 pub use source::{Source, SourceDone};
 pub use split::{Digests, IncomingReport, OutgoingReport, StreamAddr, digests, incoming, outgoing};
@@ -95,8 +97,11 @@ pub struct MigrationParams {
     pub bandwidth: Option<u64>,
     /// Downtime the switchover budget allows.
     pub downtime: Duration,
-    /// Bytes asked for by each MIG_DATA_READ (bounded by the server's `max_data_xfer_size`).
+    /// Bytes asked for by each MIG_DATA_READ (bounded by the server's `max_data_xfer_size`);
+    /// QEMU's `data_buffer_size`. Any size works: the device's stream is cut anywhere.
     pub read_size: u32,
+    /// How much device data each pre-copy iteration reads.
+    pub iteration: Iteration,
     /// Use PRE_COPY when the device offers it (false: RUNNING→STOP→STOP_COPY at switchover).
     pub use_pre_copy: bool,
     /// Bound on device data in one phase, so a device that never ends a round fails.
@@ -110,6 +115,7 @@ impl Default for MigrationParams {
             bandwidth: None,
             downtime: Duration::from_millis(300),
             read_size: 1 << 20,
+            iteration: Iteration::default(),
             use_pre_copy: true,
             max_device_bytes: 64 << 30,
         }

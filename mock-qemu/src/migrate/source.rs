@@ -3,11 +3,14 @@
 //! Setup: GET MIGRATION (STOP_COPY required), PROBE DMA_LOGGING_START, logging START over the
 //! RAM ranges QEMU computes (one below 4 GiB, one above, holes included) at the host page size,
 //! vCPU dirty logging on, `DEV_SETUP` and RUNNING→PRE_COPY, and every populated RAM page once.
-//! Rounds: the workload runs between reads; device data is read until a short read; a dirty
-//! sync takes DMA_LOGGING_REPORT per RAM region merged with the vCPU log and the pages the
-//! server wrote by message; those pages are sent. Switchover when the estimated remaining data
-//! fits `bandwidth × downtime` (vfio-user has no pre-copy size query, so the device's part is
-//! what its last round returned) or after `max_rounds`: the vCPUs stop, config space is read
+//! Rounds (QEMU's iterations): the workload runs between reads; device data is read until a
+//! short read, or only as much as the [`Iteration`](super::Iteration) allows (QEMU: one buffer
+//! under the rate limit), leaving the rest for a later round or STOP_COPY; a dirty sync takes
+//! DMA_LOGGING_REPORT per RAM region merged with the vCPU log and the pages the server wrote by
+//! message; those pages are sent. Switchover when the estimated remaining data fits
+//! `bandwidth × downtime` (vfio-user has no pre-copy size query, so the device's part is what
+//! its last round returned: all there was after a short read, at least as much again after an
+//! iteration cut short) or after `max_rounds`: the vCPUs stop, config space is read
 //! (before the device stops), PRE_COPY→STOP_COPY (RUNNING→STOP→STOP_COPY without PRE_COPY),
 //! data is read to the end of the stream, a final dirty sync sends the last pages, config space
 //! follows, then `Complete`. Cleanup after switchover: STOP_COPY→STOP, logging STOP; a failure
@@ -138,7 +141,8 @@ impl Source<'_> {
             let t = Instant::now();
             let mut r = RoundStats { round, ..Default::default() };
             if pre_copy {
-                r.device_bytes = self.read_device(out, true)?;
+                let (bytes, ended) = self.read_device(out, true)?;
+                (r.device_bytes, r.device_pending) = (bytes, !ended);
             } else if let Some(w) = self.workload.as_deref_mut() {
                 w.step(self.client, self.guest).map_err(MigrationError::Workload)?;
             }
@@ -169,6 +173,7 @@ impl Source<'_> {
             }
         }
         stats.switchover = switchover.to_string();
+        stats.pending_at_switchover = stats.rounds.last().is_some_and(|r| r.device_pending);
         self.check_cancel()?;
 
         // Switchover: the vCPUs stop; the device stops and its state is read to the end.
@@ -187,7 +192,7 @@ impl Source<'_> {
             set_state_or_reset(self.client, MigState::Stop)?;
             set_state(self.client, MigState::StopCopy, MigState::Stop)?;
         }
-        stats.stop_copy_device_bytes = self.read_device(out, false)?;
+        stats.stop_copy_device_bytes = self.read_device(out, false)?.0;
         let (pages, _, _) = self.dirty_sync(None)?;
         stats.stop_copy_pages = self.send_pages(out, &pages)?;
         out.write(&Section::DeviceConfig(config))?;
@@ -210,32 +215,43 @@ impl Source<'_> {
         Ok(stopped_at)
     }
 
-    /// Reads device data until a short read, as DEV_DATA sections (the workload runs between
-    /// reads in pre-copy); returns the bytes read.
-    fn read_device<W: Write>(&mut self, out: &mut StreamWriter<W>, running: bool) -> Result<u64, MigrationError> {
+    /// Reads device data as DEV_DATA sections, then DEV_END: in pre-copy as much as one
+    /// iteration allows, the workload running between reads; in STOP_COPY to the end of the
+    /// stream, whatever pre-copy left unread first. Returns the bytes read and whether a short
+    /// read ended the round (or the stream).
+    fn read_device<W: Write>(
+        &mut self,
+        out: &mut StreamWriter<W>,
+        running: bool,
+    ) -> Result<(u64, bool), MigrationError> {
         let size = self.params.read_size.min(self.client.server_caps().max_data_xfer_size_or_default());
-        let mut total = 0u64;
-        loop {
+        let (mut total, mut reads) = (0u64, 0u32);
+        let ended = loop {
             if running {
+                if !self.params.iteration.may_read(reads, total) {
+                    break false;
+                }
                 self.check_cancel()?;
                 if let Some(w) = self.workload.as_deref_mut() {
                     w.step(self.client, self.guest).map_err(MigrationError::Workload)?;
                 }
             }
             let data = self.client.mig_data_read(size).map_err(MigrationError::Client)?;
+            reads = reads.saturating_add(1);
             total += data.len() as u64;
             let short = data.len() < size as usize;
             if !data.is_empty() {
                 out.write(&Section::DeviceData(data))?;
             }
             if short {
-                out.write(&Section::DeviceEnd)?;
-                return Ok(total);
+                break true;
             }
             if total > self.params.max_device_bytes {
                 return Err(MigrationError::EndlessStream { bytes: total });
             }
-        }
+        };
+        out.write(&Section::DeviceEnd)?;
+        Ok((total, ended))
     }
 
     fn phase(&mut self, phase: Phase) {

@@ -20,6 +20,10 @@ pub struct RoundStats {
     pub micros: u64,
     /// The remaining data the switchover decision estimated after this round, in bytes.
     pub remaining_estimate: u64,
+    /// The round's reads stopped at the iteration's bound before a short read: the device
+    /// may hold more pre-copy data, which a later round or STOP_COPY carries.
+    #[serde(default)]
+    pub device_pending: bool,
 }
 
 /// A whole migration.
@@ -37,6 +41,9 @@ pub struct MigrationStats {
     pub stop_copy_pages: u64,
     /// Why the source switched over: "budget" or "max rounds".
     pub switchover: String,
+    /// The last pre-copy round left device data unread: STOP_COPY began with it.
+    #[serde(default)]
+    pub pending_at_switchover: bool,
     /// What failed in the cleanup after the switchover (STOP_COPY→STOP, logging STOP): the
     /// migration has completed by then, so, as QEMU does, it is reported and not fatal.
     #[serde(default)]
@@ -86,8 +93,9 @@ impl fmt::Display for MigrationStats {
         writeln!(f, " stop  {:>12}  {:>9}  {:>10}  {:>10}", self.stop_copy_device_bytes, "", "", self.stop_copy_pages)?;
         write!(
             f,
-            "switchover: {}; downtime {:.3} ms; total {:.3} ms; {} device bytes, {} pages, {} stream bytes",
+            "switchover: {}{}; downtime {:.3} ms; total {:.3} ms; {} device bytes, {} pages, {} stream bytes",
             self.switchover,
+            if self.pending_at_switchover { " with pre-copy data unread" } else { "" },
             self.downtime_micros as f64 / 1000.0,
             self.total_micros as f64 / 1000.0,
             self.device_bytes(),

@@ -12,27 +12,27 @@ use super::*;
 use crate::migration::{ArcError, MigState, Migratable};
 use MigState::{PreCopy, Resuming, Running, Stop, StopCopy};
 
-const DEVMEM: u64 = 256 << 10;
-const PAGES: usize = (DEVMEM / PAGE_SIZE) as usize;
+pub(super) const DEVMEM: u64 = 256 << 10;
+pub(super) const PAGES: usize = (DEVMEM / PAGE_SIZE) as usize;
 
 use super::test_rig::{GUEST, Rig};
 
-fn rig() -> Rig {
+pub(super) fn rig() -> Rig {
     Rig::with_devmem(DEVMEM)
 }
 
 impl Rig {
-    fn write(&mut self, region: u32, offset: u64, data: &[u8]) -> Result<(), Errno> {
+    pub(super) fn write(&mut self, region: u32, offset: u64, data: &[u8]) -> Result<(), Errno> {
         let mut ctx = DeviceContext::new_shared(&self.space, None, &mut self.irqs);
         self.dev.region_write(&mut ctx, region, offset, data)
     }
 
-    fn reg(&mut self, offset: u64, v: u64) -> Result<(), Errno> {
+    pub(super) fn reg(&mut self, offset: u64, v: u64) -> Result<(), Errno> {
         self.write(REGION_REGS, offset, &v.to_le_bytes())
     }
 
     /// Programs and rings a command without an interrupt.
-    fn run(&mut self, op: u32, guest: u64, dev_offset: u64, len: u64, seed: u64) -> Result<(), Errno> {
+    pub(super) fn run(&mut self, op: u32, guest: u64, dev_offset: u64, len: u64, seed: u64) -> Result<(), Errno> {
         for (at, v) in [(REG_CMD_OP, op.into()), (REG_CMD_GUEST_ADDR, guest), (REG_CMD_DEV_OFFSET, dev_offset)] {
             self.reg(at, v)?;
         }
@@ -42,7 +42,7 @@ impl Rig {
     }
 
     /// Gives every part of the state a value other than its power-on one.
-    fn dirty_everything(&mut self) {
+    pub(super) fn dirty_everything(&mut self) {
         self.write(REGION_CONFIG, 0x04, &[0x06, 0x04]).unwrap();
         self.write(REGION_CONFIG, 0x18, &0x1234_5678_9ac0_0000u64.to_le_bytes()).unwrap();
         self.write(REGION_CONFIG, 0x3c, &[11]).unwrap();
@@ -55,7 +55,7 @@ impl Rig {
     }
 
     /// Reads one PRE_COPY round (or the rest of the stream in STOP_COPY) in `chunk`-byte reads.
-    fn read_round(&mut self, chunk: usize) -> Vec<u8> {
+    pub(super) fn read_round(&mut self, chunk: usize) -> Vec<u8> {
         let mut out = Vec::new();
         let mut buf = vec![0u8; chunk];
         loop {
@@ -68,7 +68,7 @@ impl Rig {
     }
 
     /// Feeds `stream` in pieces whose sizes come from `seed`.
-    fn write_stream(&mut self, stream: &[u8], seed: u64) {
+    pub(super) fn write_stream(&mut self, stream: &[u8], seed: u64) {
         let mut at = 0;
         let mut k = seed;
         while at < stream.len() {
@@ -92,7 +92,7 @@ fn migrate_out(src: &mut Rig) -> (Vec<u8>, DmaEngineSnapshot) {
 }
 
 /// A destination's answer to `stream`: the result of RESUMING→STOP.
-fn resume(stream: &[u8], devmem: u64) -> (Rig, Result<(), ArcError>) {
+pub(super) fn resume(stream: &[u8], devmem: u64) -> (Rig, Result<(), ArcError>) {
     let mut dst = Rig::with(DmaEngineConfig { devmem_size: devmem, ..DmaEngineConfig::default() });
     dst.walk(&[Stop, Resuming]);
     dst.write_stream(stream, 1);
@@ -101,7 +101,7 @@ fn resume(stream: &[u8], devmem: u64) -> (Rig, Result<(), ArcError>) {
 }
 
 /// `(type, page offset)` of every record of `stream`, which starts at a record boundary.
-fn records(stream: &[u8]) -> Vec<(u32, u64)> {
+pub(super) fn records(stream: &[u8]) -> Vec<(u32, u64)> {
     let (mut out, mut at) = (Vec::new(), 0);
     while at < stream.len() {
         let ty = u32::from_le_bytes(stream[at..at + 4].try_into().unwrap());
@@ -115,7 +115,7 @@ fn records(stream: &[u8]) -> Vec<(u32, u64)> {
     out
 }
 
-fn devmem_pages(stream: &[u8]) -> Vec<u64> {
+pub(super) fn devmem_pages(stream: &[u8]) -> Vec<u64> {
     records(stream).into_iter().filter(|r| r.0 == RecordType::DevmemPage as u32).map(|r| r.1 / PAGE_SIZE).collect()
 }
 

@@ -148,6 +148,8 @@ mod background_tests;
 #[cfg(test)]
 mod migration_tests;
 #[cfg(test)]
+mod one_stream_tests;
+#[cfg(test)]
 mod test_rig;
 #[cfg(test)]
 mod tests;

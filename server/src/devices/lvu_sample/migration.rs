@@ -5,6 +5,12 @@
 //! takes BAR1 then BAR0, 0x3008 bytes in all; more is EINVAL. Nothing in the data says which
 //! phase it came from, so a client that forwards the pre-copy data too (QEMU does) overruns
 //! the destination: the sample's own client drops it and sends only the stop-and-copy part.
+//!
+//! So PRE_COPY and STOP_COPY are not one stream here, as the specification would have them:
+//! pre-copy data a client leaves unread at the switchover is dropped, not carried over, and
+//! STOP_COPY starts again from BAR1's first byte. That is the reference's format and is kept
+//! by design; a client reading one buffer per iteration (QEMU) still gets the whole state in
+//! STOP_COPY, but must not forward the pre-copy part.
 
 use nix::errno::Errno;
 

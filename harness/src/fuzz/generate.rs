@@ -33,10 +33,13 @@ pub enum Action {
     Migrate,
     /// Unmap and map again.
     Remap,
+    /// Every operation in a drawn state, an event there, and every operation again
+    /// ([`super::explore`]).
+    Sweep,
 }
 
 /// All actions.
-pub const ACTIONS: [Action; 8] = [
+pub const ACTIONS: [Action; 9] = [
     Action::Program,
     Action::SetState,
     Action::Data,
@@ -45,6 +48,7 @@ pub const ACTIONS: [Action; 8] = [
     Action::Reset,
     Action::Migrate,
     Action::Remap,
+    Action::Sweep,
 ];
 
 /// Kinds of fault a seed may use (the scenario format's, by name).
@@ -236,32 +240,32 @@ const DIRECT_ARCS: [(&str, &str); 9] = [
     ("pre-copy", "stop-copy"),
 ];
 
-const STATES: [&str; 6] = ["running", "stop", "stop-copy", "resuming", "pre-copy", "error"];
+pub(super) const STATES: [&str; 6] = ["running", "stop", "stop-copy", "resuming", "pre-copy", "error"];
 
 /// What the generator keeps of each side, to write only valid files.
 #[derive(Debug, Clone, Copy, Default)]
-struct SideState {
-    logging: bool,
+pub(super) struct SideState {
+    pub(super) logging: bool,
 }
 
-struct Builder<'a> {
-    rng: ChaCha8Rng,
-    g: &'a mut Generated,
-    sides: [SideState; 2],
+pub(super) struct Builder<'a> {
+    pub(super) rng: ChaCha8Rng,
+    pub(super) g: &'a mut Generated,
+    pub(super) sides: [SideState; 2],
     buffers: u32,
     migrated: bool,
 }
 
-fn side_name(i: usize) -> &'static str {
+pub(super) fn side_name(i: usize) -> &'static str {
     if i == 0 { "source" } else { "destination" }
 }
 
 impl Builder<'_> {
-    fn raw(&mut self, s: impl Into<String>) {
+    pub(super) fn raw(&mut self, s: impl Into<String>) {
         self.g.steps.push(GenStep::Raw(s.into()));
     }
 
-    fn reconnect(&mut self, side: usize) {
+    pub(super) fn reconnect(&mut self, side: usize) {
         let name = side_name(side);
         self.raw(format!("connect: {{side: {name}, timeout_ms: 2000}}"));
         if side == 0 && self.rng.random_bool(0.15) {
@@ -415,6 +419,7 @@ impl Builder<'_> {
                 self.raw(format!("{kind}: {{side: {side}}}"));
             }
             Action::Migrate => self.migrate(),
+            Action::Sweep => self.sweep(),
             Action::Remap => {
                 if self.g.regions.len() > 1 {
                     let last = self.g.regions.len() - 1;
@@ -454,6 +459,7 @@ impl Builder<'_> {
         let spoilers = ["device-arc", "device-read-after", "stream", "server-kill", "client-disconnect", "proxy"];
         let must_migrate = !spoilers.iter().any(|f| self.g.swarm.faults.contains(f))
             && !self.g.swarm.actions.contains(&Action::SetState)
+            && !self.g.swarm.actions.contains(&Action::Sweep)
             && !self.g.swarm.actions.contains(&Action::Data);
         if must_migrate && self.sides[0].logging {
             // Logging started by hand with other parameters would refuse the migration's own.

@@ -7,6 +7,7 @@
 //! the jobs of a CI matrix each run their part and each part replays on its own.
 
 pub mod coverage;
+pub mod explore;
 pub mod generate;
 pub mod iteration;
 pub mod shrink;

@@ -63,6 +63,7 @@ fn kebab(k: MigrationErrorKind) -> String {
 impl Run<'_> {
     pub(super) fn migrate(&mut self, mg: &m::MigrateStep) -> StepOutcome {
         let (fi, ti) = (index(mg.from), index(mg.to));
+        let spoilers = self.spoilers(mg);
         let src_guest = self.sides[fi].dev.guest.clone().ok_or("the source has no guest RAM")?;
         let dst_guest = self.sides[ti].dev.guest.clone().ok_or("the destination has no guest RAM")?;
         let mut src_client = self.sides[fi].client.take().ok_or("the source has no client")?;
@@ -241,7 +242,7 @@ impl Run<'_> {
                 self.resync(mg.to);
                 let expected = match mg.expect {
                     MigrateOutcome::Migrated => Err(format!("the migration failed: {why}")),
-                    MigrateOutcome::Aborted | MigrateOutcome::Any => Ok(()),
+                    MigrateOutcome::Aborted | MigrateOutcome::Any => spoilers.explain(kind, &why),
                     MigrateOutcome::Error(k) if k == kind => Ok(()),
                     MigrateOutcome::Error(k) => {
                         Err(format!("the migration failed with {}, not {}: {why}", kebab(kind), kebab(k)))

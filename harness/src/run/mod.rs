@@ -16,6 +16,7 @@
 //! report says why, with the replay command.
 
 pub mod background;
+mod explain;
 mod faults;
 mod interleave;
 mod migrate;

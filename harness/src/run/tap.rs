@@ -183,6 +183,11 @@ impl Tap {
         self.inner().messages
     }
 
+    /// Triggers armed and not yet fired.
+    pub fn armed_triggers(&self) -> usize {
+        self.inner().armed.len()
+    }
+
     /// Tells the protocol model of something that happened to the server.
     pub fn model_event(&self, event: Event) {
         self.inner().model.event(event);

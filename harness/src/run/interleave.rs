@@ -282,8 +282,8 @@ fn reset(ctx: &mut SideCtx) -> Result<Option<String>, String> {
     if got.is_none() {
         ctx.dev.model.reset();
         ctx.dev.shadow.reset();
-        ctx.dev.driver = None;
         ctx.out.restart();
+        ctx.after_reset()?;
     }
     Ok(check("DEVICE_RESET".into(), &Expected::Ok, got))
 }

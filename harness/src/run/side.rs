@@ -194,6 +194,14 @@ impl SideCtx {
         Ok(())
     }
 
+    /// After a DEVICE_RESET: the driver turns the device on again as a driver does after a
+    /// function reset, and keeps its interrupt eventfd: it is not quietly attached again, so
+    /// the next command's completion interrupt proves the server kept it.
+    pub fn after_reset(&mut self) -> Result<(), String> {
+        let (Some(driver), Some(client)) = (self.dev.driver.as_ref(), self.client.as_mut()) else { return Ok(()) };
+        driver.after_reset(client).map_err(|e| format!("after the reset: {e}"))
+    }
+
     /// Reads the device's state and contents back into the model, after damaged messages.
     pub fn read_back(&mut self) -> Result<(), String> {
         let client = self.client.as_mut().ok_or("no client")?;

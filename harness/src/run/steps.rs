@@ -148,8 +148,8 @@ impl Run<'_> {
                 judge("DEVICE_RESET", &Expected::Ok, refused(result)?)?;
                 ctx.dev.model.reset();
                 ctx.dev.shadow.reset();
-                ctx.dev.driver = None;
                 ctx.out.restart();
+                ctx.after_reset()?;
                 Ok(None)
             }
             Step::GuestReset(s) => {

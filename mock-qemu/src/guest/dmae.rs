@@ -210,6 +210,15 @@ pub struct DmaEngineDriver {
     interrupts: u64,
 }
 
+/// Sets memory space and bus master in the PCI command register.
+fn enable(client: &mut Client) -> Result<(), DriverError> {
+    let cmd = client.region_read(REGION_CONFIG, PCI_COMMAND, 2).map_err(client_err("reading the command register"))?;
+    let cmd = u16::from_le_bytes([cmd.first().copied().unwrap_or(0), cmd.get(1).copied().unwrap_or(0)]);
+    client
+        .region_write(REGION_CONFIG, PCI_COMMAND, &(cmd | COMMAND_MEMORY | COMMAND_BUS_MASTER).to_le_bytes())
+        .map_err(client_err("enabling memory space and bus master"))
+}
+
 impl DmaEngineDriver {
     /// Checks MAGIC, attaches an eventfd to MSI-X vector 0 (DEVICE_SET_IRQS) and enables memory
     /// space and bus master in the PCI command register.
@@ -224,13 +233,15 @@ impl DmaEngineDriver {
         client
             .set_irqs(IRQ_INDEX_MSIX, IRQ_SET_DATA_EVENTFD | IRQ_SET_ACTION_TRIGGER, 0, 1, &[], &[irq.as_fd()])
             .map_err(client_err("attaching the eventfd to MSI-X vector 0"))?;
-        let cmd =
-            client.region_read(REGION_CONFIG, PCI_COMMAND, 2).map_err(client_err("reading the command register"))?;
-        let cmd = u16::from_le_bytes([cmd.first().copied().unwrap_or(0), cmd.get(1).copied().unwrap_or(0)]);
-        client
-            .region_write(REGION_CONFIG, PCI_COMMAND, &(cmd | COMMAND_MEMORY | COMMAND_BUS_MASTER).to_le_bytes())
-            .map_err(client_err("enabling memory space and bus master"))?;
+        enable(client)?;
         Ok(DmaEngineDriver { irq, devmem_size, interrupts: 0 })
+    }
+
+    /// After a device reset: memory space and bus master on again, as a driver does after a
+    /// function reset. The eventfd is not attached again: the server keeps the client's
+    /// eventfds across a reset, and the next completion interrupt must come on this one.
+    pub fn after_reset(&self, client: &mut Client) -> Result<(), DriverError> {
+        enable(client)
     }
 
     /// Detaches the eventfd (disables the MSI-X index), ending the driver.

@@ -106,9 +106,18 @@ fuzz *args="--time 600s":
 # a fresh seed whose findings are printed with their seed and shrunk file but do not fail the run.
 fuzz-ci:
     cargo build --release --locked -p harness
-    target/release/miglab fuzz --seeds 0..300 --no-shrink
+    target/release/miglab fuzz --seeds 0..300 --no-shrink --require-coverage
     target/release/miglab fuzz --concurrent --seeds 0..300 --no-shrink
     target/release/miglab fuzz --time 30s || echo "fuzz-ci: the fresh-seed campaign found the failures above (reported, not fatal)"
+
+# Each mutant is one change to the server's migration, dirty-log, DMA, IRQ or session code
+# (.cargo/mutants.toml); survivors are listed in mutants.out/missed.txt. cargo-mutants is
+# installed first if missing. E.g. `just mutants --shard 3/40`, `just mutants --file
+# server/src/irq.rs`; add `--test-workspace=true` to judge with every test instead.
+# Mutation testing of the server, judged by the harness alone (scenarios + a fixed fuzz range).
+mutants *args="":
+    command -v cargo-mutants >/dev/null || cargo install cargo-mutants --locked
+    cargo mutants --no-shuffle {{args}}
 
 # Run every test of the workspace (unit, integration over real sockets, interop, property tests).
 test:

@@ -113,11 +113,18 @@ fuzz-ci:
 # Each mutant is one change to the server's migration, dirty-log, DMA, IRQ or session code
 # (.cargo/mutants.toml); survivors are listed in mutants.out/missed.txt. cargo-mutants is
 # installed first if missing. E.g. `just mutants --shard 3/40`, `just mutants --file
-# server/src/irq.rs`; add `--test-workspace=true` to judge with every test instead.
+# server/src/irq.rs`. `just mutants-all` judges them with every test of the workspace.
 # Mutation testing of the server, judged by the harness alone (scenarios + a fixed fuzz range).
 mutants *args="":
     command -v cargo-mutants >/dev/null || cargo install cargo-mutants --locked
-    cargo mutants --no-shuffle {{args}}
+    # The baseline is skipped: cargo-mutants would test only the mutated package there; the
+    # harness suite passes on the unmutated tree (CI runs it).
+    cargo mutants --no-shuffle --baseline=skip --timeout 600 --test-package harness {{args}} -- --test scenarios --test fuzz_campaign
+
+# The same mutants judged by every test of the workspace (unit tests included).
+mutants-all *args="":
+    command -v cargo-mutants >/dev/null || cargo install cargo-mutants --locked
+    cargo mutants --no-shuffle --test-workspace=true {{args}}
 
 # Run every test of the workspace (unit, integration over real sockets, interop, property tests).
 test:

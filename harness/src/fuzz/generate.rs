@@ -281,7 +281,16 @@ impl Builder<'_> {
         let (iova, len) = self.g.regions[0];
         let max = self.g.devmem.min(16384).min(len);
         let n = self.rng.random_range(1..=max);
-        let at = if self.rng.random_bool(0.1) { 3 << 30 } else { iova + self.rng.random_range(0..=len - n) / 8 * 8 };
+        let at = match self.rng.random_range(0..10) {
+            0 => 3 << 30,
+            // Where reports and unmaps look: across a 64 KiB report group or a 2 MiB page,
+            // or up to the region's end.
+            1 | 2 => {
+                let edge = *[64u64 << 10, 2 << 20, len].choose(&mut self.rng).unwrap_or(&len);
+                iova + edge.min(len).saturating_sub(self.rng.random_range(1..=n)).min(len - n) / 8 * 8
+            }
+            _ => iova + self.rng.random_range(0..=len - n) / 8 * 8,
+        };
         let dev = self.rng.random_range(0..=self.g.devmem - n);
         match self.rng.random_range(0..3) {
             0 => format!("fill: {{guest_addr: {at}, len: {n}, seed: {}}}", self.rng.random::<u32>()),
@@ -394,10 +403,16 @@ impl Builder<'_> {
                         let pages = len / 4096;
                         let first = self.rng.random_range(0..pages);
                         let count = self.rng.random_range(1..=(pages - first).min(300));
+                        // A third of them unaligned: starting inside a page, ending anywhere.
+                        let (skew, trim) = if self.rng.random_bool(0.3) {
+                            (self.rng.random_range(0..16) * 256, self.rng.random_range(0..8) * 512)
+                        } else {
+                            (0, 0)
+                        };
                         self.raw(format!(
                             "dirty-report: {{side: {name}, iova: {}, length: {}, page_size: {ps}}}",
-                            iova + first * 4096,
-                            count * 4096
+                            iova + first * 4096 + skew,
+                            (count * 4096 - skew).saturating_sub(trim).max(512)
                         ));
                     } else {
                         self.raw(format!("dirty-report: {{side: {name}, page_size: {ps}}}"));

@@ -401,10 +401,20 @@ impl Builder<'_> {
                         // has bits past the range.
                         let &(iova, len) = self.g.regions.choose(&mut self.rng).unwrap_or(&(0, 4096));
                         let pages = len / 4096;
-                        let first = self.rng.random_range(0..pages);
-                        let count = self.rng.random_range(1..=(pages - first).min(300));
+                        let mut first = self.rng.random_range(0..pages);
+                        let mut count = self.rng.random_range(1..=(pages - first).min(300));
+                        let mut ps = ps;
+                        let whole_groups = pages >= 256 && self.rng.random_bool(0.25);
+                        if whole_groups {
+                            // Whole 64-page words of the log reported at a page size that ORs
+                            // whole words, over a quarter of the range or more: the server's
+                            // fused drain, which moves the words outside the report aside.
+                            first = self.rng.random_range(0..pages / 64 / 2) * 64;
+                            count = self.rng.random_range(pages / 4 / 64..=(pages - first) / 64).max(1) * 64;
+                            ps = *[256u64 << 10, 2 << 20].choose(&mut self.rng).unwrap_or(&(2 << 20));
+                        }
                         // A third of them unaligned: starting inside a page, ending anywhere.
-                        let (skew, trim) = if self.rng.random_bool(0.3) {
+                        let (skew, trim) = if !whole_groups && self.rng.random_bool(0.3) {
                             (self.rng.random_range(0..16) * 256, self.rng.random_range(0..8) * 512)
                         } else {
                             (0, 0)

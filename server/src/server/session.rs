@@ -149,6 +149,9 @@ impl<'s> Session<'s> {
         while let Some(deadline) = self.device.next_deadline() {
             let now = Instant::now();
             if deadline > now {
+                if self.peer.conn.has_buffered() {
+                    return Ok(()); // a request already received: the socket would not poll readable
+                }
                 // Rounded up, so a wake-up never comes before the deadline and spins.
                 let ms = (deadline - now).as_micros().div_ceil(1000);
                 let timeout = PollTimeout::try_from(i32::try_from(ms).unwrap_or(i32::MAX)).unwrap_or(PollTimeout::MAX);

@@ -96,6 +96,9 @@ pub struct Connection {
     /// A payload buffer handed back with [`Connection::recycle`], reused by the next `recv` so
     /// a stream of large messages does not allocate (and fault in) fresh memory for each.
     spare: Vec<u8>,
+    /// The same for payloads up to [`READ_AHEAD`] bytes, so a small message that is never
+    /// handed back does not take the large buffer with it.
+    small_spare: Vec<u8>,
     /// Read-ahead: bytes `at..end` of `ahead` are received and not yet framed.
     ahead: Box<[u8]>,
     at: usize,
@@ -117,6 +120,7 @@ impl Connection {
             max_msg_size: max_msg_size.max(HEADER_SIZE),
             max_fds: max_fds.min(SCM_MAX_FDS),
             spare: Vec::new(),
+            small_spare: Vec::new(),
             ahead: vec![0; READ_AHEAD].into_boxed_slice(),
             at: 0,
             end: 0,
@@ -230,7 +234,8 @@ impl Connection {
             }
         };
         // A recycled buffer is not zeroed first: every byte is overwritten by the read below.
-        let mut payload = std::mem::take(&mut self.spare);
+        let spare = if len <= READ_AHEAD { &mut self.small_spare } else { &mut self.spare };
+        let mut payload = std::mem::take(spare);
         payload.resize(len, 0);
         self.read_into(&mut payload, "a message")?;
         let (fds, truncated) = self.claim_fds(start + (HEADER_SIZE + len) as u64);
@@ -245,8 +250,9 @@ impl Connection {
 
     /// Gives a message's payload buffer back for the next `recv` to reuse.
     pub fn recycle(&mut self, buf: Vec<u8>) {
-        if buf.capacity() > self.spare.capacity() {
-            self.spare = buf;
+        let spare = if buf.capacity() <= READ_AHEAD { &mut self.small_spare } else { &mut self.spare };
+        if buf.capacity() > spare.capacity() {
+            *spare = buf;
         }
     }
 

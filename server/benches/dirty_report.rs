@@ -4,8 +4,8 @@
 //!   huge-page RAM) and at 4 KiB (into a reused bitmap, as a session reports), against a plain
 //!   copy of the 1 MiB bitmap of the 4 KiB report (each timed after the same marking pass, so
 //!   both start from the same cache state).
-//! - Over the socket: the whole request and reply against a server (in a thread of this
-//!   process, so the bench can mark pages through its device), 16 GiB logged at 4 KiB and
+//! - Over the socket: the whole request and reply against a server (this benchmark run again
+//!   as a process serving a device whose register writes mark pages), 16 GiB logged at 4 KiB and
 //!   reported at 4 KiB and at 2 MiB, against the floor of a 4 KiB report: a copy of its 512 KiB
 //!   bitmap plus the same request and reply sizes over a bare socketpair to a peer process.
 //!
@@ -85,20 +85,23 @@ impl Migratable for Marker {
     }
 }
 
-/// One DMA_LOGGING_REPORT request and its reply per range; returns the dirty bits reported.
-fn report(client: &mut Client, page: u64) -> u64 {
-    let mut set = 0;
+/// One DMA_LOGGING_REPORT request and its reply per range; returns the dirty bits reported and
+/// the time the requests and replies took (the counting of the bits is not timed).
+fn report(client: &mut Client, page: u64) -> (u64, Duration) {
+    let (mut set, mut took) = (0, Duration::ZERO);
     for (iova, length) in SOCKET_RANGES {
         let bitmap = length.div_ceil(page).div_ceil(64) * 8;
         let req = DmaLoggingReport { iova, length, page_size: page };
         let argsz = (size_of::<DeviceFeature>() + size_of::<DmaLoggingReport>()) as u32 + bitmap as u32;
         let head = DeviceFeature { argsz, flags: FEATURE_DMA_LOGGING_REPORT | FEATURE_GET };
+        let start = Instant::now();
         let m = client.request(Command::DeviceFeature, &[head.as_bytes(), req.as_bytes()], &[]).expect("report");
+        took += start.elapsed();
         let bits = m.payload.get(size_of::<DeviceFeature>() + size_of::<DmaLoggingReport>()..).expect("bitmap");
         set += bits.iter().map(|b| u64::from(b.count_ones())).sum::<u64>();
         client.recycle(m.payload);
     }
-    set
+    (set, took)
 }
 
 /// The reply to a 4 KiB report of a range of `length` bytes: header, feature head, the
@@ -123,8 +126,17 @@ fn floor(peers: &mut [EchoPeer], source: &[u64], dest: &mut [u64], reply: &mut [
 fn over_the_socket() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("dirty.sock");
-    let mut server = Server::bind(&path, Box::new(Marker), ServerConfig::default()).expect("bind");
-    let thread = std::thread::spawn(move || server.serve_one().map(|_| ()));
+    // The server is this benchmark run again as a process of its own, as the baseline peer is.
+    let mut server = std::process::Command::new(std::env::current_exe().expect("own path"))
+        .env(MARKER_ENV, &path)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("the server process starts");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::os::unix::net::UnixStream::connect(&path).is_err() {
+        assert!(Instant::now() < deadline, "the server did not listen within 10 s");
+        std::thread::yield_now();
+    }
     let mut client = Client::connect_and_negotiate(&path, Duration::from_secs(30)).expect("connect");
     for (iova, len) in SOCKET_RANGES {
         client.dma_map(iova, len, DMA_MAP_READ | DMA_MAP_WRITE, None).expect("DMA_MAP");
@@ -142,14 +154,12 @@ fn over_the_socket() {
         let (mut small, mut huge, mut base) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..ITERATIONS {
             mark(&mut client, every);
-            let start = Instant::now();
-            let set = report(&mut client, LOG_PAGE);
-            small.push(start.elapsed());
+            let (set, took) = report(&mut client, LOG_PAGE);
+            small.push(took);
             assert_eq!(set, (0..2).map(|i| (SOCKET_RANGES[i].1 / LOG_PAGE).div_ceil(every)).sum::<u64>());
             mark(&mut client, every);
-            let start = Instant::now();
-            let set = report(&mut client, REPORT_PAGE);
-            huge.push(start.elapsed());
+            let (set, took) = report(&mut client, REPORT_PAGE);
+            huge.push(took);
             assert_eq!(set, 16 * GIB / REPORT_PAGE, "every 2 MiB page has a dirty 4 KiB page");
             mark(&mut client, every);
             base.push(floor(&mut peers, &source, &mut dest, &mut reply));
@@ -165,11 +175,27 @@ fn over_the_socket() {
         );
     }
     drop(client);
-    thread.join().expect("server thread").expect("served");
+    assert!(server.wait().expect("the server process ends").success(), "the server process failed");
+}
+
+/// Set in the environment of this benchmark re-run as the server: its socket path.
+const MARKER_ENV: &str = "VFU_BENCH_MARKER_SERVER";
+
+/// If this process was started as the server, serves one client with the [`Marker`] device
+/// and exits; otherwise returns.
+fn maybe_run_marker_server() {
+    let Some(path) = std::env::var_os(MARKER_ENV) else { return };
+    // The first connection is the client's wait for the socket; the second is the client.
+    let mut server = Server::bind(&path, Box::new(Marker), ServerConfig::default()).expect("bind");
+    for _ in 0..2 {
+        server.serve_one().expect("served");
+    }
+    std::process::exit(0);
 }
 
 fn main() {
     common::maybe_run_echo_peer();
+    maybe_run_marker_server();
     in_the_library();
     over_the_socket();
 }

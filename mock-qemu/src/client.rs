@@ -399,6 +399,13 @@ impl Client {
     /// Waits until a socket is readable: the twin socket first (serving it unblocks the
     /// server), None once `deadline` passed.
     fn wait_readable(&self, deadline: Instant) -> std::io::Result<Option<Sock>> {
+        // Bytes already received come first: the sockets would not poll readable for them.
+        if self.twin.as_ref().is_some_and(Connection::has_buffered) {
+            return Ok(Some(Sock::Twin));
+        }
+        if self.conn.has_buffered() {
+            return Ok(Some(Sock::Main));
+        }
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -437,7 +444,10 @@ impl Client {
             _ => ClientError::Socket { cmd, source },
         };
         loop {
-            let sock = match self.wait_readable(deadline).map_err(|e| socket_err(CodecError::Io(e)))? {
+            // Without a twin socket the reply can only come on the main one: read it at once,
+            // the socket's receive timeout (the reply timeout) bounding the wait.
+            let waited = if self.twin.is_none() { Ok(Some(Sock::Main)) } else { self.wait_readable(deadline) };
+            let sock = match waited.map_err(|e| socket_err(CodecError::Io(e)))? {
                 Some(s) => s,
                 None => {
                     tracing::warn!(%cmd, msg_id = request.msg_id, ?timeout, "no reply within the timeout");

@@ -2,8 +2,13 @@
 //! memory, read in 1 MiB requests from a `vfu-server` process, as a ratio to moving as many
 //! bytes in the same request/reply pattern (24-byte request, 1 MiB + 24-byte reply) over a bare
 //! UNIX socketpair to a peer process that sends them from a 256 MiB buffer of its own (so both
-//! sides read 256 MiB of state from memory), measured in the same run. Rounds alternate; the figure is the ratio of the
-//! median throughputs (higher is better; the target is at least 0.7).
+//! sides read 256 MiB of state from memory), measured in the same run. Rounds alternate; the
+//! figure is the ratio of the median throughputs (higher is better; the target is at least
+//! 0.85).
+//!
+//! Twice: with device memory written first (every page holds data), and on a fresh device
+//! whose memory was never written, where the figure is device memory migrated per second
+//! against the bare socketpair moving the same 256 MiB (its stream is a few zero runs).
 
 mod common;
 
@@ -52,12 +57,37 @@ fn bare_stream(a: &mut UnixStream, bytes: u64) -> Duration {
     start.elapsed()
 }
 
+/// Median throughputs (stream bytes per second, bare bytes per second) and stream bytes.
+fn measure(client: &mut Client, peer: &mut EchoPeer, bare_bytes: Option<u64>) -> (f64, f64, u64) {
+    let (bytes, _) = read_stream(client); // warm-up
+    let (mut ours, mut bare) = (Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        let (n, t) = read_stream(client);
+        let moved = bare_bytes.unwrap_or(n);
+        ours.push(moved as f64 / t.as_secs_f64());
+        bare.push(moved as f64 / bare_stream(&mut peer.sock, moved).as_secs_f64());
+    }
+    (median(ours), median(bare), bytes)
+}
+
+fn print(what: &str, (ours, bare, bytes): (f64, f64, u64)) {
+    println!(
+        "mig_data_read: STOP_COPY stream of a dma-engine with {DEVMEM} of device memory, {what} ({bytes} bytes), 1 MiB reads, median of {ROUNDS}"
+    );
+    println!("  bare socketpair  {:>8.0} MiB/s", bare / (1 << 20) as f64);
+    println!("  vfu-server       {:>8.0} MiB/s", ours / (1 << 20) as f64);
+    println!("  ratio            {:>8.2}x  (target >= 0.85x)", ours / bare);
+}
+
 fn main() {
     common::maybe_run_echo_peer();
     let dir = tempfile::tempdir().expect("temp dir");
-    let socket = dir.path().join("bench.sock");
-    let _server = Server::spawn(&socket, &["--device", "dma-engine", "--devmem-size", DEVMEM]);
-    let mut client = Client::connect_and_negotiate(&socket, Duration::from_secs(30)).expect("connect");
+    let args = ["--device", "dma-engine", "--devmem-size", DEVMEM];
+    let _written = Server::spawn(&dir.path().join("written.sock"), &args);
+    let _fresh = Server::spawn(&dir.path().join("fresh.sock"), &args);
+    let timeout = Duration::from_secs(30);
+    let mut client = Client::connect_and_negotiate(dir.path().join("written.sock"), timeout).expect("connect");
+    let mut fresh = Client::connect_and_negotiate(dir.path().join("fresh.sock"), timeout).expect("connect");
     let mut peer = EchoPeer::spawn(24, CHUNK as usize + 24, 256 << 20);
     // Device memory full of data, as a real device's would be (untouched memory reads as the
     // kernel's one zero page, which would flatter the copy).
@@ -66,19 +96,6 @@ fn main() {
         chunk.iter_mut().enumerate().for_each(|(j, b)| *b = (i * 31 + j * 7) as u8);
         client.region_write(2, offset, &chunk).expect("fill device memory");
     }
-
-    let (bytes, _) = read_stream(&mut client); // warm-up
-    let (mut ours, mut bare) = (Vec::new(), Vec::new());
-    for _ in 0..ROUNDS {
-        let (n, t) = read_stream(&mut client);
-        ours.push(n as f64 / t.as_secs_f64());
-        bare.push(n as f64 / bare_stream(&mut peer.sock, n).as_secs_f64());
-    }
-    let (ours, bare) = (median(ours), median(bare));
-    println!(
-        "mig_data_read: STOP_COPY stream of a dma-engine with {DEVMEM} of device memory ({bytes} bytes), 1 MiB reads, median of {ROUNDS}"
-    );
-    println!("  bare socketpair  {:>8.0} MiB/s", bare / (1 << 20) as f64);
-    println!("  vfu-server       {:>8.0} MiB/s", ours / (1 << 20) as f64);
-    println!("  ratio            {:>8.2}x  (target >= 0.7x)", ours / bare);
+    print("device memory written first", measure(&mut client, &mut peer, None));
+    print("device memory never written, as device memory per second", measure(&mut fresh, &mut peer, Some(256 << 20)));
 }

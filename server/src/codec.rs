@@ -6,12 +6,12 @@
 //! reported as [`Malformed`] after its bytes have been skipped (never buffered), so the stream
 //! stays in step and the caller can answer with an errno and go on serving.
 
-use std::io::{self, IoSlice, IoSliceMut, Read};
+use std::io::{self, IoSlice, IoSliceMut};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 
 use nix::cmsg_space;
-use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, sendmsg};
+use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, send, sendmsg};
 use zerocopy::{FromBytes, IntoBytes};
 
 use crate::wire::{HEADER_SIZE, Header};
@@ -19,10 +19,6 @@ use crate::wire::{HEADER_SIZE, Header};
 /// Most fds the kernel passes in one message (SCM_MAX_FD); room is always made for this many,
 /// so a message with too many fds is detected rather than silently truncated.
 pub const SCM_MAX_FDS: usize = 253;
-
-/// Most iovecs Linux takes in one `sendmsg` (IOV_MAX, UIO_MAXIOV); a message of more parts is
-/// sent by several.
-pub const IOV_MAX: usize = 1024;
 
 /// One framed message.
 #[derive(Debug)]
@@ -73,7 +69,25 @@ pub enum CodecError {
     Io(#[from] io::Error),
 }
 
+/// Bytes read ahead of the message being framed: small messages arrive in one `recvmsg`,
+/// header and payload together (several at once when the peer queued several), while a large
+/// payload's bulk is read straight into its own buffer.
+const READ_AHEAD: usize = 8192;
+
+/// Messages up to this size without fds are copied into one buffer and sent with `send`.
+const SMALL_MESSAGE: usize = 512;
+
+/// Parts of a message gathered on the stack for one `sendmsg` (Linux takes up to 1024); a
+/// message of more parts is sent by several.
+const SEND_PARTS: usize = 256;
+
 /// A vfio-user connection over a UNIX stream socket.
+///
+/// Reads are buffered (8 KiB at a time), so a caller that polls the socket before
+/// [`recv`](Self::recv) must first ask [`has_buffered`](Self::has_buffered): a whole message
+/// may already be here. Fds are kept with the stream position they arrived at: the kernel ends
+/// a read right after the bytes an fd-carrying send started with, so the fds of a read belong
+/// to the message holding its last byte.
 #[derive(Debug)]
 pub struct Connection {
     stream: UnixStream,
@@ -82,6 +96,20 @@ pub struct Connection {
     /// A payload buffer handed back with [`Connection::recycle`], reused by the next `recv` so
     /// a stream of large messages does not allocate (and fault in) fresh memory for each.
     spare: Vec<u8>,
+    /// The same for payloads up to [`READ_AHEAD`] bytes, so a small message that is never
+    /// handed back does not take the large buffer with it.
+    small_spare: Vec<u8>,
+    /// Read-ahead: bytes `at..end` of `ahead` are received and not yet framed.
+    ahead: Box<[u8]>,
+    at: usize,
+    end: usize,
+    /// Bytes received from the socket so far (the stream position after `ahead[end]`).
+    received: u64,
+    /// Fds received and not yet handed out, each batch with the stream position of the last
+    /// byte of the read it came with, and whether the kernel truncated it.
+    fds: Vec<(u64, Vec<OwnedFd>, bool)>,
+    /// Room for the control message of one read, made once.
+    cmsg: Vec<u8>,
 }
 
 impl Connection {
@@ -92,12 +120,26 @@ impl Connection {
             max_msg_size: max_msg_size.max(HEADER_SIZE),
             max_fds: max_fds.min(SCM_MAX_FDS),
             spare: Vec::new(),
+            small_spare: Vec::new(),
+            ahead: vec![0; READ_AHEAD].into_boxed_slice(),
+            at: 0,
+            end: 0,
+            received: 0,
+            fds: Vec::new(),
+            cmsg: cmsg_space!([RawFd; SCM_MAX_FDS]),
         }
     }
 
-    /// The underlying socket (for timeouts and shutdown).
+    /// The underlying socket (for timeouts and shutdown). Reading from it directly would
+    /// bypass the bytes already buffered.
     pub fn stream(&self) -> &UnixStream {
         &self.stream
+    }
+
+    /// Whether bytes already received wait to be framed: then `recv` must not wait for the
+    /// socket to become readable first.
+    pub fn has_buffered(&self) -> bool {
+        self.at < self.end
     }
 
     /// Changes the largest message accepted.
@@ -110,47 +152,94 @@ impl Connection {
         self.max_fds = max.min(SCM_MAX_FDS);
     }
 
+    /// The stream position of the next byte to frame.
+    fn position(&self) -> u64 {
+        self.received - (self.end - self.at) as u64
+    }
+
+    /// Reads once into the empty read-ahead buffer; returns how many bytes came (0: EOF).
+    fn fill(&mut self) -> io::Result<usize> {
+        let mut buf = std::mem::take(&mut self.ahead);
+        let got = self.recv_with_fds(&mut buf);
+        self.ahead = buf;
+        let n = got?;
+        (self.at, self.end) = (0, n);
+        Ok(n)
+    }
+
+    /// Copies buffered bytes into `out`; returns how many.
+    fn take_buffered(&mut self, out: &mut [u8]) -> usize {
+        let src = self.ahead.get(self.at..self.end).unwrap_or_default();
+        let k = src.len().min(out.len());
+        if let (Some(d), Some(s)) = (out.get_mut(..k), src.get(..k)) {
+            d.copy_from_slice(s);
+        }
+        self.at += k;
+        k
+    }
+
+    /// Fills `out` from the stream: buffered bytes first, then a large rest straight from the
+    /// socket and a small one through the read-ahead buffer. `what` names the place an EOF
+    /// would cut.
+    fn read_into(&mut self, out: &mut [u8], what: &str) -> io::Result<()> {
+        let mut filled = self.take_buffered(out);
+        while filled < out.len() {
+            let rest = out.get_mut(filled..).unwrap_or_default();
+            let n = if rest.len() >= READ_AHEAD / 2 {
+                self.recv_with_fds(rest)?
+            } else {
+                let n = self.fill()?;
+                self.take_buffered(rest);
+                n.min(rest.len())
+            };
+            if n == 0 {
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, format!("connection closed inside {what}")));
+            }
+            filled += n;
+        }
+        Ok(())
+    }
+
+    /// The fds of the message whose bytes end before stream position `end`: every batch that
+    /// arrived with one of its bytes. The flag says whether the kernel truncated any.
+    fn claim_fds(&mut self, end: u64) -> (Vec<OwnedFd>, bool) {
+        let n = self.fds.iter().take_while(|(at, _, _)| *at < end).count();
+        let mut out = Vec::new();
+        let mut truncated = false;
+        for (_, fds, cut) in self.fds.drain(..n) {
+            out.extend(fds);
+            truncated |= cut;
+        }
+        (out, truncated)
+    }
+
     /// Reads one whole message.
     pub fn recv(&mut self) -> Result<Message, CodecError> {
         let mut head = [0u8; HEADER_SIZE];
-        let mut fds = Vec::new();
-        let mut fds_truncated = false;
-        let mut got = 0;
-        while got < HEADER_SIZE {
-            let rest = head.get_mut(got..).unwrap_or_default();
-            let n = self.recv_with_fds(rest, &mut fds, &mut fds_truncated)?;
-            if n == 0 {
-                return Err(if got == 0 {
-                    CodecError::Closed
-                } else {
-                    io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed inside a header").into()
-                });
-            }
-            got += n;
+        if !self.has_buffered() && self.fill()? == 0 {
+            return Err(CodecError::Closed);
         }
+        let start = self.position();
+        self.read_into(&mut head, "a header")?;
         let header = Header::read_from_bytes(&head).map_err(|_| io::Error::other("header size"))?;
         let len = match payload_len(&header, self.max_msg_size) {
             Ok(len) => len,
             Err(reason) => {
                 if let Malformed::TooLarge { .. } = reason {
-                    self.skip(header.msg_size as usize - HEADER_SIZE, &mut fds, &mut fds_truncated)?;
+                    self.skip(header.msg_size as usize - HEADER_SIZE)?;
                 }
+                // Fds that came with the skipped bytes are closed here.
+                drop(self.claim_fds(self.position()));
                 return Err(CodecError::Malformed { header, reason });
             }
         };
         // A recycled buffer is not zeroed first: every byte is overwritten by the read below.
-        let mut payload = std::mem::take(&mut self.spare);
+        let spare = if len <= READ_AHEAD { &mut self.small_spare } else { &mut self.spare };
+        let mut payload = std::mem::take(spare);
         payload.resize(len, 0);
-        let mut filled = 0;
-        while filled < payload.len() {
-            let rest = payload.get_mut(filled..).unwrap_or_default();
-            let n = self.recv_with_fds(rest, &mut fds, &mut fds_truncated)?;
-            if n == 0 {
-                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed inside a message").into());
-            }
-            filled += n;
-        }
-        if fds_truncated || fds.len() > self.max_fds {
+        self.read_into(&mut payload, "a message")?;
+        let (fds, truncated) = self.claim_fds(start + (HEADER_SIZE + len) as u64);
+        if truncated || fds.len() > self.max_fds {
             return Err(CodecError::Malformed {
                 header,
                 reason: Malformed::TooManyFds { got: fds.len(), max: self.max_fds },
@@ -161,38 +250,37 @@ impl Connection {
 
     /// Gives a message's payload buffer back for the next `recv` to reuse.
     pub fn recycle(&mut self, buf: Vec<u8>) {
-        if buf.capacity() > self.spare.capacity() {
-            self.spare = buf;
+        let spare = if buf.capacity() <= READ_AHEAD { &mut self.small_spare } else { &mut self.spare };
+        if buf.capacity() > spare.capacity() {
+            *spare = buf;
         }
     }
 
-    /// Reads and discards `len` bytes without buffering them (fds that come along are closed).
-    fn skip(&mut self, mut len: usize, fds: &mut Vec<OwnedFd>, truncated: &mut bool) -> io::Result<()> {
-        let mut sink = [0u8; 8192];
+    /// Reads and discards `len` bytes without keeping them.
+    fn skip(&mut self, mut len: usize) -> io::Result<()> {
         while len > 0 {
-            let take = len.min(sink.len());
-            let n = self.recv_with_fds(sink.get_mut(..take).unwrap_or_default(), fds, truncated)?;
-            if n == 0 {
+            if !self.has_buffered() && self.fill()? == 0 {
                 return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed inside a message"));
             }
-            len -= n;
+            let k = (self.end - self.at).min(len);
+            self.at += k;
+            len -= k;
         }
         Ok(())
     }
 
-    /// One `recvmsg`, collecting any fds that come with it.
-    fn recv_with_fds(&self, buf: &mut [u8], fds: &mut Vec<OwnedFd>, truncated: &mut bool) -> io::Result<usize> {
-        let mut cmsg = cmsg_space!([RawFd; SCM_MAX_FDS]);
+    /// One `recvmsg`, keeping any fds that come with it.
+    fn recv_with_fds(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let mut iov = [IoSliceMut::new(buf)];
+        let cmsg = &mut self.cmsg;
         let msg = loop {
-            match recvmsg::<()>(self.stream.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC) {
+            match recvmsg::<()>(self.stream.as_raw_fd(), &mut iov, Some(cmsg), MsgFlags::MSG_CMSG_CLOEXEC) {
                 Err(nix::errno::Errno::EINTR) => continue,
                 other => break other.map_err(io::Error::from)?,
             }
         };
-        if msg.flags.contains(MsgFlags::MSG_CTRUNC) {
-            *truncated = true;
-        }
+        let truncated = msg.flags.contains(MsgFlags::MSG_CTRUNC);
+        let mut fds = Vec::new();
         for c in msg.cmsgs().map_err(io::Error::from)? {
             if let ControlMessageOwned::ScmRights(raw) = c {
                 for fd in raw {
@@ -202,22 +290,62 @@ impl Connection {
                 }
             }
         }
-        Ok(msg.bytes)
+        let n = msg.bytes;
+        self.received += n as u64;
+        if !fds.is_empty() || truncated {
+            // Attributed to the message holding the last byte of this read.
+            self.fds.push((self.received.saturating_sub(1), fds, truncated));
+        }
+        Ok(n)
     }
 
     /// Writes one message, all of it, with `fds` attached to its first byte. Its parts are
-    /// gathered [`IOV_MAX`] at a time; however many there are, the peer sees one message.
+    /// gathered a few hundred at a time on the stack (nothing is allocated without fds);
+    /// however many there are, the peer sees one message.
     pub fn send(&self, header: &Header, payload: &[&[u8]], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
-        let mut parts: Vec<&[u8]> = Vec::with_capacity(payload.len() + 1);
-        parts.push(header.as_bytes());
-        parts.extend(payload.iter().copied().filter(|p| !p.is_empty()));
+        self.send_parts(header.as_bytes(), payload, fds)
+    }
+
+    /// Writes more bytes of a message whose header (announcing them) went with
+    /// [`send`](Self::send): a large reply goes out in pieces as it is produced.
+    pub fn send_rest(&self, payload: &[&[u8]]) -> io::Result<()> {
+        self.send_parts(&[], payload, &[])
+    }
+
+    fn send_parts(&self, head: &[u8], payload: &[&[u8]], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+        let total = head.len() + payload.iter().map(|p| p.len()).sum::<usize>();
+        if fds.is_empty() && total <= SMALL_MESSAGE {
+            return self.send_small(head, payload, total);
+        }
         let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+        let count = payload.len() + 1;
+        // The part not yet wholly sent, and how much of it was.
+        let (mut idx, mut off) = (0, 0);
         let mut first = true;
-        while !parts.is_empty() {
-            let iov: Vec<IoSlice<'_>> = parts.iter().take(IOV_MAX).map(|p| IoSlice::new(p)).collect();
+        loop {
+            while idx < count && off >= part(head, payload, idx).len() {
+                (idx, off) = (idx + 1, 0);
+            }
+            if idx >= count {
+                return Ok(());
+            }
+            let mut iov = [IoSlice::new(&[]); SEND_PARTS];
+            let mut n_iov = 0;
+            let mut from = off;
+            for i in idx..count {
+                let p = part(head, payload, i).get(from..).unwrap_or_default();
+                from = 0;
+                if p.is_empty() {
+                    continue;
+                }
+                let Some(slot) = iov.get_mut(n_iov) else { break };
+                *slot = IoSlice::new(p);
+                n_iov += 1;
+            }
             let rights = [ControlMessage::ScmRights(&raw)];
             let cmsgs: &[ControlMessage<'_>] = if first && !raw.is_empty() { &rights } else { &[] };
-            let n = match sendmsg::<()>(self.stream.as_raw_fd(), &iov, cmsgs, MsgFlags::MSG_NOSIGNAL, None) {
+            let iov = iov.get(..n_iov).unwrap_or_default();
+            let mut n = match sendmsg::<()>(self.stream.as_raw_fd(), iov, cmsgs, MsgFlags::MSG_NOSIGNAL, None) {
                 Err(nix::errno::Errno::EINTR) => continue,
                 other => other.map_err(io::Error::from)?,
             };
@@ -225,14 +353,43 @@ impl Connection {
                 return Err(io::Error::new(io::ErrorKind::WriteZero, "socket accepted no bytes"));
             }
             first = false;
-            advance(&mut parts, n);
+            while n > 0 && idx < count {
+                let left = part(head, payload, idx).len() - off;
+                if n >= left {
+                    (n, idx, off) = (n - left, idx + 1, 0);
+                } else {
+                    (n, off) = (0, off + n);
+                }
+            }
+        }
+    }
+
+    /// A small message without fds, gathered into one stack buffer and sent with `send`,
+    /// which costs the kernel less than a `sendmsg` of several parts.
+    fn send_small(&self, head: &[u8], payload: &[&[u8]], total: usize) -> io::Result<()> {
+        let mut buf = [0u8; SMALL_MESSAGE];
+        let mut at = 0;
+        for p in std::iter::once(head).chain(payload.iter().copied()) {
+            if let Some(dst) = buf.get_mut(at..at + p.len()) {
+                dst.copy_from_slice(p);
+            }
+            at += p.len();
+        }
+        let mut rest = buf.get(..total).unwrap_or_default();
+        while !rest.is_empty() {
+            match send(self.stream.as_raw_fd(), rest, MsgFlags::MSG_NOSIGNAL) {
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(e.into()),
+                Ok(0) => return Err(io::Error::new(io::ErrorKind::WriteZero, "socket accepted no bytes")),
+                Ok(n) => rest = rest.get(n..).unwrap_or_default(),
+            }
         }
         Ok(())
     }
 
     /// Reads exactly `buf.len()` bytes, for a peer whose message length is already known.
     pub fn read_exact(&mut self, buf: &mut [u8]) -> io::Result<()> {
-        self.stream.read_exact(buf)
+        self.read_into(buf, "a message")
     }
 }
 
@@ -258,19 +415,9 @@ pub fn payload_len(header: &Header, max_msg_size: usize) -> Result<usize, Malfor
     }
 }
 
-/// Drops the first `n` bytes from a list of slices.
-fn advance(parts: &mut Vec<&[u8]>, mut n: usize) {
-    let mut drop_whole = 0;
-    for p in parts.iter_mut() {
-        if n >= p.len() {
-            n -= p.len();
-            drop_whole += 1;
-        } else {
-            *p = p.get(n..).unwrap_or_default();
-            break;
-        }
-    }
-    parts.drain(..drop_whole);
+/// Part `i` of a message: its header, then its payload parts.
+fn part<'a>(head: &'a [u8], payload: &[&'a [u8]], i: usize) -> &'a [u8] {
+    if i == 0 { head } else { payload.get(i - 1).copied().unwrap_or_default() }
 }
 
 #[cfg(test)]
@@ -315,6 +462,33 @@ mod tests {
         let m = reader.join().unwrap();
         assert_eq!((m.header, m.fds.len()), (h, 1));
         assert_eq!(m.payload, sent);
+    }
+
+    #[test]
+    fn queued_messages_arrive_one_by_one_each_with_its_own_fds() {
+        let (a, mut b) = pair();
+        let (f1, f2) = (tempfile::tempfile().unwrap(), tempfile::tempfile().unwrap());
+        a.send(&Header::request(1, Command::DmaMap, 2), &[b"ab"], &[f1.as_fd()]).unwrap();
+        a.send(&Header::request(2, Command::DeviceReset, 0), &[], &[]).unwrap();
+        a.send(&Header::request(3, Command::DmaMap, 1), &[b"c"], &[f1.as_fd(), f2.as_fd()]).unwrap();
+        a.send(&Header::request(4, Command::RegionRead, 3), &[b"def"], &[]).unwrap();
+        let got: Vec<_> = (0..4).map(|_| b.recv().unwrap()).collect();
+        let summary: Vec<_> = got.iter().map(|m| (m.header.msg_id, m.payload.clone(), m.fds.len())).collect();
+        assert_eq!(summary, [(1, b"ab".to_vec(), 1), (2, vec![], 0), (3, b"c".to_vec(), 2), (4, b"def".to_vec(), 0)]);
+        assert!(!b.has_buffered());
+    }
+
+    #[test]
+    fn a_large_message_after_a_small_one_arrives_whole() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let (a, mut b) = (Connection::new(a, 1 << 20, 4), Connection::new(b, 1 << 20, 4));
+        let big: Vec<u8> = (0..300_000).map(|i| (i % 253) as u8).collect();
+        let reader = std::thread::spawn(move || (b.recv().unwrap(), b.recv().unwrap()));
+        a.send(&Header::request(1, Command::RegionWrite, 1), &[b"x"], &[]).unwrap();
+        a.send(&Header::request(2, Command::RegionWrite, big.len()), &[&big[..5], &big[5..]], &[]).unwrap();
+        let (small, large) = reader.join().unwrap();
+        assert_eq!((small.payload, large.header.msg_id), (b"x".to_vec(), 2));
+        assert!(large.payload == big, "the large payload arrives intact");
     }
 
     #[test]

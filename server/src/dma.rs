@@ -264,17 +264,32 @@ impl DmaSpace {
     /// Reports and clears the dirty pages of `[iova, iova + length)` at `page_size`, in a bitmap
     /// of at most `room` bytes.
     pub fn report_dirty(&self, iova: u64, length: u64, page_size: u64, room: u64) -> Result<Vec<u64>, LogError> {
-        let bits = {
+        let mut bits = Vec::new();
+        self.report_dirty_into(iova, length, page_size, room, &mut bits)?;
+        Ok(bits)
+    }
+
+    /// Like [`report_dirty`](Self::report_dirty), into `bits` (resized to the bitmap's words),
+    /// so a session reuses one buffer report after report.
+    pub fn report_dirty_into(
+        &self,
+        iova: u64,
+        length: u64,
+        page_size: u64,
+        room: u64,
+        bits: &mut Vec<u64>,
+    ) -> Result<(), LogError> {
+        {
             let log = self.log_read();
-            log.as_ref().ok_or(LogError::NotLogging)?.report(iova, length, page_size, room)?
-        };
+            log.as_ref().ok_or(LogError::NotLogging)?.report_into(iova, length, page_size, room, bits)?;
+        }
         // Ranges of unmapped regions that this report left clean are no longer needed.
         let regions = self.read_lock();
         if let Some(log) = self.log_write().as_mut() {
             let mapped: Vec<(u64, u64)> = regions.iter().map(|r| (r.iova, r.len)).collect();
             log.drop_clean_unmapped(&mapped);
         }
-        Ok(bits)
+        Ok(())
     }
 
     /// Marks `[iova, iova + len)` dirty if logging is on (for writes done by message).

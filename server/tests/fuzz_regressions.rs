@@ -378,6 +378,8 @@ fn stream_pre_copy() -> Vec<u8> {
 /// A power-on device's stream by stop-and-copy.
 fn stream_stop_copy() -> Vec<u8> {
     let mut src = Rig::new(false);
+    // Two pages of data; the rest never written goes in zero runs.
+    src.write(REGION_DEVMEM, 0x3000, &[0x5a; 0x2000]);
     src.walk(&[MigState::Stop, MigState::StopCopy]);
     src.read_round(1 << 20)
 }
@@ -702,11 +704,12 @@ fn hostile_streams() -> Vec<(&'static str, Vec<u8>)> {
         let (at, _, len) = *spans.iter().find(|r| r.1 == ty as u32).unwrap();
         valid[at..at + 16 + len].to_vec()
     };
-    let (header, regs, pci, page, trailer) = (
+    let (header, regs, pci, page, zeros, trailer) = (
         record(RecordType::Header),
         record(RecordType::Registers),
         record(RecordType::PciConfig),
         record(RecordType::DevmemPage),
+        record(RecordType::ZeroPages),
         record(RecordType::Trailer),
     );
     let with = |mode: u8, parts: &[&[u8]]| [&[mode][..], &parts.concat()].concat();
@@ -746,6 +749,13 @@ fn hostile_streams() -> Vec<(&'static str, Vec<u8>)> {
     let mut unaligned = page.clone();
     put_u64(&mut unaligned, 16, 1);
     out.push(("devmem-page-unaligned-ebadmsg", with(FIX, &[&header, &unaligned])));
+    let mut overrun = zeros.clone();
+    put_u64(&mut overrun, 16, 4096);
+    put_u64(&mut overrun, 16 + 8, DEVMEM_SIZE / 4096); // from page 1, one page too many
+    out.push(("zero-run-past-the-end-ebadmsg", with(FIX, &[&header, &overrun])));
+    let mut empty = zeros.clone();
+    put_u64(&mut empty, 16 + 8, 0);
+    out.push(("zero-run-of-no-pages-ebadmsg", with(FIX, &[&header, &empty])));
     out
 }
 

@@ -75,7 +75,7 @@ fn a_device_without_pre_copy_goes_running_stop_stop_copy_at_switchover() {
     let report = migrate_between(src.socket(), dst.socket(), &options(params), &CancelToken::default()).unwrap();
     assert!(!report.stats.pre_copy);
     assert!(report.stats.rounds.iter().all(|r| r.device_bytes == 0), "no device data before the stop");
-    assert!(report.stats.stop_copy_device_bytes > 4 << 20, "all device memory at stop-and-copy");
+    assert!(report.stats.stop_copy_device_bytes > 0, "all device memory at stop-and-copy (never written: zero runs)");
     assert!(report.equal(), "{report:?}");
 }
 

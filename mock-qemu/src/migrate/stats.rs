@@ -73,34 +73,55 @@ impl MigrationStats {
     }
 }
 
+/// Bytes of a guest page.
+const PAGE_BYTES: u64 = 4096;
+
+/// `bytes` over `micros`, in MB/s (0 for no time).
+fn mb_per_s(bytes: u64, micros: u64) -> f64 {
+    if micros == 0 { 0.0 } else { bytes as f64 / micros as f64 }
+}
+
+impl RoundStats {
+    /// The round's data throughput in MB/s: device bytes and guest pages (at 4 KiB each, zero
+    /// pages included) over the round's time.
+    pub fn data_mb_per_s(&self) -> f64 {
+        mb_per_s(self.device_bytes + self.pages_sent * PAGE_BYTES, self.micros)
+    }
+}
+
 impl fmt::Display for MigrationStats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "round  device bytes  dev dirty  vcpu dirty  pages sent  dirty rate (pages/s)  remaining est.")?;
+        writeln!(
+            f,
+            "round  device bytes  dev dirty  vcpu dirty  pages sent  dirty rate (pages/s)  remaining est.  data MB/s"
+        )?;
         for r in &self.rounds {
             let rate = ((r.device_dirty_pages + r.vcpu_dirty_pages) * 1_000_000).checked_div(r.micros).unwrap_or(0);
             writeln!(
                 f,
-                "{:>5}  {:>12}  {:>9}  {:>10}  {:>10}  {:>20}  {:>14}",
+                "{:>5}  {:>12}  {:>9}  {:>10}  {:>10}  {:>20}  {:>14}  {:>9.0}",
                 r.round,
                 r.device_bytes,
                 r.device_dirty_pages,
                 r.vcpu_dirty_pages,
                 r.pages_sent,
                 rate,
-                r.remaining_estimate
+                r.remaining_estimate,
+                r.data_mb_per_s()
             )?;
         }
         writeln!(f, " stop  {:>12}  {:>9}  {:>10}  {:>10}", self.stop_copy_device_bytes, "", "", self.stop_copy_pages)?;
         write!(
             f,
-            "switchover: {}{}; downtime {:.3} ms; total {:.3} ms; {} device bytes, {} pages, {} stream bytes",
+            "switchover: {}{}; downtime {:.3} ms; total {:.3} ms; {} device bytes, {} pages, {} stream bytes; data {:.0} MB/s",
             self.switchover,
             if self.pending_at_switchover { " with pre-copy data unread" } else { "" },
             self.downtime_micros as f64 / 1000.0,
             self.total_micros as f64 / 1000.0,
             self.device_bytes(),
             self.pages_sent(),
-            self.stream_bytes
+            self.stream_bytes,
+            mb_per_s(self.device_bytes() + self.pages_sent() * PAGE_BYTES, self.total_micros)
         )
     }
 }

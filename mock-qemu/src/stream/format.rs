@@ -6,8 +6,9 @@ use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
 /// The eight bytes that open every stream.
 pub const STREAM_MAGIC: [u8; 8] = *b"MIGLABMS";
-/// The format version this code writes and the only one it reads.
-pub const STREAM_VERSION: u32 = 1;
+/// The format version this code writes and the only one it reads (2: a page of zeros is its
+/// address with [`RAM_PAGE_ZERO`] set, without its bytes; version 1 sent every page whole).
+pub const STREAM_VERSION: u32 = 2;
 /// The guest page size; every RAM page in the stream is exactly this long.
 pub const PAGE_SIZE: usize = 4096;
 /// Length of the stream header: magic, version, page size.
@@ -18,8 +19,16 @@ pub const SECTION_HEAD_LEN: usize = 32;
 pub const SECTION_TRAILER_LEN: usize = 8;
 /// The most pages one RAM section carries.
 pub const MAX_RAM_PAGES: usize = 256;
-/// One RAM page in a RAM section's payload: its guest address and its bytes.
+/// One RAM page with data in a RAM section's payload: its guest address and its bytes.
 pub const RAM_PAGE_RECORD_LEN: usize = 8 + PAGE_SIZE;
+/// The flag in a RAM page's address word (whose low 12 bits a page-aligned address leaves
+/// free) that marks a page of zeros, sent without its bytes: QEMU's `RAM_SAVE_FLAG_ZERO`.
+pub const RAM_PAGE_ZERO: u64 = 0x2;
+
+/// Whether `page` holds only zeros (stopping at the first block that does not).
+pub fn is_zero_page(page: &[u8]) -> bool {
+    page.chunks(256).all(|block| block.iter().fold(0u8, |acc, b| acc | b) == 0)
+}
 /// The largest device data chunk or device config blob: QEMU's
 /// `VFIO_MIG_DEFAULT_DATA_BUFFER_SIZE` (1 MiB).
 pub const MAX_DEVICE_CHUNK: usize = 1 << 20;

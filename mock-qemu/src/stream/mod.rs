@@ -34,7 +34,7 @@
 //! | offset | bytes | header field | value |
 //! |---|---|---|---|
 //! | 0 | 8 | magic | [`STREAM_MAGIC`], `"MIGLABMS"` |
-//! | 8 | 4 | version | [`STREAM_VERSION`] (1) |
+//! | 8 | 4 | version | [`STREAM_VERSION`] (2) |
 //! | 12 | 4 | page size | [`PAGE_SIZE`] (4096) |
 //!
 //! Every section is a 32-byte head, the payload, and the payload checksum:
@@ -50,7 +50,7 @@
 //!
 //! | tag | kind | payload | max len | QEMU counterpart (hw/vfio/migration.c) |
 //! |---|---|---|---|---|
-//! | `0x6d69676c61620001` | [`Section::Ram`] | page count u32, then per page: guest address u64 (page-aligned), 4096 bytes | 4 + 256 × 4104 | (QEMU's RAM stream has its own format) |
+//! | `0x6d69676c61620001` | [`Section::Ram`] | page count u32, then per page: guest address u64 (page-aligned), 4096 bytes; a page of zeros is its address ORed with [`RAM_PAGE_ZERO`] (0x2) alone, as QEMU sends zero pages (`RAM_SAVE_FLAG_ZERO`) | 4 + 256 × 4104 | (QEMU's RAM stream has its own format) |
 //! | `0xffffffffef100003` | [`Section::DeviceSetup`] | empty | 0 | `DEV_SETUP_STATE`, from `vfio_save_setup` |
 //! | `0xffffffffef100004` | [`Section::DeviceData`] | the chunk | 1 MiB | `DEV_DATA_STATE`, be64 size, data: `vfio_save_block` |
 //! | `0xffffffffef100002` | [`Section::DeviceConfig`] | the config state | 1 MiB | `DEV_CONFIG_STATE`, from `vfio_save_device_config_state` |
@@ -110,9 +110,9 @@ pub use error::StreamError;
 pub use fault::{FaultyWriter, StreamFault};
 pub use format::{
     HEADER_LEN, MAX_ABORT_REASON, MAX_DEVICE_CHUNK, MAX_PAYLOAD, MAX_RAM_PAGES, PAGE_SIZE, RAM_PAGE_RECORD_LEN,
-    SECTION_HEAD_LEN, SECTION_TRAILER_LEN, STREAM_MAGIC, STREAM_VERSION, Section, SectionKind, TAG_ABORT, TAG_COMPLETE,
-    TAG_RAM, TAG_ROUND_END, VFIO_MIG_FLAG_DEV_CONFIG_STATE, VFIO_MIG_FLAG_DEV_DATA_STATE,
-    VFIO_MIG_FLAG_DEV_INIT_DATA_SENT, VFIO_MIG_FLAG_DEV_SETUP_STATE, VFIO_MIG_FLAG_END_OF_STATE,
+    RAM_PAGE_ZERO, SECTION_HEAD_LEN, SECTION_TRAILER_LEN, STREAM_MAGIC, STREAM_VERSION, Section, SectionKind,
+    TAG_ABORT, TAG_COMPLETE, TAG_RAM, TAG_ROUND_END, VFIO_MIG_FLAG_DEV_CONFIG_STATE, VFIO_MIG_FLAG_DEV_DATA_STATE,
+    VFIO_MIG_FLAG_DEV_INIT_DATA_SENT, VFIO_MIG_FLAG_DEV_SETUP_STATE, VFIO_MIG_FLAG_END_OF_STATE, is_zero_page,
 };
 pub use reader::StreamReader;
 pub use transport::{BoxedRead, BoxedWrite, Transport, connected_pair};

@@ -6,14 +6,17 @@ use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 use super::error::StreamError;
 use super::format::{
-    DevicePhase, HEADER_LEN, MAX_RAM_PAGES, PAGE_SIZE, RAM_PAGE_RECORD_LEN, SECTION_HEAD_LEN, STREAM_MAGIC,
+    DevicePhase, HEADER_LEN, MAX_PAYLOAD, MAX_RAM_PAGES, PAGE_SIZE, RAM_PAGE_ZERO, SECTION_HEAD_LEN, STREAM_MAGIC,
     STREAM_VERSION, Section, SectionKind, be32, be64, chain_digest, head_checksum,
 };
 
 /// Capacity of the reader's buffer.
 const READ_BUFFER: usize = 64 * 1024;
-/// The most payload memory reserved before bytes arrive; the rest grows as they do.
-const INITIAL_PAYLOAD_RESERVE: usize = 64 * 1024;
+/// The most payload memory reserved before bytes arrive; the rest grows as they do. Every
+/// section kind's payload is bounded by about 1 MiB ([`MAX_PAYLOAD`]) before this applies, so
+/// a whole one is reserved at once: growing a 1 MiB device chunk from 64 KiB cost four
+/// reallocations and copies.
+const INITIAL_PAYLOAD_RESERVE: usize = MAX_PAYLOAD;
 
 /// Reads and verifies a migration stream from any byte stream.
 ///
@@ -206,16 +209,33 @@ fn decode(kind: SectionKind, payload: Vec<u8>, at: u64) -> Result<Section, Strea
                 return Err(malformed("RAM section shorter than its page count"));
             }
             let count = be32(&payload, 0) as usize;
-            if count > MAX_RAM_PAGES || payload.len() != 4 + count * RAM_PAGE_RECORD_LEN {
+            if count > MAX_RAM_PAGES {
                 return Err(malformed("RAM section length does not match its page count"));
             }
             let mut pages = Vec::with_capacity(count);
-            for record in payload[4..].chunks_exact(RAM_PAGE_RECORD_LEN) {
-                let addr = be64(record, 0);
+            let mut at = 4;
+            for _ in 0..count {
+                let word = payload.get(at..at + 8).map(|w| be64(w, 0));
+                let Some(word) = word else {
+                    return Err(malformed("RAM section length does not match its page count"));
+                };
+                let addr = word & !RAM_PAGE_ZERO;
                 if !addr.is_multiple_of(PAGE_SIZE as u64) {
                     return Err(malformed("RAM page address is not page-aligned"));
                 }
-                pages.push((addr, record[8..].to_vec()));
+                at += 8;
+                if word & RAM_PAGE_ZERO != 0 {
+                    pages.push((addr, vec![0; PAGE_SIZE]));
+                    continue;
+                }
+                let Some(data) = payload.get(at..at + PAGE_SIZE) else {
+                    return Err(malformed("RAM section length does not match its page count"));
+                };
+                pages.push((addr, data.to_vec()));
+                at += PAGE_SIZE;
+            }
+            if at != payload.len() {
+                return Err(malformed("RAM section length does not match its page count"));
             }
             Section::Ram { pages }
         }

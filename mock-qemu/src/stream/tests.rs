@@ -458,13 +458,27 @@ fn malformed_payloads_and_tags_are_reported() {
 }
 
 #[test]
+fn a_zero_page_travels_as_its_address_alone_and_arrives_as_zeros() {
+    let with_zero = Section::Ram { pages: vec![(0x1000, page(0)), (0x3000, page(7))] };
+    let without = Section::Ram { pages: vec![(0x1000, page(9)), (0x3000, page(7))] };
+    let (zero_stream, full_stream) = (encode(std::slice::from_ref(&with_zero)), encode(&[without]));
+    assert_eq!(full_stream.len() - zero_stream.len(), PAGE_SIZE, "the zero page's bytes are not sent");
+    let (sections, end) = read_all(&zero_stream[..]);
+    assert!(end.is_ok(), "{end:?}");
+    assert_eq!(sections.first(), Some(&with_zero));
+}
+
+#[test]
 fn header_damage_is_reported_as_such() {
     let good = header();
     let (_, result) = read_all(&b"GARBAGE!and more bytes"[..]);
     assert!(matches!(result, Err(StreamError::BadMagic { got }) if &got == b"GARBAGE!"));
     let mut version = good.clone();
-    version[8..12].copy_from_slice(&2u32.to_be_bytes());
-    assert!(matches!(read_all(&version[..]).1, Err(StreamError::Version { got: 2 })));
+    version[8..12].copy_from_slice(&1u32.to_be_bytes());
+    assert!(
+        matches!(read_all(&version[..]).1, Err(StreamError::Version { got: 1 })),
+        "version 1 sent zero pages whole"
+    );
     let mut page_size = good.clone();
     page_size[12..16].copy_from_slice(&65536u32.to_be_bytes());
     assert!(matches!(read_all(&page_size[..]).1, Err(StreamError::Malformed { offset: 12, .. })));

@@ -7,7 +7,8 @@ use xxhash_rust::xxh3::Xxh3;
 use super::error::StreamError;
 use super::format::{
     DevicePhase, HEADER_LEN, MAX_DEVICE_CHUNK, MAX_PAYLOAD, MAX_RAM_PAGES, PAGE_SIZE, RAM_PAGE_RECORD_LEN,
-    STREAM_MAGIC, STREAM_VERSION, Section, SectionKind, chain_digest, clip_reason, head_checksum, head_fields,
+    RAM_PAGE_ZERO, STREAM_MAGIC, STREAM_VERSION, Section, SectionKind, chain_digest, clip_reason, head_checksum,
+    head_fields, is_zero_page,
 };
 
 /// Capacity of the writer's buffer: a RAM page or a device chunk larger than this bypasses it.
@@ -184,19 +185,28 @@ impl<W: Write> StreamWriter<W> {
             let len = 4 + count as u64 * RAM_PAGE_RECORD_LEN as u64;
             return Err(StreamError::TooLarge { len, max: MAX_PAYLOAD as u64 });
         }
-        for (addr, data) in pages.clone() {
+        // Which pages are zeros: those go as their address and the zero flag alone.
+        let mut zero = [false; MAX_RAM_PAGES];
+        let mut len = 4;
+        for ((addr, data), zero) in pages.clone().zip(zero.iter_mut()) {
             if data.len() != PAGE_SIZE {
                 return Err(StreamError::Invalid { what: "a RAM page is not PAGE_SIZE bytes" });
             }
             if addr % PAGE_SIZE as u64 != 0 {
                 return Err(StreamError::Invalid { what: "a RAM page's guest address is not page-aligned" });
             }
+            *zero = is_zero_page(data);
+            len += if *zero { 8 } else { RAM_PAGE_RECORD_LEN };
         }
-        self.emit(SectionKind::Ram, 4 + count * RAM_PAGE_RECORD_LEN, |sink| {
+        self.emit(SectionKind::Ram, len, |sink| {
             sink.put(&(count as u32).to_be_bytes())?;
-            for (addr, data) in pages {
-                sink.put(&addr.to_be_bytes())?;
-                sink.put(data)?;
+            for ((addr, data), zero) in pages.zip(zero) {
+                if zero {
+                    sink.put(&(addr | RAM_PAGE_ZERO).to_be_bytes())?;
+                } else {
+                    sink.put(&addr.to_be_bytes())?;
+                    sink.put(data)?;
+                }
             }
             Ok(())
         })

@@ -1,6 +1,9 @@
 //! What the benchmarks share: the bare-socket baseline peer, run as a separate process like
 //! the server it is compared with, and the server process itself.
 
+// Each benchmark uses part of this module.
+#![allow(dead_code)]
+
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;

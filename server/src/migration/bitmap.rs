@@ -174,8 +174,34 @@ impl AtomicBitmap {
                 or_at(out, bit / 64, 1 << (bit % 64));
             }
         }
-        let outside = self.words.iter().enumerate().filter(|(i, _)| *i < first || *i >= first + n);
-        for (i, word) in outside {
+        let end = first.saturating_add(n).min(self.words.len());
+        self.carry_outside(first, end, carry);
+    }
+}
+
+impl AtomicBitmap {
+    /// The fast path of a report at the tracked page size, for a bitmap no one else writes
+    /// meanwhile: words `first..first + out.len()` are drained and ORed into `out` word for
+    /// word; every other word's bits move to `carry`. Afterwards this bitmap is all zero. One
+    /// pass, plain loads and stores, no branch per word.
+    pub fn drain_words_exclusive(&self, first: usize, out: &mut [u64], carry: &AtomicBitmap) {
+        let end = first.saturating_add(out.len()).min(self.words.len());
+        let inside = self.words.get(first..end).unwrap_or_default();
+        for (word, o) in inside.iter().zip(out.iter_mut()) {
+            *o |= word.load(Ordering::Relaxed);
+            word.store(0, Ordering::Relaxed);
+        }
+        self.carry_outside(first, end, carry);
+    }
+}
+
+impl AtomicBitmap {
+    /// Moves the bits of every word outside `first..end` to `carry`, leaving them zero here
+    /// (for a bitmap no one else writes meanwhile).
+    fn carry_outside(&self, first: usize, end: usize, carry: &AtomicBitmap) {
+        let before = self.words.get(..first.min(end)).unwrap_or_default().iter().enumerate();
+        let after = self.words.get(end..).unwrap_or_default().iter().enumerate().map(|(i, w)| (i + end, w));
+        for (i, word) in before.chain(after) {
             let v = word.load(Ordering::Relaxed);
             if v != 0 {
                 word.store(0, Ordering::Relaxed);

@@ -226,19 +226,42 @@ impl LogRange {
         self.buf(old).drain_exclusive(t0, count, clear_from, clear_to, out, self.buf(old ^ 1));
     }
 
+    /// Tracked pages `t0..t0 + count` as whole words of the bitmap (first word, word count),
+    /// when they are whole words and worth flipping the buffers for.
+    fn whole_words(&self, t0: u64, count: u64) -> Option<(usize, usize)> {
+        let ends_on_word = (t0 + count).is_multiple_of(64) || t0 + count == self.pages();
+        if !t0.is_multiple_of(64) || !ends_on_word || !self.worth_flipping(count) {
+            return None;
+        }
+        Some((usize::try_from(t0 / 64).ok()?, usize::try_from(count.div_ceil(64)).ok()?))
+    }
+
+    /// The path of [`take`](Self::take) for a report at the tracked page size whose bits fall
+    /// on whole words of both bitmaps (from output bit `o`): the words are drained straight into
+    /// `out`, with no bitmap in between. Returns false (doing nothing) when they do not.
+    fn take_words(&self, t0: u64, count: u64, o: u64, out: &mut [u64]) -> bool {
+        let (Some((first, n)), Ok(at)) = (self.whole_words(t0, count), usize::try_from(o / 64)) else {
+            return false;
+        };
+        let Some(dest) = at.checked_add(n).filter(|_| o.is_multiple_of(64)).and_then(|e| out.get_mut(at..e)) else {
+            return false;
+        };
+        let _serial = self.reporting.lock().unwrap_or_else(|p| p.into_inner());
+        let old = self.flip();
+        self.buf(old).drain_words_exclusive(first, dest, self.buf(old ^ 1));
+        true
+    }
+
     /// The fused path of [`take`](Self::take) when each output bit covers `k` tracked pages,
     /// `k` a multiple of 64, and the report covers whole words: returns false (doing nothing)
     /// when those conditions do not hold.
     fn take_grouped(&self, t0: u64, count: u64, k: u64, o: u64, out: &mut [u64]) -> bool {
-        let ends_on_word = (t0 + count).is_multiple_of(64) || t0 + count == self.pages();
-        if !t0.is_multiple_of(64) || !k.is_multiple_of(64) || !ends_on_word || !self.worth_flipping(count) {
-            return false;
-        }
-        let (Ok(first), Ok(n), Ok(per)) =
-            (usize::try_from(t0 / 64), usize::try_from(count.div_ceil(64)), usize::try_from(k / 64))
-        else {
+        let (Some((first, n)), Ok(per)) = (self.whole_words(t0, count), usize::try_from(k / 64)) else {
             return false;
         };
+        if !k.is_multiple_of(64) {
+            return false;
+        }
         let _serial = self.reporting.lock().unwrap_or_else(|p| p.into_inner());
         let old = self.flip();
         self.buf(old).drain_groups_exclusive(first, n, per, o, out, self.buf(old ^ 1));
@@ -416,6 +439,21 @@ impl DirtyLog {
     /// Reports and clears `[iova, iova + length)` at `page_size`, into a bitmap of at most
     /// `room` bytes. Returns the bitmap words.
     pub fn report(&self, iova: u64, length: u64, page_size: u64, room: u64) -> Result<Vec<u64>, LogError> {
+        let mut out = Vec::new();
+        self.report_into(iova, length, page_size, room, &mut out)?;
+        Ok(out)
+    }
+
+    /// Like [`report`](Self::report), into `out` (resized to the bitmap's words), so a caller
+    /// that reports again and again reuses one buffer.
+    pub fn report_into(
+        &self,
+        iova: u64,
+        length: u64,
+        page_size: u64,
+        room: u64,
+        out: &mut Vec<u64>,
+    ) -> Result<(), LogError> {
         if !page_size.is_power_of_two() {
             return Err(LogError::BadPageSize { page_size });
         }
@@ -429,15 +467,16 @@ impl DirtyLog {
         if need > room {
             return Err(LogError::ReportTooLarge { need, room });
         }
-        let mut out = vec![0u64; usize::try_from(need / 8).unwrap_or(0)];
+        out.clear();
+        out.resize(usize::try_from(need / 8).unwrap_or(0), 0);
         let first = self.ranges.partition_point(|r| r.end <= iova);
         for r in self.ranges.get(first..).unwrap_or_default() {
             if r.iova >= end {
                 break;
             }
-            self.report_range(r, iova, end, page_size, &mut out);
+            self.report_range(r, iova, end, page_size, out);
         }
-        Ok(out)
+        Ok(())
     }
 
     /// ORs the bits of `r` inside `[iova, end)` into `out` (bit i = page `iova + i*page_size`).
@@ -455,6 +494,9 @@ impl DirtyLog {
         let aligned = s0 >= iova && (s0 - iova).is_multiple_of(page_size) && page_size >= l;
         let whole_pages = clear_from == t0 && clear_to == t1 + 1;
         if aligned && whole_pages && r.take_grouped(t0, count, page_size / l, (s0 - iova) / page_size, out) {
+            return;
+        }
+        if aligned && whole_pages && page_size == l && r.take_words(t0, count, (s0 - iova) / page_size, out) {
             return;
         }
         let mut taken = vec![0u64; usize::try_from(count.div_ceil(64)).unwrap_or(0)];

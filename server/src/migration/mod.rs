@@ -63,6 +63,32 @@ pub trait Migratable {
     /// PRE_COPY, the end of the stream in STOP_COPY.
     fn read_data(&mut self, buf: &mut [u8]) -> Result<usize, Errno>;
 
+    /// At least how many bytes [`read_data`](Self::read_data) would now produce, in calls of
+    /// any size, before a short read; 0 (the default) when the device does not know. The
+    /// server then announces a reply of that size before the bytes exist and sends them as
+    /// the device produces them, so the client receives while the device encodes. A device
+    /// that reports a number here must not fail or come short within it.
+    fn data_ready(&self) -> u64 {
+        0
+    }
+
+    /// Reads `len` bytes of the stream that [`data_ready`](Self::data_ready) promised, handing
+    /// them to `send` in parts that may point into the device's own memory: the server writes
+    /// them to the socket from there, with no copy in between. `scratch` is a buffer the server
+    /// keeps for the device from call to call. Returns how many bytes were handed over. The
+    /// default reads into `scratch` with [`read_data`](Self::read_data).
+    fn read_data_to(
+        &mut self,
+        len: usize,
+        scratch: &mut Vec<u8>,
+        send: &mut dyn FnMut(&[&[u8]]) -> std::io::Result<()>,
+    ) -> Result<usize, Errno> {
+        scratch.resize(len, 0);
+        let n = self.read_data(scratch)?;
+        send(&[scratch.get(..n).unwrap_or_default()]).map_err(|_| Errno::EIO)?;
+        Ok(n)
+    }
+
     /// Takes the next bytes of the stream in RESUMING.
     fn write_data(&mut self, data: &[u8]) -> Result<(), Errno>;
 }

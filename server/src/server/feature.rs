@@ -178,12 +178,18 @@ impl Session<'_> {
 
     fn logging_report(&mut self, head: DeviceFeature, rest: &[u8], room: usize) -> Result<Reply, Errno> {
         let (req, bitmap_room) = parse_logging_report(rest, room)?;
-        let bits = self.dma.report_dirty(req.iova, req.length, req.page_size, bitmap_room as u64).map_err(|e| {
+        // The bitmap is reported into the session's reused buffer and sent from there: no copy.
+        let mut bits = std::mem::take(&mut self.bitmap_spare);
+        let reported = self.dma.report_dirty_into(req.iova, req.length, req.page_size, bitmap_room as u64, &mut bits);
+        if let Err(e) = reported {
+            self.bitmap_spare = bits;
             tracing::debug!(error = %e, "DMA_LOGGING_REPORT refused");
-            e.errno()
-        })?;
-        let mut out = req.as_bytes().to_vec();
-        out.extend_from_slice(bits.as_bytes());
-        Ok(reply(head, &out))
+            return Err(e.errno());
+        }
+        let argsz = size_of::<DeviceFeature>() + size_of::<DmaLoggingReport>() + bits.len() * 8;
+        let argsz = u32::try_from(argsz).map_err(|_| Errno::E2BIG)?;
+        let mut payload = DeviceFeature { argsz, ..head }.as_bytes().to_vec();
+        payload.extend_from_slice(req.as_bytes());
+        Ok(Reply { payload, bitmap: bits, ..Reply::default() })
     }
 }

@@ -99,7 +99,7 @@ impl Session<'_> {
         self.negotiated = Some(Negotiated { client });
         let mut out = Version { major: 0, minor: v.minor.min(MINOR) }.as_bytes().to_vec();
         out.extend_from_slice(&ours.to_wire());
-        Ok(Reply { payload: out, fds: reply_fds })
+        Ok(Reply { payload: out, fds: reply_fds, ..Reply::default() })
     }
 
     pub(super) fn dma_map(&mut self, payload: &[u8], mut fds: Vec<OwnedFd>) -> Result<Reply, Errno> {
@@ -206,7 +206,7 @@ impl Session<'_> {
             out.extend_from_slice(&caps);
         }
         let fds = if fits { fd.into_iter().collect() } else { Vec::new() };
-        Ok(Reply { payload: out, fds })
+        Ok(Reply { payload: out, fds, ..Reply::default() })
     }
 
     pub(super) fn region_io_fds(&mut self, payload: &[u8]) -> Result<Reply, Errno> {
@@ -235,7 +235,7 @@ impl Session<'_> {
                 fds.push(e.fd.clone());
             }
         }
-        Ok(Reply { payload: out, fds })
+        Ok(Reply { payload: out, fds, ..Reply::default() })
     }
 
     pub(super) fn irq_info(&mut self, payload: &[u8]) -> Result<Reply, Errno> {

@@ -17,6 +17,9 @@ use super::session::{Reply, Session};
 use crate::migration::MigState;
 use crate::wire::MigData;
 
+/// Replies up to this size are produced whole before they are sent.
+const PIECE: usize = 64 << 10;
+
 impl Session<'_> {
     fn mig_state(&self) -> Result<MigState, Errno> {
         self.mig.as_ref().map(|m| m.state()).ok_or(Errno::EINVAL)
@@ -32,7 +35,12 @@ impl Session<'_> {
         if req.size == 0 || req.size > max || (req.argsz as usize) < head + req.size as usize {
             return Err(Errno::EINVAL);
         }
-        let mut out = self.reply_buf(head + req.size as usize);
+        let size = req.size as usize;
+        let ready = self.device.migration().ok_or(Errno::EINVAL)?.data_ready();
+        if ready >= u64::from(req.size) && size > PIECE && !self.config.pad_mig_data_read && self.request.is_some() {
+            return self.mig_data_read_in_pieces(size);
+        }
+        let mut out = self.reply_buf(head + size);
         let dev = self.device.migration().ok_or(Errno::EINVAL)?;
         let n = dev.read_data(out.get_mut(head..).unwrap_or_default())?.min(req.size as usize);
         if self.config.pad_mig_data_read {
@@ -43,6 +51,38 @@ impl Session<'_> {
         let reply_head = MigData { argsz: (head + n) as u32, size: n as u32 };
         out.get_mut(..head).unwrap_or_default().copy_from_slice(reply_head.as_bytes());
         Ok(Reply::bytes(out))
+    }
+
+    /// A reply of `size` bytes the device said it has ready: the header goes first, then the
+    /// device hands its bytes over in parts sent straight from where they lie.
+    fn mig_data_read_in_pieces(&mut self, size: usize) -> Result<Reply, Errno> {
+        let Some(request) = self.request else { return Err(Errno::EINVAL) };
+        let total = size_of::<MigData>() + size;
+        let head = MigData { argsz: total as u32, size: size as u32 };
+        let mut scratch = std::mem::take(&mut self.reply_spare);
+        let Session { device, peer, .. } = self;
+        let dev = device.migration().ok_or(Errno::EINVAL)?;
+        if let Err(e) = peer.reply(&request.reply(total), &[head.as_bytes()], &[]) {
+            tracing::warn!(error = %e, "sending migration data failed");
+            peer.broken = true;
+            return Ok(Reply::sent());
+        }
+        let conn = &peer.conn;
+        let handed = dev.read_data_to(size, &mut scratch, &mut |parts| conn.send_rest(parts));
+        let mut missing = size.saturating_sub(*handed.as_ref().unwrap_or(&0));
+        if missing > 0 {
+            // The header promised these bytes: zeros keep the framing, and the device's stream
+            // checksums make the destination refuse the stream.
+            tracing::error!(missing, ?handed, "the device handed over less migration data than it had ready");
+            let zeros = [0u8; 4096];
+            while missing > 0 && !peer.broken {
+                let k = missing.min(zeros.len());
+                peer.broken = peer.conn.send_rest(&[zeros.get(..k).unwrap_or_default()]).is_err();
+                missing -= k;
+            }
+        }
+        self.reply_spare = scratch;
+        Ok(Reply::sent())
     }
 
     pub(super) fn mig_data_write(&mut self, payload: &[u8]) -> Result<Reply, Errno> {

@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use zerocopy::IntoBytes;
 
 use super::ServerConfig;
 use super::peer::Peer;
@@ -32,11 +33,15 @@ pub enum SessionEnd {
     ClosedByServer,
 }
 
-/// A successful reply: payload parts and the fds that go with it.
+/// A successful reply: its payload, a bitmap sent after it (a dirty report's, sent from the
+/// words it was reported into), and the fds that go with it.
 #[derive(Default)]
 pub(super) struct Reply {
     pub payload: Vec<u8>,
+    pub bitmap: Vec<u64>,
     pub fds: Vec<Arc<OwnedFd>>,
+    /// The handler sent the reply itself.
+    pub sent: bool,
 }
 
 impl Reply {
@@ -45,7 +50,12 @@ impl Reply {
     }
 
     pub fn bytes(payload: Vec<u8>) -> Self {
-        Self { payload, fds: Vec::new() }
+        Self { payload, ..Self::default() }
+    }
+
+    /// The handler already answered.
+    pub fn sent() -> Self {
+        Self { sent: true, ..Self::default() }
     }
 }
 
@@ -71,6 +81,10 @@ pub(super) struct Session<'s> {
     pub mig: Option<&'s mut MigrationCtl>,
     /// The buffer of the last large reply, reused by the next (see [`Session::reply_buf`]).
     pub reply_spare: Vec<u8>,
+    /// The bitmap of the last dirty report, reused by the next.
+    pub bitmap_spare: Vec<u64>,
+    /// The header of the request being served.
+    pub request: Option<crate::wire::Header>,
 }
 
 impl<'s> Session<'s> {
@@ -95,6 +109,8 @@ impl<'s> Session<'s> {
             close_after_reply: false,
             mig,
             reply_spare: Vec::new(),
+            bitmap_spare: Vec::new(),
+            request: None,
         }
     }
 
@@ -149,6 +165,9 @@ impl<'s> Session<'s> {
         while let Some(deadline) = self.device.next_deadline() {
             let now = Instant::now();
             if deadline > now {
+                if self.peer.conn.has_buffered() {
+                    return Ok(()); // a request already received: the socket would not poll readable
+                }
                 // Rounded up, so a wake-up never comes before the deadline and spins.
                 let ms = (deadline - now).as_micros().div_ceil(1000);
                 let timeout = PollTimeout::try_from(i32::try_from(ms).unwrap_or(i32::MAX)).unwrap_or(PollTimeout::MAX);
@@ -177,6 +196,7 @@ impl<'s> Session<'s> {
         let cmd = header.command();
         let span = tracing::debug_span!("request", id = header.msg_id, cmd = cmd.map_or("?", Command::name));
         let _enter = span.enter();
+        self.request = (!header.no_reply()).then_some(header);
         let result = match cmd {
             None => Err(Errno::ENOSYS),
             Some(cmd) => self.dispatch(cmd, msg),
@@ -194,11 +214,17 @@ impl<'s> Session<'s> {
             return Ok(());
         }
         match result {
+            Ok(reply) if reply.sent => Ok(()),
             Ok(reply) => {
                 let fds: Vec<_> = reply.fds.iter().map(|f| f.as_fd()).collect();
-                let sent = self.peer.reply(&header.reply(reply.payload.len()), &[&reply.payload], &fds);
+                let bitmap = reply.bitmap.as_bytes();
+                let len = reply.payload.len() + bitmap.len();
+                let sent = self.peer.reply(&header.reply(len), &[&reply.payload, bitmap], &fds);
                 if reply.payload.capacity() > self.reply_spare.capacity() {
                     self.reply_spare = reply.payload;
+                }
+                if reply.bitmap.capacity() > self.bitmap_spare.capacity() {
+                    self.bitmap_spare = reply.bitmap;
                 }
                 sent
             }

@@ -45,8 +45,9 @@
 //! # The outgoing stream
 //!
 //! Its format is in [`stream`](super::stream). In PRE_COPY, `read_data` emits the header and
-//! then one DEVMEM_PAGE record per dirty page (taken out of the dirty set as it is encoded)
-//! and returns a short read, possibly of 0 bytes, when no dirty page is left: the end of the
+//! then one DEVMEM_PAGE record per dirty page (taken out of the dirty set as it is encoded),
+//! except that consecutive dirty pages the device never wrote go as one ZERO_PAGES record,
+//! their memory neither read nor faulted in, and returns a short read, possibly of 0 bytes, when no dirty page is left: the end of the
 //! round. Device memory written meanwhile (BAR2 writes, COPY to device, a guest reset zeroing
 //! it) is dirty again and goes in a later round. In STOP_COPY it emits REGISTERS, PCI_CONFIG,
 //! the 16 SCRATCH_PAGE records (BAR4 is mmappable, so its writes cannot be tracked: it is
@@ -85,8 +86,8 @@ use super::pci_config::{PciConfigState, SCRATCH_SIZE};
 use super::regs::Registers;
 use super::state::DmaEngineState;
 use super::stream::{
-    Decoder, FORMAT_VERSION, MAX_RECORD_LEN, Record, RecordType, StreamWriter, header_payload, pci_config_payload,
-    registers_payload,
+    Decoder, FORMAT_VERSION, MAX_RECORD_LEN, RECORD_HEADER_LEN, Record, RecordType, StreamWriter, header_payload,
+    pci_config_payload, registers_payload,
 };
 use crate::device::DeviceContext;
 use crate::migration::{ArcError, MigState, Migratable};
@@ -205,8 +206,14 @@ impl Outgoing {
                         }
                         return None; // end of this pre-copy round
                     };
-                    self.cursor = page + 1;
                     let offset = page as u64 * PAGE_SIZE;
+                    if !state.page_is_written(page) {
+                        let count = take_zero_run(state, page);
+                        self.cursor = page + count;
+                        let count = &(count as u64).to_le_bytes();
+                        return w.record_into(RecordType::ZeroPages, &[&offset.to_le_bytes(), count], out);
+                    }
+                    self.cursor = page + 1;
                     let data = state.devmem_range(offset, PAGE_SIZE as usize)?;
                     return w.record_into(RecordType::DevmemPage, &[&offset.to_le_bytes(), data], out);
                 }
@@ -218,6 +225,104 @@ impl Outgoing {
                 Step::End => return None,
             }
         }
+    }
+
+    /// At least how many bytes [`fill`](Self::fill) would produce now before its short read:
+    /// the record in delivery and the dirty pages that hold data.
+    fn ready(&self, state: &DmaEngineState) -> u64 {
+        let pending = self.record.len().saturating_sub(self.pos) as u64;
+        if self.failed || self.step == Step::End {
+            return pending;
+        }
+        let page_record = (RECORD_HEADER_LEN + RecordType::DevmemPage.payload_len()) as u64;
+        pending + state.dirty_written_pages() as u64 * page_record
+    }
+
+    /// Hands the next `len` bytes of the stream (fewer at its short read) to `send`, a batch of
+    /// parts at a time, and returns how many it handed over. A device memory page with data
+    /// goes as its 24-byte head and the page itself where it lies in device memory: it is
+    /// hashed there and never copied before the socket. Other records, and a page record cut
+    /// by the end of `len`, are encoded into the record buffer and delivered from there.
+    fn fill_to(
+        &mut self,
+        state: &mut DmaEngineState,
+        len: usize,
+        heads: &mut Vec<u8>,
+        send: &mut dyn FnMut(&[&[u8]]) -> std::io::Result<()>,
+    ) -> Result<usize, Errno> {
+        /// Records per batch: two parts each, within what one `sendmsg` takes.
+        const BATCH: usize = 100;
+        let mut done = 0;
+        let mut ended = false;
+        while done < len && !ended {
+            // Each planned part: a range of `heads`, then optionally a devmem page.
+            let mut plan: [(usize, usize, Option<usize>); BATCH] = [(0, 0, None); BATCH];
+            let mut planned = 0;
+            heads.clear();
+            let mut at = done;
+            while at < len && planned < BATCH {
+                if self.pos >= self.record.len() {
+                    if let Some(page) = (len - at >= MAX_RECORD_LEN).then(|| self.next_written_page(state)).flatten() {
+                        let offset = page as u64 * PAGE_SIZE;
+                        let data = state.devmem_range(offset, PAGE_SIZE as usize).ok_or(Errno::EIO)?;
+                        let head = self.writer.page_record_head(RecordType::DevmemPage, offset, data);
+                        plan[planned] = (heads.len(), heads.len() + head.len(), Some(page));
+                        heads.extend_from_slice(&head);
+                        planned += 1;
+                        at += MAX_RECORD_LEN;
+                        continue;
+                    }
+                    if !self.stage_next_record(state) {
+                        ended = true;
+                        break;
+                    }
+                }
+                let k = (self.record.len() - self.pos).min(len - at);
+                let part = self.record.get(self.pos..self.pos + k).unwrap_or_default();
+                plan[planned] = (heads.len(), heads.len() + k, None);
+                heads.extend_from_slice(part);
+                planned += 1;
+                self.pos += k;
+                at += k;
+            }
+            let mut parts: [&[u8]; 2 * BATCH] = [&[]; 2 * BATCH];
+            for (i, &(from, to, page)) in plan.iter().take(planned).enumerate() {
+                parts[2 * i] = heads.get(from..to).unwrap_or_default();
+                if let Some(p) = page {
+                    parts[2 * i + 1] = state.devmem_range(p as u64 * PAGE_SIZE, PAGE_SIZE as usize).unwrap_or_default();
+                }
+            }
+            send(parts.get(..2 * planned).unwrap_or_default()).map_err(|_| Errno::EIO)?;
+            done = at;
+        }
+        Ok(done)
+    }
+
+    /// Encodes the next record into the record buffer, to be delivered from there; false
+    /// (the buffer left empty) at the end of a pre-copy round or of the stream.
+    fn stage_next_record(&mut self, state: &mut DmaEngineState) -> bool {
+        let mut record = std::mem::take(&mut self.record);
+        record.resize(MAX_RECORD_LEN, 0);
+        let k = self.next_record(state, &mut record);
+        record.truncate(k.unwrap_or(0));
+        (self.record, self.pos) = (record, 0);
+        k.is_some()
+    }
+
+    /// Takes the next dirty devmem page out of the dirty set if it is the next record and
+    /// holds data (a page never written goes in a zero run, through `next_record`).
+    fn next_written_page(&mut self, state: &mut DmaEngineState) -> Option<usize> {
+        if self.step != Step::Pages {
+            return None;
+        }
+        let dirty = state.dirty_pages()?;
+        let page = dirty.next(self.cursor)?;
+        if !state.page_is_written(page) {
+            return None;
+        }
+        state.dirty_pages()?.remove(page);
+        self.cursor = page + 1;
+        Some(page)
     }
 
     /// Fills `buf` from the stream; returns how many bytes it wrote. Whole records are encoded
@@ -245,17 +350,26 @@ impl Outgoing {
                 }
                 continue;
             }
-            let mut record = std::mem::take(&mut self.record);
-            record.resize(MAX_RECORD_LEN, 0);
-            let k = self.next_record(state, &mut record);
-            record.truncate(k.unwrap_or(0));
-            (self.record, self.pos) = (record, 0);
-            if k.is_none() {
+            if !self.stage_next_record(state) {
                 break;
             }
         }
         n
     }
+}
+
+/// Takes the dirty pages from `page` on that the device never wrote, up to the first that is
+/// clean or written, out of the dirty set (the caller took `page` itself); returns how many.
+fn take_zero_run(state: &mut DmaEngineState, page: usize) -> usize {
+    let mut count = 1;
+    while !state.page_is_written(page + count) {
+        match state.dirty_pages() {
+            Some(d) if d.contains(page + count) => d.remove(page + count),
+            _ => break,
+        }
+        count += 1;
+    }
+    count
 }
 
 /// The incoming stream: the decoder and the staged parts.
@@ -290,6 +404,12 @@ impl Incoming {
                 Record::DevmemPage { offset, data } => {
                     state.write_devmem(offset, data).ok_or(Errno::EBADMSG)?;
                     devmem_seen.insert_bytes(offset, 1);
+                }
+                Record::ZeroPages { offset, count } => {
+                    let first = usize::try_from(offset / PAGE_SIZE).map_err(|_| Errno::EBADMSG)?;
+                    let n = usize::try_from(count).map_err(|_| Errno::EBADMSG)?;
+                    state.zero_devmem(first, n).ok_or(Errno::EBADMSG)?;
+                    devmem_seen.insert_bytes(offset, count.saturating_mul(PAGE_SIZE));
                 }
                 Record::ScratchPage { offset, data } => {
                     let start = usize::try_from(offset).map_err(|_| Errno::EBADMSG)?;
@@ -426,6 +546,33 @@ impl Migratable for DmaEngine {
             return Err(Errno::EIO);
         }
         Ok(n)
+    }
+
+    fn read_data_to(
+        &mut self,
+        len: usize,
+        scratch: &mut Vec<u8>,
+        send: &mut dyn FnMut(&[&[u8]]) -> std::io::Result<()>,
+    ) -> Result<usize, Errno> {
+        let out = match self.mig.state {
+            MigState::PreCopy | MigState::StopCopy => self.mig.outgoing.as_mut().ok_or(Errno::EINVAL)?,
+            _ => return Err(Errno::EINVAL),
+        };
+        if out.failed || self.config.fail_read_after.is_some() {
+            return Err(Errno::EIO); // injected failures come through read_data (data_ready is 0)
+        }
+        let n = out.fill_to(&mut self.state, len, scratch, send)?;
+        out.read = out.read.saturating_add(n as u64);
+        Ok(n)
+    }
+
+    fn data_ready(&self) -> u64 {
+        match (self.mig.state, &self.mig.outgoing) {
+            // An injected read failure must come as an error reply, not in the middle of one.
+            _ if self.config.fail_read_after.is_some() => 0,
+            (MigState::PreCopy | MigState::StopCopy, Some(out)) => out.ready(&self.state),
+            _ => 0,
+        }
     }
 
     fn write_data(&mut self, data: &[u8]) -> Result<(), Errno> {

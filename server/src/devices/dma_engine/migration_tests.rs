@@ -6,8 +6,9 @@ use pretty_assertions::assert_eq;
 use proptest::prelude::*;
 
 use super::pages::PAGE_SIZE;
+use super::pci_config::SCRATCH_SIZE;
 use super::regs::*;
-use super::stream::{FORMAT_VERSION, RECORD_HEADER_LEN, RecordType, encode_record, header_payload};
+use super::stream::{FORMAT_VERSION, MAX_RECORD_LEN, RECORD_HEADER_LEN, RecordType, encode_record, header_payload};
 use super::*;
 use crate::migration::{ArcError, MigState, Migratable};
 use MigState::{PreCopy, Resuming, Running, Stop, StopCopy};
@@ -100,22 +101,35 @@ pub(super) fn resume(stream: &[u8], devmem: u64) -> (Rig, Result<(), ArcError>) 
     (dst, r)
 }
 
-/// `(type, page offset)` of every record of `stream`, which starts at a record boundary.
-pub(super) fn records(stream: &[u8]) -> Vec<(u32, u64)> {
+/// `(type, page offset, pages)` of every record of `stream`, which starts at a record
+/// boundary (pages: 1 for a page record, the run's length for ZERO_PAGES, else 0).
+pub(super) fn records(stream: &[u8]) -> Vec<(u32, u64, u64)> {
     let (mut out, mut at) = (Vec::new(), 0);
+    let u64_at = |i: usize| u64::from_le_bytes(stream[i..i + 8].try_into().unwrap());
     while at < stream.len() {
         let ty = u32::from_le_bytes(stream[at..at + 4].try_into().unwrap());
         let len = u32::from_le_bytes(stream[at + 4..at + 8].try_into().unwrap()) as usize;
         let page = [RecordType::DevmemPage as u32, RecordType::ScratchPage as u32].contains(&ty);
-        let offset = if page { u64::from_le_bytes(stream[at + 16..at + 24].try_into().unwrap()) } else { 0 };
-        out.push((ty, offset));
+        out.push(match ty {
+            _ if page => (ty, u64_at(at + 16), 1),
+            _ if ty == RecordType::ZeroPages as u32 => (ty, u64_at(at + 16), u64_at(at + 24)),
+            _ => (ty, 0, 0),
+        });
         at += RECORD_HEADER_LEN + len;
     }
     assert_eq!(at, stream.len(), "the stream ends on a record boundary");
     out
 }
 
+/// The device memory pages `stream` carries, in order, with or without data.
 pub(super) fn devmem_pages(stream: &[u8]) -> Vec<u64> {
+    let devmem = [RecordType::DevmemPage as u32, RecordType::ZeroPages as u32];
+    let recs = records(stream).into_iter().filter(|r| devmem.contains(&r.0));
+    recs.flat_map(|(_, offset, pages)| (0..pages).map(move |p| offset / PAGE_SIZE + p)).collect()
+}
+
+/// The device memory pages `stream` carries with their data.
+fn data_pages(stream: &[u8]) -> Vec<u64> {
     records(stream).into_iter().filter(|r| r.0 == RecordType::DevmemPage as u32).map(|r| r.1 / PAGE_SIZE).collect()
 }
 
@@ -186,9 +200,80 @@ fn stop_copy_without_pre_copy_sends_everything() {
     assert_eq!(recs.first().map(|r| r.0), Some(RecordType::Header as u32));
     assert_eq!(recs.last().map(|r| r.0), Some(RecordType::Trailer as u32));
     assert_eq!((count(RecordType::Registers), count(RecordType::PciConfig)), (1, 1));
-    assert_eq!((count(RecordType::ScratchPage), count(RecordType::DevmemPage)), (16, PAGES));
+    assert_eq!((count(RecordType::ScratchPage), devmem_pages(&stream).len()), (16, PAGES));
+    assert_eq!(data_pages(&stream), [0, 1, 2, 3, 63], "the pages written, the others in zero runs");
     let (dst, r) = resume(&stream, DEVMEM);
     assert_eq!(r, Ok(()));
+    assert_eq!(dst.dev.snapshot(), snap);
+}
+
+impl Rig {
+    /// Like [`read_round`](Self::read_round), but every read the device has data ready for
+    /// goes through `read_data_to`, as a server sends it.
+    fn read_round_to(&mut self, chunk: usize) -> Vec<u8> {
+        let (mut out, mut scratch) = (Vec::new(), Vec::new());
+        loop {
+            if self.dev.data_ready() >= chunk as u64 {
+                let n = self
+                    .dev
+                    .read_data_to(chunk, &mut scratch, &mut |parts| {
+                        out.extend(parts.concat());
+                        Ok(())
+                    })
+                    .unwrap();
+                assert_eq!(n, chunk, "a device hands over all it had ready");
+                continue;
+            }
+            let mut buf = vec![0u8; chunk];
+            let n = self.dev.read_data(&mut buf).unwrap();
+            out.extend_from_slice(&buf[..n]);
+            if n < chunk {
+                return out;
+            }
+        }
+    }
+}
+
+#[test]
+fn data_handed_to_a_sender_is_the_stream_read_into_buffers() {
+    let (mut a, mut b) = (rig(), rig());
+    for r in [&mut a, &mut b] {
+        r.dirty_everything();
+        r.write(REGION_DEVMEM, 20 * PAGE_SIZE, &[5; 3 * PAGE_SIZE as usize]).unwrap();
+        r.walk(&[PreCopy]);
+    }
+    assert_eq!(a.read_round_to(10_000), b.read_round(10_000), "pre-copy round");
+    for r in [&mut a, &mut b] {
+        r.write(REGION_DEVMEM, 7, &[1]).unwrap();
+        r.walk(&[StopCopy]);
+    }
+    assert_eq!(a.read_round_to(MAX_RECORD_LEN + 1), b.read_round(MAX_RECORD_LEN + 1), "stop-copy");
+}
+
+#[test]
+fn a_never_written_device_streams_without_touching_its_pages() {
+    let mut src = rig();
+    src.walk(&[Stop, StopCopy]);
+    let snap = src.dev.snapshot();
+    let stream = src.read_round(1 << 20);
+    assert_eq!((data_pages(&stream), devmem_pages(&stream).len()), (vec![], PAGES), "zero runs only");
+    assert!(stream.len() < (SCRATCH_SIZE + 2 * PAGE_SIZE) as usize, "{} bytes", stream.len());
+    let (dst, r) = resume(&stream, DEVMEM);
+    assert_eq!((r, dst.dev.snapshot()), (Ok(()), snap));
+}
+
+#[test]
+fn a_zero_run_zeroes_what_the_destination_held() {
+    let mut src = rig();
+    src.write(REGION_DEVMEM, 9 * PAGE_SIZE, &[3; 8]).unwrap();
+    src.walk(&[Stop, StopCopy]);
+    let snap = src.dev.snapshot();
+    let stream = src.read_round(4096);
+    let mut dst = rig();
+    dst.write(REGION_DEVMEM, 0, &vec![0xee; DEVMEM as usize]).unwrap();
+    dst.walk(&[Stop, Resuming]);
+    dst.write_stream(&stream, 3);
+    assert_eq!(dst.arc(Resuming, Stop), Ok(()));
     assert_eq!(dst.dev.snapshot(), snap);
 }
 
@@ -409,6 +494,7 @@ mod without_pre_copy {
 fn fail_read_after_hook_fails_reads_with_eio() {
     let config = DmaEngineConfig { devmem_size: DEVMEM, fail_read_after: Some(100), ..Default::default() };
     let mut rig = Rig::with(config);
+    rig.write(REGION_DEVMEM, 0, &[1; 8]).unwrap(); // a stream longer than 100 bytes
     rig.walk(&[PreCopy]);
     assert_eq!(rig.dev.read_data(&mut [0; 60]), Ok(60));
     assert_eq!(rig.dev.read_data(&mut [0; 60]), Err(Errno::EIO), "would go past byte 100");

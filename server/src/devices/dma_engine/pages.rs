@@ -60,6 +60,18 @@ impl PageSet {
         }
     }
 
+    /// Takes page `page` out of the set (ignored past the end).
+    pub fn remove(&mut self, page: usize) {
+        if let Some(w) = self.words.get_mut(page / 64) {
+            *w &= !(1u64 << (page % 64));
+        }
+    }
+
+    /// Number of pages in both this set and `other`.
+    pub fn count_common(&self, other: &PageSet) -> usize {
+        self.words.iter().zip(&other.words).map(|(a, b)| (a & b).count_ones() as usize).sum()
+    }
+
     /// Puts in the set every page that the byte range `offset`+`len` touches (clipped).
     pub fn insert_bytes(&mut self, offset: u64, len: u64) {
         if len == 0 {
@@ -84,11 +96,15 @@ impl PageSet {
     /// Removes and returns the first page in the set at or after `from`, wrapping around to
     /// the start; `None` when the set is empty.
     pub fn take_next(&mut self, from: usize) -> Option<usize> {
-        let page = self.find_from(from).or_else(|| self.find_from(0))?;
-        if let Some(w) = self.words.get_mut(page / 64) {
-            *w &= !(1u64 << (page % 64));
-        }
+        let page = self.next(from)?;
+        self.remove(page);
         Some(page)
+    }
+
+    /// The first page in the set at or after `from`, wrapping around to the start (what
+    /// [`take_next`](Self::take_next) would take).
+    pub fn next(&self, from: usize) -> Option<usize> {
+        self.find_from(from).or_else(|| self.find_from(0))
     }
 
     fn find_from(&self, from: usize) -> Option<usize> {
@@ -139,6 +155,17 @@ mod tests {
         s.insert_bytes(u64::MAX, 1);
         s.insert_bytes(3 * PAGE_SIZE, 0);
         assert_eq!(s.count(), 3);
+    }
+
+    #[test]
+    fn removed_pages_leave_the_set_and_common_pages_are_counted() {
+        let (mut a, mut b) = (PageSet::new(130, true), PageSet::new(130, false));
+        a.remove(64);
+        a.remove(500);
+        for p in [0, 64, 129] {
+            b.insert(p);
+        }
+        assert_eq!((a.count(), a.contains(64), a.count_common(&b)), (129, false, 2));
     }
 
     #[test]

@@ -9,15 +9,18 @@
 //! two devices are in the same state exactly when their states compare equal (and their
 //! shared memory does), and [`DmaEngineState::differences`] names what differs.
 //!
-//! Device memory changes only through [`DmaEngineState::write_devmem`] and
-//! [`DmaEngineState::clear_devmem`], which is where the device's own dirty tracking for
-//! migration hooks in: while a [`PageSet`] is attached (PRE_COPY and STOP_COPY, see
-//! [`migration`](super::migration)), every page they change is put in it. The tracking is
-//! bookkeeping, not state: equality ignores it.
+//! Device memory changes only through [`DmaEngineState::write_devmem`],
+//! [`DmaEngineState::zero_devmem`] and [`DmaEngineState::clear_devmem`], which is where the
+//! device's own dirty tracking for migration hooks in: while a [`PageSet`] is attached
+//! (PRE_COPY and STOP_COPY, see [`migration`](super::migration)), every page they change is
+//! put in it. They also keep the set of pages that may hold non-zero bytes: the others were
+//! never written since power-on or the last clear, so a migration sends them as zero runs
+//! without reading (and faulting in) their memory. Both are bookkeeping, not state: equality
+//! ignores them.
 
 use std::fmt;
 
-use super::pages::PageSet;
+use super::pages::{PAGE_SIZE, PageSet};
 use super::pattern::fnv1a64;
 use super::pci_config::PciConfigState;
 use super::regs::Registers;
@@ -30,6 +33,8 @@ pub struct DmaEngineState {
     /// The writable part of configuration space.
     pub pci: PciConfigState,
     devmem: Vec<u8>,
+    /// The device memory pages that may hold non-zero bytes; every other page is zero.
+    written: PageSet,
     /// The device memory pages changed since they were last sent, while tracking.
     dirty: Option<PageSet>,
 }
@@ -45,7 +50,13 @@ impl Eq for DmaEngineState {}
 impl DmaEngineState {
     /// The power-on state with `devmem_size` bytes of zeroed device memory.
     pub fn power_on(devmem_size: usize) -> Self {
-        Self { regs: Registers::default(), pci: PciConfigState::default(), devmem: vec![0; devmem_size], dirty: None }
+        Self {
+            regs: Registers::default(),
+            pci: PciConfigState::default(),
+            devmem: vec![0; devmem_size],
+            written: PageSet::for_bytes(devmem_size as u64, false),
+            dirty: None,
+        }
     }
 
     /// Size of the device memory in bytes.
@@ -69,16 +80,41 @@ impl DmaEngineState {
     pub fn write_devmem(&mut self, offset: u64, data: &[u8]) -> Option<()> {
         let start = usize::try_from(offset).ok()?;
         self.devmem.get_mut(start..start.checked_add(data.len())?)?.copy_from_slice(data);
+        self.written.insert_bytes(offset, data.len() as u64);
         if let Some(dirty) = &mut self.dirty {
             dirty.insert_bytes(offset, data.len() as u64);
         }
         Some(())
     }
 
+    /// Zeroes `count` pages of device memory from page `first`; `None` (and nothing changed)
+    /// if they are not all inside it. Pages never written are zero already and left untouched.
+    pub fn zero_devmem(&mut self, first: usize, count: usize) -> Option<()> {
+        let end = first.checked_add(count).filter(|e| *e <= self.written.len())?;
+        let page = PAGE_SIZE as usize;
+        for p in first..end {
+            if !self.written.contains(p) {
+                continue;
+            }
+            self.devmem.get_mut(p * page..(p + 1) * page)?.fill(0);
+            self.written.remove(p);
+            if let Some(dirty) = &mut self.dirty {
+                dirty.insert(p);
+            }
+        }
+        Some(())
+    }
+
+    /// Whether device memory page `page` may hold non-zero bytes (true past the end).
+    pub fn page_is_written(&self, page: usize) -> bool {
+        page >= self.written.len() || self.written.contains(page)
+    }
+
     /// Zeroes the device memory (with a fresh zero allocation, so untouched pages stay
     /// uncommitted).
     pub fn clear_devmem(&mut self) {
         self.devmem = vec![0; self.devmem.len()];
+        self.written = PageSet::for_bytes(self.devmem_size(), false);
         if let Some(dirty) = &mut self.dirty {
             dirty.insert_all();
         }
@@ -97,6 +133,11 @@ impl DmaEngineState {
     /// The dirty pages, while tracking.
     pub(super) fn dirty_pages(&mut self) -> Option<&mut PageSet> {
         self.dirty.as_mut()
+    }
+
+    /// How many dirty pages may hold non-zero bytes (0 when not tracking).
+    pub(super) fn dirty_written_pages(&self) -> usize {
+        self.dirty.as_ref().map_or(0, |d| d.count_common(&self.written))
     }
 
     /// Resets registers and device memory, keeping configuration space (the guest's CTRL reset).
@@ -186,6 +227,25 @@ mod tests {
         let mut untracked = s.clone();
         untracked.stop_dirty_tracking();
         assert_eq!(s, untracked);
+    }
+
+    #[test]
+    fn only_written_pages_may_hold_data_and_zeroing_forgets_them() {
+        let mut s = DmaEngineState::power_on(4 * 4096);
+        s.write_devmem(4095, &[1, 2]).unwrap();
+        assert_eq!((0..5).map(|p| s.page_is_written(p)).collect::<Vec<_>>(), [true, true, false, false, true]);
+        s.start_dirty_tracking(false);
+        assert_eq!(s.dirty_written_pages(), 0);
+        assert_eq!(s.zero_devmem(1, 4), None, "a run past the end changes nothing");
+        assert_eq!(s.zero_devmem(1, 2), Some(()));
+        assert_eq!(
+            (s.page_is_written(0), s.page_is_written(1), s.devmem_range(4096, 1)),
+            (true, false, Some(&[0][..]))
+        );
+        assert_eq!(s.dirty_written_pages(), 0, "the zeroed page is dirty but no longer written");
+        assert_eq!(s.dirty_pages().map(|d| d.count()), Some(1));
+        s.clear_devmem();
+        assert!(!s.page_is_written(0));
     }
 
     #[test]

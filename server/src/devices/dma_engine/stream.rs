@@ -1,7 +1,7 @@
 //! The wire format of the dma-engine's migration stream: records, their encoding, and an
 //! incremental [`Decoder`] that takes the stream in pieces of any size.
 //!
-//! # Format (version 2)
+//! # Format (version 3)
 //!
 //! The stream is a sequence of records. Every record is a 16-byte record header followed by
 //! its payload; all integers are little-endian:
@@ -10,24 +10,26 @@
 //! |---|---|---|
 //! | 0..4 | type | [`RecordType`] |
 //! | 4..8 | length | payload length; each type has one fixed length, any other is corruption |
-//! | 8..16 | checksum | XXH3-64 of the payload, seeded with `type << 32 \| length` |
+//! | 8..16 | checksum | XXH3-64 of the payload, seeded with `type << 32 \| length`; for DEVMEM_PAGE and SCRATCH_PAGE, of the page's 4096 bytes alone, seeded with that XOR the page's offset (so a page is hashed where it lies in device memory, and sent from there) |
 //! | 16.. | payload | below |
 //!
 //! | type | record | length | payload | sent |
 //! |---|---|---|---|---|
-//! | 1 | HEADER | 24 | magic `"DMAE-MIG"` (8 bytes), format version u32 (2), reserved u32 (0), `devmem_size` u64 | first, once |
+//! | 1 | HEADER | 24 | magic `"DMAE-MIG"` (8 bytes), format version u32 (3), reserved u32 (0), `devmem_size` u64 | first, once |
 //! | 2 | REGISTERS | 168 | the 21 fields of [`Registers`], u64 each, in [`Registers::fields`] order (the 14 command registers, then BG_CTRL, BG_STATUS, BG_SEED, BG_ADDR, BG_LEN, BG_WRITES, BG_INTERVAL_US) | STOP_COPY, once |
 //! | 3 | PCI_CONFIG | 32 | command u32, interrupt line u32, the address bits of BAR0-BAR5 u32 each | STOP_COPY, once |
 //! | 4 | DEVMEM_PAGE | 4104 | page-aligned offset u64, then the 4096 bytes of device memory there | PRE_COPY rounds and STOP_COPY; a page may come several times, the last copy wins |
 //! | 5 | SCRATCH_PAGE | 4104 | page-aligned offset u64, then the 4096 bytes of shared scratch memory there | STOP_COPY, each of the 16 pages once |
 //! | 6 | TRAILER | 16 | record count u64 (records before the trailer, header included), stream checksum u64 (the chain `c = XXH3-64(record checksum, seed c)` over every record before the trailer, from `c = 0`) | last |
+//! | 7 | ZERO_PAGES | 16 | page-aligned offset u64, page count u64 (at least 1, all inside device memory): that many pages of zeros | instead of DEVMEM_PAGE records for consecutive pages the device has never written since power-on or its last reset |
 //!
 //! The HEADER record keeps this framing and payload layout in every format version, so a
 //! destination can always tell another version (EPROTO) from garbage (EBADMSG). Version 1 had
-//! a 112-byte REGISTERS record without the background writer's registers; a version-1 stream
-//! is refused with EPROTO, as any other version is. A complete
-//! stream holds every devmem page and every scratch page at least once, REGISTERS and
-//! PCI_CONFIG once each, and nothing after the TRAILER.
+//! a 112-byte REGISTERS record without the background writer's registers; version 2 had no
+//! ZERO_PAGES record, so it sent never-written memory page by page (reading every page, which
+//! faulted each one in); a stream of another version is refused with EPROTO. A complete
+//! stream holds every devmem page (in a DEVMEM_PAGE or a ZERO_PAGES record) and every scratch
+//! page at least once, REGISTERS and PCI_CONFIG once each, and nothing after the TRAILER.
 //!
 //! # Decoding
 //!
@@ -55,13 +57,15 @@ use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 /// The magic at the start of the HEADER payload.
 pub const STREAM_MAGIC: [u8; 8] = *b"DMAE-MIG";
-/// The format version this code writes and reads (2: REGISTERS carries the background
-/// writer's registers).
-pub const FORMAT_VERSION: u32 = 2;
+/// The format version this code writes and reads (3: ZERO_PAGES runs stand for memory the
+/// device never wrote; since 2, REGISTERS carries the background writer's registers).
+pub const FORMAT_VERSION: u32 = 3;
 /// Length of a record header (type, length, checksum).
 pub const RECORD_HEADER_LEN: usize = 16;
 /// Payload length of a DEVMEM_PAGE or SCRATCH_PAGE record: offset plus one page.
 pub const PAGE_PAYLOAD_LEN: usize = 8 + PAGE_SIZE as usize;
+/// The bytes of a page record before its page: record header and offset.
+pub const PAGE_RECORD_HEAD: usize = RECORD_HEADER_LEN + 8;
 /// The longest record of the format; the decoder never buffers more.
 pub const MAX_RECORD_LEN: usize = RECORD_HEADER_LEN + PAGE_PAYLOAD_LEN;
 
@@ -81,14 +85,24 @@ pub enum RecordType {
     ScratchPage = 5,
     /// Record count and whole-stream checksum.
     Trailer = 6,
+    /// A run of device memory pages that hold zeros.
+    ZeroPages = 7,
 }
 
 impl RecordType {
     /// The type with number `raw`, if there is one.
     pub fn from_raw(raw: u32) -> Option<Self> {
-        [Self::Header, Self::Registers, Self::PciConfig, Self::DevmemPage, Self::ScratchPage, Self::Trailer]
-            .into_iter()
-            .find(|t| *t as u32 == raw)
+        [
+            Self::Header,
+            Self::Registers,
+            Self::PciConfig,
+            Self::DevmemPage,
+            Self::ScratchPage,
+            Self::Trailer,
+            Self::ZeroPages,
+        ]
+        .into_iter()
+        .find(|t| *t as u32 == raw)
     }
 
     /// The payload length every record of this type has.
@@ -98,7 +112,7 @@ impl RecordType {
             Self::Registers => Registers::FIELD_COUNT * 8,
             Self::PciConfig => 32,
             Self::DevmemPage | Self::ScratchPage => PAGE_PAYLOAD_LEN,
-            Self::Trailer => 16,
+            Self::Trailer | Self::ZeroPages => 16,
         }
     }
 }
@@ -108,8 +122,20 @@ impl RecordType {
 /// XXH3 rather than the device's FNV-1a: it runs at memory speed, and the stream is as long as
 /// device memory.
 pub fn record_checksum(ty: u32, payload: &[u8]) -> u64 {
-    let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
-    xxh3_64_with_seed(payload, u64::from(ty) << 32 | u64::from(len))
+    let is_page = ty == RecordType::DevmemPage as u32 || ty == RecordType::ScratchPage as u32;
+    match (is_page, le_u64(payload, 0), payload.get(8..)) {
+        (true, Some(offset), Some(page)) if payload.len() == PAGE_PAYLOAD_LEN => page_checksum(ty, offset, page),
+        _ => xxh3_64_with_seed(payload, seed(ty, payload.len())),
+    }
+}
+
+/// The checksum of a page record (type `ty`) of the page `page` at `offset`.
+pub fn page_checksum(ty: u32, offset: u64, page: &[u8]) -> u64 {
+    xxh3_64_with_seed(page, seed(ty, PAGE_PAYLOAD_LEN) ^ offset)
+}
+
+fn seed(ty: u32, len: usize) -> u64 {
+    u64::from(ty) << 32 | u64::from(u32::try_from(len).unwrap_or(u32::MAX))
 }
 
 /// The whole-stream checksum: a chain over the record checksums, in order. Each record's
@@ -203,6 +229,21 @@ impl StreamWriter {
         Some(total)
     }
 
+    /// The record header and offset of the next record, a DEVMEM_PAGE or SCRATCH_PAGE of
+    /// `page` at `offset`: the record is those 24 bytes followed by `page`, which the caller
+    /// sends from where it lies.
+    pub fn page_record_head(&mut self, ty: RecordType, offset: u64, page: &[u8]) -> [u8; PAGE_RECORD_HEAD] {
+        let sum = page_checksum(ty as u32, offset, page);
+        let mut head = [0u8; PAGE_RECORD_HEAD];
+        head[..4].copy_from_slice(&(ty as u32).to_le_bytes());
+        head[4..8].copy_from_slice(&(PAGE_PAYLOAD_LEN as u32).to_le_bytes());
+        head[8..16].copy_from_slice(&sum.to_le_bytes());
+        head[16..].copy_from_slice(&offset.to_le_bytes());
+        self.hash.update(sum);
+        self.records += 1;
+        head
+    }
+
     /// The next record of the stream, as a new buffer.
     pub fn record(&mut self, ty: RecordType, payload: &[u8]) -> Vec<u8> {
         let mut out = vec![0u8; RECORD_HEADER_LEN + payload.len()];
@@ -245,6 +286,13 @@ pub enum Record<'a> {
         offset: u64,
         /// The page's bytes.
         data: &'a [u8],
+    },
+    /// `count` pages of zeros from `offset` (page-aligned, the whole run inside device memory).
+    ZeroPages {
+        /// Offset in device memory.
+        offset: u64,
+        /// Number of pages, at least 1.
+        count: u64,
     },
 }
 
@@ -445,6 +493,15 @@ impl Decoder {
                 return Ok(());
             }
             RecordType::Registers => apply(Record::Registers(decode_registers(payload)?))?,
+            RecordType::ZeroPages => {
+                let offset = le_u64(payload, 0).ok_or(Errno::EBADMSG)?;
+                let count = le_u64(payload, 8).ok_or(Errno::EBADMSG)?;
+                let end = count.checked_mul(PAGE_SIZE).and_then(|len| offset.checked_add(len));
+                if offset % PAGE_SIZE != 0 || count == 0 || end.is_none_or(|e| e > self.devmem_size) {
+                    return Err(Errno::EBADMSG);
+                }
+                apply(Record::ZeroPages { offset, count })?;
+            }
             RecordType::PciConfig => apply(Record::PciConfig(decode_pci_config(payload, self.devmem_size)?))?,
             RecordType::DevmemPage | RecordType::ScratchPage => {
                 let offset = le_u64(payload, 0).ok_or(Errno::EBADMSG)?;
@@ -492,6 +549,16 @@ mod tests {
         }
         assert!(d.pending.capacity() <= MAX_RECORD_LEN, "the pending buffer stays bounded");
         (d.finish(), n)
+    }
+
+    #[test]
+    fn a_page_record_sent_from_its_head_and_page_equals_the_encoded_record() {
+        let page: Vec<u8> = (0..PAGE_SIZE).map(|i| (i * 7) as u8).collect();
+        let (mut a, mut b) = (StreamWriter::default(), StreamWriter::default());
+        let whole = a.record(RecordType::DevmemPage, &page_payload(3 * PAGE_SIZE, &page));
+        let mut split = b.page_record_head(RecordType::DevmemPage, 3 * PAGE_SIZE, &page).to_vec();
+        split.extend_from_slice(&page);
+        assert_eq!((whole, a.trailer()), (split, b.trailer()));
     }
 
     #[test]
@@ -553,6 +620,42 @@ mod tests {
         let mut p = registers_payload(&Registers { bg: good, ..Registers::default() });
         p[20 * 8..21 * 8].copy_from_slice(&(1u64 << 32).to_le_bytes());
         assert_eq!(decode_registers(&p), Err(Errno::EBADMSG), "BG_INTERVAL_US above 32 bits");
+    }
+
+    fn zero_run_stream(offset: u64, count: u64) -> Vec<u8> {
+        let mut w = StreamWriter::default();
+        let mut s = w.record(RecordType::Header, &header_payload(FORMAT_VERSION, DEVMEM));
+        let run: Vec<u8> = [offset, count].iter().flat_map(|v| v.to_le_bytes()).collect();
+        s.extend(w.record(RecordType::ZeroPages, &run));
+        s.extend(w.trailer());
+        s
+    }
+
+    #[test]
+    fn a_zero_run_inside_device_memory_decodes_to_its_pages() {
+        let mut d = Decoder::new(DEVMEM);
+        let mut got = Vec::new();
+        d.feed(&zero_run_stream(PAGE_SIZE, 7), |r| {
+            got.push(r.clone().into_owned_run());
+            Ok(())
+        });
+        assert_eq!((d.finish(), got), (Ok(()), vec![Some((PAGE_SIZE, 7))]));
+    }
+
+    #[test]
+    fn an_empty_unaligned_or_overrunning_zero_run_is_corruption() {
+        for (offset, count) in [(0, 0), (1, 1), (PAGE_SIZE, 8), (0, u64::MAX), (u64::MAX - 4095, 1)] {
+            assert_eq!(decode(&zero_run_stream(offset, count), 5).0, Err(Errno::EBADMSG), "{offset:#x}+{count}");
+        }
+    }
+
+    impl Record<'_> {
+        fn into_owned_run(self) -> Option<(u64, u64)> {
+            match self {
+                Record::ZeroPages { offset, count } => Some((offset, count)),
+                _ => None,
+            }
+        }
     }
 
     #[test]

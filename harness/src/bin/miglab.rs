@@ -1,13 +1,15 @@
 //! `miglab`: the scenario tool. `miglab scenario NAME|PATH` runs a scenario and writes its
 //! report, `miglab check PATH...` validates scenario files, `miglab list` shows the scenarios
 //! of a directory with their descriptions, `miglab trace FILE` decodes a message trace for a
-//! person, `miglab schema` prints the JSON Schema of the format. `miglab serve` is
-//! `vfu-server` itself: the runner starts its servers from this executable.
+//! person, `miglab schema` prints the JSON Schema of the format, `miglab fuzz` runs a campaign
+//! of generated scenarios and `miglab merge` combines the summaries of its shards. `miglab
+//! serve` is `vfu-server` itself: the runner starts its servers from this executable.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use harness::fuzz::summary::CampaignSummary;
 use harness::run::{RunOptions, ServerCommand, run_scenario};
 use harness::scenario::{self, load_path};
 use harness::trace::{DecodeOptions, decode_trace_file};
@@ -32,9 +34,8 @@ enum Command {
         /// Where reports go.
         #[arg(long, default_value = "reports")]
         reports: PathBuf,
-        /// A vfu-server-compatible executable to test instead of the built-in server.
-        #[arg(long)]
-        server: Option<PathBuf>,
+        #[command(flatten)]
+        server: ServerArgs,
         /// Concurrent mode: the device's background writer does DMA from a device thread during
         /// each migration, racing the dirty reports (the trace no longer replays byte for byte).
         #[arg(long)]
@@ -43,6 +44,21 @@ enum Command {
     /// Run generated scenarios: each seed draws a whole scenario (device, guest, workload,
     /// steps, faults); failures are shrunk and written to scenarios/regressions/.
     Fuzz(FuzzArgs),
+    /// Combine the summaries of a campaign's shards (`miglab fuzz --summary-json`) into one:
+    /// coverage summed, one entry per way of failing, the model's missing cells recomputed.
+    /// The exit status is 1 when any shard failed (or, with --require-coverage, a required
+    /// cell was reached by none).
+    Merge {
+        /// The shards' summary files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Fail when a cell the protocol model's coverage requires was reached by no shard.
+        #[arg(long)]
+        require_coverage: bool,
+        /// Write the merged summary here too.
+        #[arg(long)]
+        summary_json: Option<PathBuf>,
+    },
     /// Decode a message trace (a report's trace.jsonl, or any trace of mock-qemu's format).
     Trace {
         /// The trace file.
@@ -80,6 +96,35 @@ enum Command {
     Schema,
 }
 
+/// The server under test, for `miglab scenario` and `miglab fuzz`.
+#[derive(Debug, clap::Args)]
+struct ServerArgs {
+    /// A vfu-server-compatible executable to test instead of the built-in server.
+    #[arg(long)]
+    server: Option<PathBuf>,
+    /// The device name the server is started with (`--device NAME`), for a server that calls
+    /// its dma-engine-compatible device otherwise.
+    #[arg(long, default_value = harness::run::server::DEFAULT_DEVICE)]
+    device: String,
+}
+
+impl ServerArgs {
+    /// The command that starts the server: the given executable, or this one's `serve`.
+    fn command(self) -> Result<ServerCommand, ExitCode> {
+        let command = match self.server {
+            Some(p) => ServerCommand::external(p),
+            None => match std::env::current_exe() {
+                Ok(exe) => ServerCommand::miglab(exe),
+                Err(e) => {
+                    eprintln!("miglab: finding its own executable: {e}");
+                    return Err(ExitCode::FAILURE);
+                }
+            },
+        };
+        Ok(command.with_device(self.device))
+    }
+}
+
 /// `miglab fuzz`'s arguments.
 #[derive(Debug, clap::Args)]
 struct FuzzArgs {
@@ -111,6 +156,11 @@ struct FuzzArgs {
     /// operation in each state, let through and refused; each event in each state).
     #[arg(long)]
     require_coverage: bool,
+    /// Write the campaign's summary here as JSON, for `miglab merge`.
+    #[arg(long)]
+    summary_json: Option<PathBuf>,
+    #[command(flatten)]
+    server: ServerArgs,
 }
 
 fn main() -> ExitCode {
@@ -119,6 +169,7 @@ fn main() -> ExitCode {
             run(&scenario, seed, reports, server, concurrent)
         }
         Command::Fuzz(args) => fuzz(args),
+        Command::Merge { files, require_coverage, summary_json } => merge(&files, require_coverage, summary_json),
         Command::Trace { file, session, step, payload_bytes } => {
             let options = DecodeOptions { session, step, payload_bytes };
             match decode_trace_file(&file, &options, &mut std::io::stdout().lock()) {
@@ -196,7 +247,7 @@ fn resolve(name: &str) -> PathBuf {
     Path::new("scenarios").join(format!("{name}.yaml"))
 }
 
-fn run(name: &str, seed: Option<u64>, reports: PathBuf, server: Option<PathBuf>, concurrent: bool) -> ExitCode {
+fn run(name: &str, seed: Option<u64>, reports: PathBuf, server: ServerArgs, concurrent: bool) -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "error".into()))
         .with_writer(std::io::stderr)
@@ -209,15 +260,9 @@ fn run(name: &str, seed: Option<u64>, reports: PathBuf, server: Option<PathBuf>,
             return ExitCode::FAILURE;
         }
     };
-    let server = match server {
-        Some(p) => ServerCommand::external(p),
-        None => match std::env::current_exe() {
-            Ok(exe) => ServerCommand::miglab(exe),
-            Err(e) => {
-                eprintln!("miglab: finding its own executable: {e}");
-                return ExitCode::FAILURE;
-            }
-        },
+    let server = match server.command() {
+        Ok(command) => command,
+        Err(code) => return code,
     };
     let options = RunOptions { seed, server, reports: Some(reports), concurrent };
     match run_scenario(&scenario, &file, &options) {
@@ -267,7 +312,19 @@ fn parse_shard(s: &str) -> Result<(u64, u64), String> {
 }
 
 fn fuzz(args: FuzzArgs) -> ExitCode {
-    let FuzzArgs { seeds, time, jobs, shard, no_shrink, concurrent, regressions, reports, require_coverage } = args;
+    let FuzzArgs {
+        seeds,
+        time,
+        jobs,
+        shard,
+        no_shrink,
+        concurrent,
+        regressions,
+        reports,
+        require_coverage,
+        summary_json,
+        server,
+    } = args;
     let shrink = !no_shrink;
     let seeds = seeds.unwrap_or_else(|| {
         // A fresh seed, printed below so the campaign can be run again.
@@ -279,12 +336,9 @@ fn fuzz(args: FuzzArgs) -> ExitCode {
         eprintln!("miglab fuzz: give --seeds A..B or --time DURATION (or both)");
         return ExitCode::FAILURE;
     }
-    let server = match std::env::current_exe() {
-        Ok(exe) => ServerCommand::miglab(exe),
-        Err(e) => {
-            eprintln!("miglab: finding its own executable: {e}");
-            return ExitCode::FAILURE;
-        }
+    let server = match server.command() {
+        Ok(command) => command,
+        Err(code) => return code,
     };
     let end = if seeds.end == u64::MAX { "…".to_string() } else { seeds.end.to_string() };
     println!(
@@ -332,33 +386,45 @@ fn fuzz(args: FuzzArgs) -> ExitCode {
         summary.generator_errors.len(),
         summary.shrink_elapsed.as_secs_f64()
     );
-    print!("{}", summary.coverage.summary());
-    for (seed, e) in &summary.generator_errors {
-        println!("generator error, seed {seed}: {e}");
+    let file = CampaignSummary::from_campaign(&summary, &options);
+    conclude("fuzz", &file, require_coverage, summary_json.as_deref())
+}
+
+/// Prints a campaign's (or a merge's) summary, writes it when asked, and gives its verdict.
+fn conclude(command: &str, summary: &CampaignSummary, require_coverage: bool, json: Option<&Path>) -> ExitCode {
+    print!("{}", summary.render(require_coverage));
+    if let Some(path) = json
+        && let Err(e) = summary.write(path)
+    {
+        eprintln!("miglab {command}: {e}");
+        return ExitCode::FAILURE;
     }
-    for f in &summary.findings {
-        println!("\nFAIL seed {}: {}", f.seed, f.reason);
-        if !f.same.is_empty() {
-            let more: Vec<String> = f.same.iter().take(10).map(u64::to_string).collect();
-            println!("      the same way: seeds {}", more.join(", "));
+    if summary.passed(require_coverage) { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+}
+
+fn merge(files: &[PathBuf], require_coverage: bool, summary_json: Option<PathBuf>) -> ExitCode {
+    let mut parts = Vec::new();
+    for path in files {
+        match CampaignSummary::read(path) {
+            Ok(part) => parts.push(part),
+            Err(e) => {
+                eprintln!("miglab merge: {e}");
+                return ExitCode::FAILURE;
+            }
         }
-        println!("      shrunk from {} to {} steps in {} runs", f.steps.0, f.steps.1, f.shrink_runs);
-        if let Some(file) = &f.file {
-            println!("      replay: cargo run -p harness --bin miglab -- scenario {}", file.display());
-        }
     }
-    let (cells, events) = summary.coverage.model.missing();
-    let uncovered = require_coverage && !(cells.is_empty() && events.is_empty());
-    if uncovered {
-        println!(
-            "coverage: {} required cell(s) and {} event cell(s) not reached (--require-coverage)",
-            cells.len(),
-            events.len()
-        );
-    }
-    if summary.findings.is_empty() && summary.generator_errors.is_empty() && !uncovered {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
+    let merged = CampaignSummary::merge(&parts);
+    let shards: Vec<String> = merged.shards.iter().map(|(i, n)| format!("{i}/{n}")).collect();
+    let seeds: Vec<String> = merged.seeds.iter().map(|r| format!("{}..{}", r.start, r.end)).collect();
+    println!(
+        "merged {} summaries: seeds {}, shards {}: {} runs in {:.1}s of runs, {} failing way(s), {} generator error(s)",
+        parts.len(),
+        seeds.join(", "),
+        shards.join(", "),
+        merged.runs,
+        merged.elapsed_secs,
+        merged.findings.len(),
+        merged.generator_errors.len()
+    );
+    conclude("merge", &merged, require_coverage, summary_json.as_deref())
 }

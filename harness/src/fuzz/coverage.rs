@@ -4,14 +4,16 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
+use serde::{Deserialize, Serialize};
 use vfu_server::wire::{Command, MigState};
 
 use crate::run::state_name;
 
 use super::generate::FAULTS;
 
-/// What a campaign exercised, with how many times.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// What a campaign exercised, with how many times; serialized in a campaign's summary file so
+/// that shards can be merged.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Coverage {
     /// Device states reached (from the servers' logs).
     pub states: BTreeMap<String, u64>,

@@ -11,6 +11,7 @@ pub mod explore;
 pub mod generate;
 pub mod iteration;
 pub mod shrink;
+pub mod summary;
 
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -52,7 +53,7 @@ pub struct FuzzOptions {
 }
 
 /// A failure of a campaign.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Finding {
     /// The seed.
     pub seed: u64,

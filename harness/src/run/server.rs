@@ -18,6 +18,9 @@ use crate::scenario::model::DmaEngineOptions;
 /// How long a server may take to listen.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// The device scenarios are written for, by vfu-server's name for it.
+pub const DEFAULT_DEVICE: &str = "dma-engine";
+
 /// The program that serves a device: `vfu-server`'s command line, reached through the
 /// `miglab serve` subcommand by default, or any executable taking the same flags.
 #[derive(Debug, Clone)]
@@ -30,17 +33,25 @@ pub struct ServerCommand {
     /// vfu-server's does (`migration arc from=Running to=Stop`): the runner then checks each
     /// walk against the model's.
     pub logs_arcs: bool,
+    /// The device name passed as `--device`: `dma-engine`, or what another server calls its
+    /// dma-engine-compatible device.
+    pub device: String,
 }
 
 impl ServerCommand {
     /// `miglab serve`, from a path to the `miglab` executable.
     pub fn miglab(exe: impl Into<PathBuf>) -> Self {
-        Self { program: exe.into(), prefix: vec!["serve".into()], logs_arcs: true }
+        Self { program: exe.into(), prefix: vec!["serve".into()], logs_arcs: true, device: DEFAULT_DEVICE.into() }
     }
 
     /// A `vfu-server`-compatible executable.
     pub fn external(program: impl Into<PathBuf>) -> Self {
-        Self { program: program.into(), prefix: Vec::new(), logs_arcs: false }
+        Self { program: program.into(), prefix: Vec::new(), logs_arcs: false, device: DEFAULT_DEVICE.into() }
+    }
+
+    /// The same command serving the device its server calls `name`.
+    pub fn with_device(self, name: impl Into<String>) -> Self {
+        Self { device: name.into(), ..self }
     }
 }
 
@@ -113,7 +124,12 @@ impl ServerProcess {
         hooks: &Hooks,
     ) -> Result<Self, ServerError> {
         let mut args: Vec<OsString> = command.prefix.clone();
-        args.extend(["--socket".into(), socket.as_os_str().to_owned(), "--device".into(), "dma-engine".into()]);
+        args.extend([
+            "--socket".into(),
+            socket.as_os_str().to_owned(),
+            "--device".into(),
+            command.device.clone().into(),
+        ]);
         args.extend(["--devmem-size".into(), options.devmem_size.value.bytes().to_string().into()]);
         args.extend(["--chunk-size".into(), options.chunk_size.value.bytes().to_string().into()]);
         args.extend(["--max-data-xfer-size".into(), options.max_data_xfer_size.bytes().to_string().into()]);

@@ -66,6 +66,14 @@ impl ServerModel {
         if flags & FEATURE_PROBE != 0 || flags & FEATURE_SET != 0 && flags & FEATURE_MASK != FEATURE_DMA_LOGGING_START {
             return;
         }
+        // A reply's argsz states the reply's own size, whatever room the request offered.
+        if reply.u32_at(0).is_some_and(|argsz| argsz as usize != reply.payload_len) {
+            problems.push(format!(
+                "argsz {} but the reply has {} bytes",
+                reply.u32_at(0).unwrap_or(0),
+                reply.payload_len
+            ));
+        }
         match (flags & FEATURE_MASK, &p.effect) {
             (FEATURE_MIGRATION, _) => match reply.u64_at(8) {
                 Some(f) if f & MIGRATION_STOP_COPY == 0 => {

@@ -182,7 +182,7 @@ fn a_disconnect_drops_what_the_client_set_up_and_leaves_the_device_running() {
 fn report_bits_past_the_range_are_a_finding() {
     let mut t = Talk::new();
     assert!(t.ok(Command::DmaMap, &map(0, 0x100000), 1, &[]).is_empty());
-    let mut start = vec![16 + 16, 0, 0, 0];
+    let mut start = vec![8 + 16, 0, 0, 0];
     start.extend_from_slice(&(FEATURE_SET | FEATURE_DMA_LOGGING_START).to_le_bytes());
     start.extend_from_slice(&[0, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
     assert!(t.ok(Command::DeviceFeature, &start, 0, &start).is_empty());
@@ -235,4 +235,20 @@ fn damaged_messages_are_not_judged_until_the_next_connection() {
     t.model.event(Event::Connected);
     assert_eq!(t.model.suspended(), None);
     assert_eq!(t.model.state(), Some(MigState::Running));
+}
+
+#[test]
+fn a_feature_reply_states_its_own_size_whatever_room_was_offered() {
+    let mut t = Talk::new();
+    let mut get = vec![8 + 64, 0, 0, 0];
+    get.extend_from_slice(&(FEATURE_GET | vfu_server::wire::FEATURE_MIGRATION).to_le_bytes());
+    get.extend_from_slice(&[0; 64]);
+    let mut reply = vec![16, 0, 0, 0];
+    reply.extend_from_slice(&get[4..8]);
+    reply.extend_from_slice(&5u64.to_le_bytes());
+    assert!(t.ok(Command::DeviceFeature, &get, 0, &reply).is_empty());
+    reply[0] = 8 + 64;
+    let found = t.ok(Command::DeviceFeature, &get, 0, &reply);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(found[0].contains("argsz 72"), "{found:?}");
 }

@@ -203,6 +203,8 @@ fn features(ctx: &mut SideCtx) -> Result<(), String> {
     let logging = ctx.dev.dirty.logging();
     let client = ctx.client()?;
     ask(client, Command::DeviceFeature, &feature(FEATURE_GET | FEATURE_MIGRATION, &[0; 8], 8))?;
+    // More room than the reply needs: its argsz must still say its own size.
+    ask(client, Command::DeviceFeature, &feature(FEATURE_GET | FEATURE_MIGRATION, &[0; 64], 64))?;
     ask(client, Command::DeviceFeature, &feature(FEATURE_GET | FEATURE_MIG_DEVICE_STATE, &[0; 8], 8))?;
     if let Some(s) = state.filter(|s| *s != MigState::Error) {
         let mut data = (s as u32).to_le_bytes().to_vec();

@@ -278,15 +278,18 @@ impl Builder<'_> {
     }
 
     fn command(&mut self) -> String {
-        let (iova, len) = self.g.regions[0];
+        // Mostly the first region; sometimes the second, so that reports across the boundary
+        // of two ranges find pages the device wrote on both sides.
+        let second = self.g.regions.len() > 1 && self.rng.random_bool(0.3);
+        let (iova, len) = self.g.regions[usize::from(second)];
         let max = self.g.devmem.min(16384).min(len);
         let n = self.rng.random_range(1..=max);
         let at = match self.rng.random_range(0..10) {
             0 => 3 << 30,
-            // Where reports and unmaps look: across a 64 KiB report group or a 2 MiB page,
-            // or up to the region's end.
+            // Where reports and unmaps look: the region's start, across a 64 KiB report group
+            // or a 2 MiB page, or up to the region's end.
             1 | 2 => {
-                let edge = *[64u64 << 10, 2 << 20, len].choose(&mut self.rng).unwrap_or(&len);
+                let edge = *[0, 64u64 << 10, 2 << 20, len].choose(&mut self.rng).unwrap_or(&len);
                 iova + edge.min(len).saturating_sub(self.rng.random_range(1..=n)).min(len - n) / 8 * 8
             }
             _ => iova + self.rng.random_range(0..=len - n) / 8 * 8,

@@ -7,8 +7,7 @@
 //! outcome from the specification — and the project's documented choices where the
 //! specification leaves room (README, "Behaviour worth knowing") — and after it checks the
 //! reply's shape and applies what the request promised: the migration state and its walk,
-//! dirty logging and its ranges, DMA mappings, interrupt eventfds and masks, the migration
-//! data stream. A reply the prediction does not admit is a finding.
+//! dirty logging and its ranges, DMA mappings, the migration data stream. A reply the prediction does not admit is a finding.
 //!
 //! It knows nothing of a device's registers: what a device is (its regions, IRQ indexes,
 //! whether it migrates) it learns from the server's own answers and holds the server to them.
@@ -79,15 +78,6 @@ struct Pending {
     prediction: Prediction,
 }
 
-/// An interrupt vector as the client set it up.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Vector {
-    /// An eventfd is attached.
-    pub eventfd: bool,
-    /// The vector is masked.
-    pub masked: bool,
-}
-
 /// What a region is, as the server described it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct RegionSeen {
@@ -114,7 +104,6 @@ pub struct ServerModel {
     device: Option<(u32, u32, u32)>,
     regions: BTreeMap<u32, RegionSeen>,
     irqs: BTreeMap<u32, (u32, u32)>,
-    vectors: BTreeMap<(u32, u32), Vector>,
     /// Bytes read of the current outgoing data stream.
     out_offset: u64,
     pending: BTreeMap<u16, Pending>,
@@ -145,7 +134,6 @@ impl ServerModel {
             device: None,
             regions: BTreeMap::new(),
             irqs: BTreeMap::new(),
-            vectors: BTreeMap::new(),
             out_offset: 0,
             pending: BTreeMap::new(),
             suspended: Some("no server started yet"),
@@ -162,11 +150,6 @@ impl ServerModel {
     /// The findings since the last call: replies the model did not admit.
     pub fn take_findings(&mut self) -> Vec<String> {
         std::mem::take(&mut self.findings)
-    }
-
-    /// The vectors the client set up (index, vector) and their masks.
-    pub fn vectors(&self) -> &BTreeMap<(u32, u32), Vector> {
-        &self.vectors
     }
 
     /// The DMA mappings the server must hold.
@@ -247,7 +230,6 @@ impl ServerModel {
                 self.negotiated = false;
                 self.maps.clear();
                 self.dirty.forget_all();
-                self.vectors.clear();
                 // A device caught anywhere but RUNNING is reset to RUNNING, and one that was
                 // RUNNING stays: RUNNING either way, whatever the damaged messages did.
                 self.mig.reset();

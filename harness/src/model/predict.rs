@@ -4,10 +4,9 @@ use nix::errno::Errno;
 use vfu_server::wire::{
     Capabilities, Command, DEVICE_FLAGS_PCI, DMA_MAP_READ, DMA_MAP_WRITE, DMA_UNMAP_ALL, FEATURE_DMA_LOGGING_REPORT,
     FEATURE_DMA_LOGGING_START, FEATURE_DMA_LOGGING_STOP, FEATURE_GET, FEATURE_MASK, FEATURE_MIG_DEVICE_STATE,
-    FEATURE_MIGRATION, FEATURE_PROBE, FEATURE_SET, IRQ_INFO_MASKABLE, IRQ_SET_ACTION_MASK, IRQ_SET_ACTION_MASK_ALL,
-    IRQ_SET_ACTION_TRIGGER, IRQ_SET_ACTION_UNMASK, IRQ_SET_DATA_BOOL, IRQ_SET_DATA_EVENTFD, IRQ_SET_DATA_MASK,
-    IRQ_SET_DATA_NONE, MigState, PCI_CONFIG_REGION_INDEX, REGION_FLAG_MMAP, REGION_FLAG_READ, REGION_FLAG_WRITE,
-    WRITE_MULTI_MAX_ENTRIES,
+    FEATURE_MIGRATION, FEATURE_PROBE, FEATURE_SET, IRQ_INFO_MASKABLE, IRQ_SET_ACTION_MASK_ALL, IRQ_SET_ACTION_TRIGGER,
+    IRQ_SET_DATA_BOOL, IRQ_SET_DATA_EVENTFD, IRQ_SET_DATA_MASK, IRQ_SET_DATA_NONE, MigState, PCI_CONFIG_REGION_INDEX,
+    REGION_FLAG_MMAP, REGION_FLAG_READ, REGION_FLAG_WRITE, WRITE_MULTI_MAX_ENTRIES,
 };
 
 use super::msg::{Msg, op_name};
@@ -31,7 +30,6 @@ pub(super) enum Effect {
     Map(u64, u64),
     Unmap(u64, u64),
     UnmapAll,
-    SetIrqs { index: u32, start: u32, count: u32, data: u32, action: u32, fds: bool },
     Reset,
     SetState(u32, Box<SetPrediction>),
     LogStart { hint: u64, ranges: Vec<(u64, u64)> },
@@ -92,7 +90,6 @@ impl ServerModel {
         if m.nfds > 0 && !takes_fds {
             return (EINVAL, Effect::None);
         }
-        let state = self.mig.state;
         match cmd {
             Command::DmaMap => self.dma_map(m),
             Command::DmaUnmap => self.dma_unmap(m),
@@ -106,15 +103,15 @@ impl ServerModel {
             Command::DeviceGetIrqInfo => (self.indexed(m, 16, self.device.map(|d| d.2)), Effect::Learn),
             Command::DeviceSetIrqs => self.set_irqs(m),
             Command::RegionRead => match region_access(m) {
-                Some((offset, region, count)) => (self.access(state, region, offset, count, false), Effect::None),
+                Some((offset, region, count)) => (self.access(region, offset, count, false), Effect::None),
                 None => (EINVAL, Effect::None),
             },
             Command::RegionWrite => match region_access(m) {
                 Some((_, _, count)) if m.payload_len != 16 + count as usize => (EINVAL, Effect::None),
-                Some((offset, region, count)) => (self.access(state, region, offset, count, true), Effect::None),
+                Some((offset, region, count)) => (self.access(region, offset, count, true), Effect::None),
                 None => (EINVAL, Effect::None),
             },
-            Command::RegionWriteMulti => (self.write_multi(state, m), Effect::None),
+            Command::RegionWriteMulti => (self.write_multi(m), Effect::None),
             Command::DeviceReset => (Expected::Ok, Effect::Reset),
             Command::DeviceFeature => self.feature(m),
             Command::MigDataRead => self.data_read(m),
@@ -190,7 +187,7 @@ impl ServerModel {
             return (EINVAL, Effect::None);
         };
         let (data, action) = (flags & IRQ_SET_DATA_MASK, flags & IRQ_SET_ACTION_MASK_ALL);
-        let effect = Effect::SetIrqs { index, start, count, data, action, fds: m.nfds > 0 };
+        let effect = Effect::None;
         let Some(&(vectors, irq_flags)) = self.irqs.get(&index) else {
             // Not asked about yet: the server knows its indexes, the model does not.
             let known_bad = argsz < 20 || self.device.is_some_and(|d| index >= d.2);
@@ -215,7 +212,7 @@ impl ServerModel {
     /// A region access: the region, the size bound, the state, the region's permissions and
     /// size as the server described them. Inside a region that is not plain memory (no MMAP
     /// flag) the device may refuse what it will.
-    fn access(&self, state: MigState, region: u32, offset: u64, count: u32, write: bool) -> Expected {
+    fn access(&self, region: u32, offset: u64, count: u32, write: bool) -> Expected {
         let known = self.device.map(|d| d.1);
         if known.is_some_and(|n| region >= n) || count > self.server_xfer {
             return EINVAL;
@@ -223,9 +220,9 @@ impl ServerModel {
         // Configuration space stays writable in every state; before DEVICE_GET_INFO the model
         // cannot tell whether the device is PCI.
         let pci_config = region == PCI_CONFIG_REGION_INDEX && self.device.is_none_or(|d| d.0 & DEVICE_FLAGS_PCI != 0);
-        let by_state = match state {
-            MigState::Error => Some(Errno::EIO),
-            MigState::Stop | MigState::StopCopy | MigState::Resuming if write && !pci_config => Some(Errno::EBUSY),
+        // What the state alone says, from the migration model's table.
+        let by_state = match if write && !pci_config { self.mig.region_write() } else { self.mig.region_read() } {
+            Expected::Errno(e) => Some(e),
             _ => None,
         };
         let Some(RegionSeen { size, flags }) = self.regions.get(&region).copied() else {
@@ -248,7 +245,7 @@ impl ServerModel {
         }
     }
 
-    fn write_multi(&self, state: MigState, m: &Msg) -> Expected {
+    fn write_multi(&self, m: &Msg) -> Expected {
         let Some(n) = m.u64_at(0) else { return EINVAL };
         if n == 0 || n > WRITE_MULTI_MAX_ENTRIES || m.payload_len as u64 != 8 + n * 24 {
             return EINVAL;
@@ -263,7 +260,7 @@ impl ServerModel {
             if count == 0 || count > 8 {
                 return EINVAL;
             }
-            let each = self.access(state, region, offset, count, true);
+            let each = self.access(region, offset, count, true);
             if each != Expected::Ok {
                 want = each;
             }
@@ -303,7 +300,7 @@ impl ServerModel {
             }
             (FEATURE_MIG_DEVICE_STATE, _) => match m.u32_at(8) {
                 Some(target) if room >= 8 && data.len() >= 8 => {
-                    let p = self.predict_set(target);
+                    let p = self.mig.predict_set(target);
                     (p.expected.clone(), Effect::SetState(target, Box::new(p)))
                 }
                 _ => (EINVAL, Effect::None),
@@ -339,10 +336,6 @@ impl ServerModel {
             }
             _ => (EINVAL, Effect::None),
         }
-    }
-
-    fn predict_set(&self, target: u32) -> SetPrediction {
-        self.mig.predict_set(target)
     }
 
     fn data_read(&self, m: &Msg) -> (Expected, Effect) {
@@ -412,20 +405,6 @@ impl ServerModel {
                     self.dirty.unmapped(addr, size);
                 }
             }
-            &Effect::SetIrqs { index, start, count, data, action, fds } => {
-                if count == 0 {
-                    self.vectors.retain(|&(i, _), _| i != index);
-                }
-                for v in start..start.saturating_add(count) {
-                    let vector = self.vectors.entry((index, v)).or_default();
-                    match (data, action) {
-                        (IRQ_SET_DATA_EVENTFD, _) => vector.eventfd = fds,
-                        (IRQ_SET_DATA_NONE, IRQ_SET_ACTION_MASK) => vector.masked = true,
-                        (IRQ_SET_DATA_NONE, IRQ_SET_ACTION_UNMASK) => vector.masked = false,
-                        _ => {}
-                    }
-                }
-            }
             Effect::Reset => {
                 if self.suspended.is_none() {
                     self.matrix.event(p.state, "device-reset");
@@ -433,8 +412,6 @@ impl ServerModel {
                 self.mig.reset();
                 self.mig_known = true;
                 self.out_offset = 0;
-                // VFIO keeps the client's eventfds across a reset and unmasks every vector.
-                self.vectors.values_mut().for_each(|v| v.masked = false);
             }
             Effect::LogStart { hint, ranges } => {
                 let chosen = reply.and_then(|r| r.u64_at(8)).unwrap_or(*hint);

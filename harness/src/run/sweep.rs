@@ -121,7 +121,7 @@ fn queries(ctx: &mut SideCtx, rng: &mut ChaCha8Rng) -> Result<(), String> {
     let mut version = vec![0, 0, 2, 0];
     version.extend_from_slice(b"{\"capabilities\": {}}\0");
     ask(client, Command::Version, &version)?;
-    ask(client, Command::DeviceGetInfo, &query(16, 0, 0)[..16])?;
+    ask(client, Command::DeviceGetInfo, &query(16, 0, 0))?;
     ask(client, Command::DeviceGetRegionInfo, &query(32, rng.random_range(0..=regions), 0))?;
     ask(client, Command::DeviceGetRegionIoFds, &query(16, rng.random_range(0..regions.max(1)), 0))?;
     ask(client, Command::DeviceGetIrqInfo, &query(16, rng.random_range(0..=irqs), 0))?;

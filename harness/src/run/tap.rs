@@ -24,7 +24,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use vfu_server::wire::{Command, FEATURE_MIG_DEVICE_STATE, FEATURE_SET, MigState};
 
-use crate::model::{Event, Matrix, Msg, ServerModel};
+use crate::model::{Dir, Event, Matrix, Msg, ServerModel};
 
 /// What a trigger does when it fires.
 #[derive(Debug)]
@@ -124,12 +124,6 @@ struct Inner {
 #[derive(Debug, Clone, Default)]
 pub struct Tap(Arc<Mutex<Inner>>);
 
-fn hex_u32(hex: &str, byte: usize) -> Option<u32> {
-    let s = hex.get(byte * 2..byte * 2 + 8)?;
-    let v = u32::from_str_radix(s, 16).ok()?;
-    Some(v.swap_bytes())
-}
-
 impl Tap {
     fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
@@ -210,40 +204,22 @@ impl Tap {
 
     fn line(inner: &mut Inner, line: &[u8]) {
         inner.messages += 1;
-        let Ok(text) = std::str::from_utf8(line) else { return };
-        if let Some(m) = Msg::parse_line(text) {
-            inner.model.message(m);
-        }
-        // Only the fields needed; data payloads can be megabytes, so no full JSON parse.
-        let field = |key: &str| -> Option<&str> {
-            let at = text.find(key)? + key.len();
-            let rest = &text[at..];
-            let end = rest.find([',', '}']).unwrap_or(rest.len());
-            Some(rest[..end].trim().trim_matches('"'))
-        };
-        let (Some(dir), Some(cmd), Some(msg_id), Some(flags)) = (
-            field("\"dir\": "),
-            field("\"cmd\": ").and_then(|c| c.parse::<u16>().ok()),
-            field("\"msg_id\": ").and_then(|c| c.parse::<u16>().ok()),
-            field("\"flags\": ").and_then(|c| c.parse::<u32>().ok()),
-        ) else {
-            return;
-        };
-        if dir == "c2s" && flags & 0xf == 0 {
+        // The message is read once (only the bytes the model needs are decoded: data payloads
+        // can be megabytes), for the state changes and triggers here and for the model.
+        let Some(m) = std::str::from_utf8(line).ok().and_then(Msg::parse_line) else { return };
+        let (cmd, msg_id, ok) = (m.cmd, m.msg_id, m.errno().is_none());
+        if m.dir == Dir::ToServer && m.is_request() {
             Self::count(inner, cmd);
             if cmd == Command::DeviceFeature as u16 {
-                let payload = text.find("\"payload\": \"").map(|i| &text[i + 12..]).unwrap_or("");
-                let feature_flags = hex_u32(payload, 4).unwrap_or(0);
-                if feature_flags == FEATURE_SET | FEATURE_MIG_DEVICE_STATE
-                    && let Some(state) = hex_u32(payload, 8).and_then(MigState::from_u32)
+                if m.u32_at(4) == Some(FEATURE_SET | FEATURE_MIG_DEVICE_STATE)
+                    && let Some(state) = m.u32_at(8).and_then(MigState::from_u32)
                 {
                     inner.pending_sets.insert(msg_id, state);
                 }
             } else if cmd == Command::DeviceReset as u16 {
                 inner.pending_reset = Some(msg_id);
             }
-        } else if dir == "s2c" && flags & 0xf == 1 {
-            let ok = flags & 0x20 == 0;
+        } else if m.dir == Dir::ToClient && m.is_reply() {
             let to = if cmd == Command::DeviceFeature as u16 {
                 inner.pending_sets.remove(&msg_id)
             } else if cmd == Command::DeviceReset as u16 && inner.pending_reset == Some(msg_id) {
@@ -258,6 +234,7 @@ impl Tap {
                 inner.changes.push(SeenChange { at: Instant::now(), to });
             }
         }
+        inner.model.message(m);
     }
 
     fn count(inner: &mut Inner, cmd: u16) {

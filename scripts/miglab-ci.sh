@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs miglab against a vfu-server-compatible server as CI does: every scenario of a
+# Runs miglab against a vfio-user server as CI does: every scenario of a
 # directory, then a fuzz campaign (one shard of a seed range, or a time budget). Reports,
 # JUnit files, shrunk failures and the campaign's summary (summary.json, for `miglab merge`)
 # go under --reports. Prints (and, under GitHub Actions, sets as step outputs) `findings`,
@@ -9,17 +9,26 @@
 #   scripts/miglab-ci.sh --server target/release/vfu-server --scenarios scenarios/regressions \
 #       --seeds 0..40 --shard 0/2
 #
-# Every option is optional: without --server the built-in server is tested, without
-# --scenarios no scenario runs, without --seeds and --time no campaign runs.
+# --server takes another server's command with {socket} where its socket path goes, or a
+# vfu-server-compatible executable; --device is the name such an executable gives its
+# dma-engine-compatible device. Every option is optional: without --server the built-in
+# server is tested, without --scenarios no scenario runs, without --seeds and --time no
+# campaign runs.
 set -euo pipefail
 
-usage() { sed -n '2,15s/^# \{0,1\}//p' "$0" >&2; exit 2; }
+usage() { sed -n '2,17s/^# \{0,1\}//p' "$0" >&2; exit 2; }
 
 server=() scenarios="" fuzz=() reports=reports/miglab
 while [ $# -gt 0 ]; do
   case "$1" in
-    --server) [ -n "${2:-}" ] && server+=(--server "$(realpath "$2")"); shift 2 ;;
-    --device) [ -n "${2:-}" ] && server+=(--device "$2"); shift 2 ;;
+    --server)
+      case "${2:-}" in
+        "") ;;
+        *"{socket}"*) server+=(--server "$2") ;;
+        *) server+=(--server "$(realpath "$2")") ;;
+      esac
+      shift 2 ;;
+    --device) [ -n "${2:-}" ] && server+=(--server-device "$2"); shift 2 ;;
     --scenarios) scenarios=${2:-}; shift 2 ;;
     --seeds | --shard | --time) [ -n "${2:-}" ] && fuzz+=("$1" "$2"); shift 2 ;;
     --concurrent | --require-coverage | --no-shrink) fuzz+=("$1"); shift ;;

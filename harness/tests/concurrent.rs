@@ -20,7 +20,7 @@ fn run_loaded(scenario: &harness::scenario::model::Scenario, path: &Path) -> Vec
     let reports = Path::new(env!("CARGO_TARGET_TMPDIR")).join("concurrent-reports");
     let options = RunOptions {
         seed: None,
-        server: ServerCommand::miglab(env!("CARGO_BIN_EXE_miglab")),
+        server: ServerCommand::miglab(env!("CARGO_BIN_EXE_miglab")).into(),
         reports: Some(reports),
         concurrent: true,
     };

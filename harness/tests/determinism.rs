@@ -11,7 +11,7 @@ fn trace_of(file: &str, seed: Option<u64>) -> Vec<u8> {
     let scenario = load_path(&path).expect("the scenario loads");
     let options = RunOptions {
         seed,
-        server: ServerCommand::miglab(env!("CARGO_BIN_EXE_miglab")),
+        server: ServerCommand::miglab(env!("CARGO_BIN_EXE_miglab")).into(),
         reports: None,
         concurrent: false,
     };

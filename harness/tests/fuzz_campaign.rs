@@ -13,7 +13,7 @@ fn a_fixed_seed_range_passes_and_covers_the_state_machine() {
         time: None,
         jobs: 2,
         shard: (0, 1),
-        server: ServerCommand::miglab(env!("CARGO_BIN_EXE_miglab")),
+        server: ServerCommand::miglab(env!("CARGO_BIN_EXE_miglab")).into(),
         concurrent: false,
         regressions: None,
         reports,

@@ -44,7 +44,7 @@ fn shards_run_against_the_given_server_and_their_summaries_merge() {
             "--no-shrink",
             "--server",
             &server.display().to_string(),
-            "--device",
+            "--server-device",
             "engine-x",
             "--reports",
             &d("reports"),

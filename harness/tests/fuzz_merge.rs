@@ -21,7 +21,7 @@ fn summary_of(server: &ServerCommand, shard: (u64, u64), reports: &Path) -> Camp
         time: None,
         jobs: 2,
         shard,
-        server: server.clone(),
+        server: server.clone().into(),
         concurrent: false,
         regressions: None,
         reports: reports.to_owned(),

@@ -12,7 +12,7 @@ fn run_file(path: &Path) -> datatest_stable::Result<()> {
     let reports = Path::new(env!("CARGO_TARGET_TMPDIR")).join("scenario-reports");
     let options = RunOptions {
         seed: None,
-        server: ServerCommand::miglab(env!("CARGO_BIN_EXE_miglab")),
+        server: ServerCommand::miglab(env!("CARGO_BIN_EXE_miglab")).into(),
         reports: Some(reports),
         concurrent: false,
     };

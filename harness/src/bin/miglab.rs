@@ -96,32 +96,57 @@ enum Command {
     Schema,
 }
 
-/// The server under test, for `miglab scenario` and `miglab fuzz`.
+/// The servers under test, for `miglab scenario` and `miglab fuzz`: the scenario's (the built-in
+/// `vfu-server` unless its file names another), unless given here.
 #[derive(Debug, clap::Args)]
 struct ServerArgs {
-    /// A vfu-server-compatible executable to test instead of the built-in server.
-    #[arg(long)]
-    server: Option<PathBuf>,
-    /// The device name the server is started with (`--device NAME`), for a server that calls
-    /// its dma-engine-compatible device otherwise.
-    #[arg(long, default_value = harness::run::server::DEFAULT_DEVICE)]
-    device: String,
+    /// The server of both sides: a command with `{socket}` where its socket path goes (e.g.
+    /// '/opt/lvu/build/samples/server -v {socket}', split as a shell would), or a
+    /// vfu-server-compatible executable (it gets vfu-server's flags and the fault hooks).
+    #[arg(long, value_name = "CMD")]
+    server: Option<String>,
+    /// The source's server (as --server), over --server.
+    #[arg(long, value_name = "CMD")]
+    source_server: Option<String>,
+    /// The destination's server (as --server), over --server.
+    #[arg(long, value_name = "CMD")]
+    destination_server: Option<String>,
+    /// The name a vfu-server-compatible server gives the device (its --device), where it is
+    /// not vfu-server's.
+    #[arg(long, value_name = "NAME")]
+    server_device: Option<String>,
 }
 
 impl ServerArgs {
-    /// The command that starts the server: the given executable, or this one's `serve`.
-    fn command(self) -> Result<ServerCommand, ExitCode> {
-        let command = match self.server {
-            Some(p) => ServerCommand::external(p),
-            None => match std::env::current_exe() {
-                Ok(exe) => ServerCommand::miglab(exe),
-                Err(e) => {
-                    eprintln!("miglab: finding its own executable: {e}");
-                    return Err(ExitCode::FAILURE);
-                }
-            },
+    /// The servers: this executable's `serve` where nothing else is named.
+    fn servers(self) -> Result<harness::run::Servers, ExitCode> {
+        let builtin = match std::env::current_exe() {
+            Ok(exe) => ServerCommand::miglab(exe),
+            Err(e) => {
+                eprintln!("miglab: finding its own executable: {e}");
+                return Err(ExitCode::FAILURE);
+            }
         };
-        Ok(command.with_device(self.device))
+        let device = self.server_device;
+        let parse = |line: Option<String>, flag: &str| -> Result<Option<ServerCommand>, ExitCode> {
+            let Some(line) = line else { return Ok(None) };
+            let command = ServerCommand::parse(&line).map_err(|e| {
+                eprintln!("miglab: --{flag}: {e}");
+                ExitCode::FAILURE
+            })?;
+            Ok(Some(match &device {
+                Some(name) => command.with_device(name.clone()),
+                None => command,
+            }))
+        };
+        let both = parse(self.server, "server")?;
+        let source = parse(self.source_server, "source-server")?.or_else(|| both.clone());
+        let destination = parse(self.destination_server, "destination-server")?.or(both);
+        let builtin = match &device {
+            Some(name) => builtin.with_device(name.clone()),
+            None => builtin,
+        };
+        Ok(harness::run::Servers { builtin, overrides: [source, destination] })
     }
 }
 
@@ -260,8 +285,8 @@ fn run(name: &str, seed: Option<u64>, reports: PathBuf, server: ServerArgs, conc
             return ExitCode::FAILURE;
         }
     };
-    let server = match server.command() {
-        Ok(command) => command,
+    let server = match server.servers() {
+        Ok(servers) => servers,
         Err(code) => return code,
     };
     let options = RunOptions { seed, server, reports: Some(reports), concurrent };
@@ -336,8 +361,8 @@ fn fuzz(args: FuzzArgs) -> ExitCode {
         eprintln!("miglab fuzz: give --seeds A..B or --time DURATION (or both)");
         return ExitCode::FAILURE;
     }
-    let server = match server.command() {
-        Ok(command) => command,
+    let server = match server.servers() {
+        Ok(servers) => servers,
         Err(code) => return code,
     };
     let end = if seeds.end == u64::MAX { "…".to_string() } else { seeds.end.to_string() };

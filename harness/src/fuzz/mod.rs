@@ -24,7 +24,7 @@ use coverage::Coverage;
 use generate::{Generated, generate};
 
 use crate::report::{Outcome, RunReport};
-use crate::run::{RunOptions, ServerCommand, run_scenario};
+use crate::run::{RunOptions, Servers, run_scenario};
 use crate::scenario::load_str;
 
 /// What a campaign runs.
@@ -38,8 +38,8 @@ pub struct FuzzOptions {
     pub jobs: usize,
     /// `(I, N)`: run the seeds `s % N == I`.
     pub shard: (u64, u64),
-    /// What serves the device.
-    pub server: ServerCommand,
+    /// What serves each side.
+    pub server: Servers,
     /// Concurrent runs (the device's background writer during migrations).
     pub concurrent: bool,
     /// Where shrunk failures go (`scenarios/regressions/`); none written when `None`.
@@ -260,6 +260,7 @@ mod tests {
             seed: 1,
             file: "s.yaml".into(),
             concurrent: false,
+            server_args: Vec::new(),
             outcome: Outcome::Failed { reason: reason.into() },
             started: String::new(),
             duration_micros: 0,

@@ -38,8 +38,9 @@ use crate::oracle::{DeviceModel, DirtyModel};
 pub enum Event {
     /// A server (re)started: a device at power-on, with the faults its hooks plant.
     ServerStarted {
-        /// Whether the device offers PRE_COPY.
-        pre_copy: bool,
+        /// Whether the device offers PRE_COPY; `None` when the harness does not know the
+        /// device: the first migration flags it reports are then believed.
+        pre_copy: Option<bool>,
         /// Arcs the device refuses with EIO.
         failing_arcs: BTreeSet<(MigState, MigState)>,
         /// Bytes of a data stream after which its reads fail with EIO.
@@ -98,6 +99,8 @@ pub struct ServerModel {
     pub mig: DeviceModel,
     /// Whether the migration state is known (it is not after a reply the model did not admit).
     mig_known: bool,
+    /// Whether the device's PRE_COPY offer is known (else the first migration flags teach it).
+    pre_copy_known: bool,
     /// Dirty logging (its protocol side; the truth of writes is the runner's).
     dirty: DirtyModel,
     maps: Vec<(u64, u64)>,
@@ -128,6 +131,7 @@ impl ServerModel {
             xfer: vfu_server::wire::DEFAULT_MAX_DATA_XFER_SIZE,
             migratable: None,
             mig: DeviceModel::default(),
+            pre_copy_known: true,
             mig_known: true,
             dirty: DirtyModel::default(),
             maps: Vec::new(),
@@ -214,7 +218,8 @@ impl ServerModel {
             Event::ServerStarted { pre_copy, failing_arcs, fail_read_after } => {
                 let matrix = std::mem::take(&mut self.matrix);
                 *self = Self { matrix, suspended: None, ..Self::new() };
-                self.mig = DeviceModel::new(pre_copy, failing_arcs);
+                self.mig = DeviceModel::new(pre_copy.unwrap_or(false), failing_arcs);
+                self.pre_copy_known = pre_copy.is_some();
                 self.mig.fail_read_after = fail_read_after;
             }
             Event::Connected => {

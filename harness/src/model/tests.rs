@@ -35,8 +35,17 @@ impl Talk {
     /// A server with a device of 8 regions (region 2 plain memory of 64 KiB, region 0 registers)
     /// and 5 IRQ indexes, a client connected and negotiated.
     fn new() -> Self {
+        Self::with_pre_copy(Some(true))
+    }
+
+    /// As [`Talk::new`], the device's PRE_COPY offer told to the model (or not).
+    fn with_pre_copy(pre_copy: Option<bool>) -> Self {
         let mut t = Talk { model: ServerModel::new(), next_id: 0 };
-        t.model.event(Event::ServerStarted { pre_copy: true, failing_arcs: Default::default(), fail_read_after: None });
+        t.model.event(Event::ServerStarted {
+            pre_copy,
+            failing_arcs: Default::default(),
+            fail_read_after: None,
+        });
         t.model.event(Event::Connected);
         let mut version = vec![0, 0, 2, 0];
         version.extend_from_slice(b"{\"capabilities\": {\"migration\": {\"pgsize\": 4096}}}\0");
@@ -251,4 +260,33 @@ fn a_feature_reply_states_its_own_size_whatever_room_was_offered() {
     let found = t.ok(Command::DeviceFeature, &get, 0, &reply);
     assert_eq!(found.len(), 1, "{found:?}");
     assert!(found[0].contains("argsz 72"), "{found:?}");
+}
+
+/// A MIGRATION GET and the reply with `flags`.
+fn migration_flags(t: &mut Talk, flags: u64) -> Vec<String> {
+    let mut get = vec![16, 0, 0, 0];
+    get.extend_from_slice(&(FEATURE_GET | vfu_server::wire::FEATURE_MIGRATION).to_le_bytes());
+    get.extend_from_slice(&[0; 8]);
+    let mut reply = get[..8].to_vec();
+    reply.extend_from_slice(&flags.to_le_bytes());
+    t.ok(Command::DeviceFeature, &get, 0, &reply)
+}
+
+#[test]
+fn a_device_the_harness_was_not_told_of_teaches_its_pre_copy_offer_by_its_first_flags() {
+    let mut t = Talk::with_pre_copy(None);
+    // STOP_COPY only (1): believed, and held to afterwards.
+    assert!(migration_flags(&mut t, 1).is_empty());
+    let found = migration_flags(&mut t, 5);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(found[0].contains("PRE_COPY"), "{found:?}");
+    // PRE_COPY was not offered: a SET to it must be refused.
+    assert_eq!(t.set_state(MigState::PreCopy).len(), 1);
+}
+
+#[test]
+fn a_device_the_harness_started_is_held_to_its_pre_copy_offer_from_the_first_flags() {
+    let mut t = Talk::new();
+    let found = migration_flags(&mut t, 1);
+    assert_eq!(found.len(), 1, "{found:?}");
 }

@@ -21,6 +21,10 @@ pub struct RunReport {
     /// Whether the run was concurrent (`--concurrent`): then it does not replay byte for byte.
     #[serde(default)]
     pub concurrent: bool,
+    /// The command-line arguments that chose its servers (`--server CMD` and the like), for
+    /// the replay command.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub server_args: Vec<String>,
     /// Whether the run passed.
     pub outcome: Outcome,
     /// When the run started, RFC 3339 (passed in by the caller; the report never reads the clock).

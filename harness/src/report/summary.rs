@@ -15,8 +15,9 @@ const MAX_PAGES_LISTED: usize = 32;
 
 /// The command that replays the run: `cargo run -p harness --bin miglab -- scenario <file> --seed <seed>`.
 pub fn replay_command(report: &RunReport) -> String {
+    let servers: String = report.server_args.iter().map(|a| format!(" {}", shell_quote(a))).collect();
     format!(
-        "cargo run -p harness --bin miglab -- scenario {} --seed {}{}",
+        "cargo run -p harness --bin miglab -- scenario {} --seed {}{}{servers}",
         shell_quote(&report.file.display().to_string()),
         report.seed,
         if report.concurrent { " --concurrent" } else { "" }

@@ -171,8 +171,7 @@ impl Run<'_> {
         self.sides[i].kill_server();
         self.sides[i].dev.model.reset();
         if restart {
-            let (command, options, proxied) = (&self.options.server, &self.scenario.device.options, self.proxied[i]);
-            self.sides[i].start_server(command, options, proxied)?;
+            self.start_server(side)?;
             self.event(Some(side), EventKind::Note { text: "server restarted".into() });
         }
         Ok(())

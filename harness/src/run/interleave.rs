@@ -70,7 +70,7 @@ impl Run<'_> {
         let pattern = self.scenario.workload.vcpu.as_ref().map_or(WritePattern::Random, |v| v.pattern);
         let max_len = self.scenario.workload.dma.as_ref().map_or(64 << 10, |d| d.max_len.bytes());
         let ram_end = self.layout.iter().map(|r| r.0 + r.1).max().unwrap_or(0);
-        let logs_arcs = self.options.server.logs_arcs;
+        let logs_arcs = self.commands[index(st.side)].logs_arcs;
         let ctx = &mut self.sides[index(st.side)];
         let guest = ctx.dev.guest.clone();
         let pages = guest.as_ref().map(PageIndex::new);

@@ -40,7 +40,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde_saphyr::Spanned;
 
-pub use server::ServerCommand;
+pub use server::{ServerCommand, Servers};
 use side::SideCtx;
 
 use crate::report::{
@@ -53,8 +53,8 @@ use crate::scenario::model::{Fault, PhaseMark, Scenario, Side, Step};
 pub struct RunOptions {
     /// The seed, instead of the scenario's.
     pub seed: Option<u64>,
-    /// What serves the device.
-    pub server: ServerCommand,
+    /// What serves each side.
+    pub server: Servers,
     /// Where reports go (`<root>/<scenario>-<seed>/`); none written when `None`.
     pub reports: Option<PathBuf>,
     /// Concurrent mode: during each migration the device's background writer does DMA on a
@@ -84,6 +84,14 @@ pub enum RunError {
     /// The temporary directory or the trace file.
     #[error("setting up the run: {0}")]
     Setup(#[from] std::io::Error),
+    /// The scenario's server command.
+    #[error("the {side} server: {why}")]
+    Server {
+        /// Which side.
+        side: &'static str,
+        /// What is wrong.
+        why: String,
+    },
     /// Writing the report.
     #[error("writing the report: {0}")]
     Report(#[from] report::ReportError),
@@ -131,6 +139,8 @@ struct Run<'a> {
     dir: tempfile::TempDir,
     layout: Vec<(u64, u64)>,
     sides: [SideCtx; 2],
+    /// What serves each side.
+    commands: [ServerCommand; 2],
     proxied: [bool; 2],
     trace: BufWriter<File>,
     trace_path: PathBuf,
@@ -207,6 +217,10 @@ pub fn run_scenario(scenario: &Scenario, file: &Path, options: &RunOptions) -> R
             .any(|s| matches!(&s.value, Step::Fault(f @ Fault::Proxy { .. }) if f.side() == Some(side)))
     });
     let sides = Side::BOTH.map(|side| SideCtx::new(side, dir.path(), opts));
+    let [source, destination] = Side::BOTH.map(|side| {
+        options.server.resolve(&scenario.servers, side).map_err(|why| RunError::Server { side: side.name(), why })
+    });
+    let commands = [source?, destination?];
     let started_at = now_rfc3339();
     let mut run = Run {
         scenario,
@@ -214,6 +228,7 @@ pub fn run_scenario(scenario: &Scenario, file: &Path, options: &RunOptions) -> R
         seed,
         layout: scenario.guest.regions(),
         sides,
+        commands,
         proxied,
         trace,
         trace_path,
@@ -242,6 +257,7 @@ pub fn run_scenario(scenario: &Scenario, file: &Path, options: &RunOptions) -> R
         seed,
         file: file.to_owned(),
         concurrent: options.concurrent,
+        server_args: options.server.replay_args(),
         outcome,
         started: started_at,
         duration_micros: run.started.elapsed().as_micros() as u64,
@@ -454,6 +470,13 @@ impl Run<'_> {
             }
             other => other,
         }
+    }
+
+    /// Starts the server of `side` with its pending hooks.
+    fn start_server(&mut self, side: Side) -> Result<(), String> {
+        let i = index(side);
+        let device = self.scenario.device.kind.builtin_name();
+        self.sides[i].start_server(&self.commands[i], device, &self.scenario.device.options, self.proxied[i])
     }
 
     /// Applies the `expect: next_errno` armed for the step's side.

@@ -13,7 +13,8 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use vfu_server::wire::MigState;
 
-use crate::scenario::model::DmaEngineOptions;
+use crate::scenario::load::SOCKET_PLACEHOLDER;
+use crate::scenario::model::{DmaEngineOptions, ServerSpec, ServersSpec, Side};
 
 /// How long a server may take to listen.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -21,37 +22,162 @@ const START_TIMEOUT: Duration = Duration::from_secs(20);
 /// The device scenarios are written for, by vfu-server's name for it.
 pub const DEFAULT_DEVICE: &str = "dma-engine";
 
-/// The program that serves a device: `vfu-server`'s command line, reached through the
-/// `miglab serve` subcommand by default, or any executable taking the same flags.
+/// The program that serves a side: `vfu-server`'s command line (reached through the `miglab
+/// serve` subcommand by default, or any executable taking the same flags), or another
+/// server's own command with `{socket}` where its socket path goes.
 #[derive(Debug, Clone)]
 pub struct ServerCommand {
     /// The executable.
     pub program: PathBuf,
-    /// Arguments before the server's own flags (`["serve"]` for `miglab serve`).
-    pub prefix: Vec<OsString>,
+    /// How its arguments are made.
+    pub args: ServerArgs,
     /// Whether its log names every migration arc it takes the device through, as
     /// vfu-server's does (`migration arc from=Running to=Stop`): the runner then checks each
     /// walk against the model's.
     pub logs_arcs: bool,
-    /// The device name passed as `--device`: `dma-engine`, or what another server calls its
-    /// dma-engine-compatible device.
-    pub device: String,
+}
+
+/// What serves each side of a run: the scenario's choice, unless overridden.
+#[derive(Debug, Clone)]
+pub struct Servers {
+    /// The built-in server (`vfu-server`'s flags), where neither the scenario nor an override
+    /// names another.
+    pub builtin: ServerCommand,
+    /// Commands that override the scenario's, source first.
+    pub overrides: [Option<ServerCommand>; 2],
+}
+
+impl From<ServerCommand> for Servers {
+    fn from(builtin: ServerCommand) -> Self {
+        Self { builtin, overrides: [None, None] }
+    }
+}
+
+impl Servers {
+    /// The command-line arguments that choose these servers again (none for the defaults).
+    pub fn replay_args(&self) -> Vec<String> {
+        let [source, destination] = &self.overrides;
+        let mut args = Vec::new();
+        match (source, destination) {
+            (Some(s), Some(d)) if s.shell_line() == d.shell_line() => args.extend(["--server".into(), s.shell_line()]),
+            _ => {
+                for (flag, c) in [("--source-server", source), ("--destination-server", destination)] {
+                    if let Some(c) = c {
+                        args.extend([flag.into(), c.shell_line()]);
+                    }
+                }
+            }
+        }
+        let named = [Some(&self.builtin), source.as_ref(), destination.as_ref()].into_iter().flatten().find_map(|c| {
+            match &c.args {
+                ServerArgs::Flags { device: Some(d), .. } => Some(d.clone()),
+                _ => None,
+            }
+        });
+        if let Some(d) = named {
+            args.extend(["--server-device".into(), d]);
+        }
+        args
+    }
+
+    /// The command that serves `side` of a scenario whose file chose `spec`.
+    pub fn resolve(&self, spec: &ServersSpec, side: Side) -> Result<ServerCommand, String> {
+        let i = match side {
+            Side::Source => 0,
+            Side::Destination => 1,
+        };
+        if let Some(c) = &self.overrides[i] {
+            return Ok(c.clone());
+        }
+        match spec.of(side) {
+            ServerSpec::Builtin => Ok(self.builtin.clone()),
+            ServerSpec::Command(argv) => ServerCommand::template(argv.value.clone()),
+        }
+    }
+}
+
+/// How a server's arguments are made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerArgs {
+    /// `vfu-server`'s flags (`--socket`, `--device`, the device's options, the fault hooks)
+    /// after `prefix` (`["serve"]` for `miglab serve`).
+    Flags {
+        /// Arguments before the flags.
+        prefix: Vec<OsString>,
+        /// The device name passed as `--device` instead of the scenario's, for a server that
+        /// calls its device otherwise.
+        device: Option<String>,
+    },
+    /// The command's own arguments, each `{socket}` replaced by the socket path: no device
+    /// options and no fault hooks reach it.
+    Template(Vec<String>),
 }
 
 impl ServerCommand {
     /// `miglab serve`, from a path to the `miglab` executable.
     pub fn miglab(exe: impl Into<PathBuf>) -> Self {
-        Self { program: exe.into(), prefix: vec!["serve".into()], logs_arcs: true, device: DEFAULT_DEVICE.into() }
+        let args = ServerArgs::Flags { prefix: vec!["serve".into()], device: None };
+        Self { program: exe.into(), args, logs_arcs: true }
     }
 
     /// A `vfu-server`-compatible executable.
     pub fn external(program: impl Into<PathBuf>) -> Self {
-        Self { program: program.into(), prefix: Vec::new(), logs_arcs: false, device: DEFAULT_DEVICE.into() }
+        Self { program: program.into(), args: ServerArgs::Flags { prefix: Vec::new(), device: None }, logs_arcs: false }
+    }
+
+    /// Another server's command, program first, with `{socket}` where its socket path goes.
+    pub fn template(argv: Vec<String>) -> Result<Self, String> {
+        if let Some(why) = crate::scenario::load::command_problem(&argv) {
+            return Err(format!("{why}: {argv:?}"));
+        }
+        let program = PathBuf::from(&argv[0]);
+        Ok(Self { program, args: ServerArgs::Template(argv[1..].to_vec()), logs_arcs: false })
+    }
+
+    /// A command line as a shell would split it: another server's command when it holds
+    /// `{socket}`, else a `vfu-server`-compatible executable (and its first arguments).
+    pub fn parse(line: &str) -> Result<Self, String> {
+        let argv = shlex::split(line).ok_or_else(|| format!("{line:?}: unbalanced quotes"))?;
+        let Some(first) = argv.first() else { return Err("an empty server command".into()) };
+        if argv.iter().any(|a| a.contains(SOCKET_PLACEHOLDER)) {
+            return Self::template(argv);
+        }
+        let args = ServerArgs::Flags { prefix: argv[1..].iter().map(OsString::from).collect(), device: None };
+        Ok(Self { program: PathBuf::from(first), args, logs_arcs: false })
     }
 
     /// The same command serving the device its server calls `name`.
     pub fn with_device(self, name: impl Into<String>) -> Self {
-        Self { device: name.into(), ..self }
+        match self.args {
+            ServerArgs::Flags { prefix, .. } => {
+                Self { args: ServerArgs::Flags { prefix, device: Some(name.into()) }, ..self }
+            }
+            ServerArgs::Template(_) => self,
+        }
+    }
+
+    /// Whether it takes vfu-server's fault hooks.
+    pub fn takes_hooks(&self) -> bool {
+        matches!(self.args, ServerArgs::Flags { .. })
+    }
+
+    /// The command for a person: program and arguments, `{socket}` left in.
+    pub fn display(&self) -> String {
+        self.words().join(" ")
+    }
+
+    /// The command as one line a shell splits back into it (what `--server` takes).
+    pub fn shell_line(&self) -> String {
+        let words = self.words();
+        shlex::try_join(words.iter().map(String::as_str)).unwrap_or_else(|_| words.join(" "))
+    }
+
+    fn words(&self) -> Vec<String> {
+        let args: Vec<String> = match &self.args {
+            ServerArgs::Flags { prefix, .. } => prefix.iter().map(|a| a.to_string_lossy().into_owned()).collect(),
+            ServerArgs::Template(argv) => argv.clone(),
+        };
+        std::iter::once(self.program.display().to_string()).chain(args).collect()
     }
 }
 
@@ -85,6 +211,12 @@ pub enum ServerError {
         /// The end of its log.
         log: String,
     },
+    /// Fault hooks for a server that takes none.
+    #[error("device hooks (fail-arc, fail-read-after) need vfu-server's flags; {command} takes none")]
+    NoHooks {
+        /// The command.
+        command: String,
+    },
     /// It did not listen in time.
     #[error("the server did not listen on {socket} within {timeout:?}")]
     NotListening {
@@ -115,40 +247,36 @@ fn state_name(s: MigState) -> &'static str {
 }
 
 impl ServerProcess {
-    /// Starts a dma-engine server on `socket`, its log in `log`, and waits until it listens.
+    /// Starts a server on `socket` serving `device` (vfu-server's name for it), its log in
+    /// `log`, and waits until it listens.
     pub fn start(
         command: &ServerCommand,
         socket: &Path,
         log: &Path,
+        device: &str,
         options: &DmaEngineOptions,
         hooks: &Hooks,
     ) -> Result<Self, ServerError> {
-        let mut args: Vec<OsString> = command.prefix.clone();
-        args.extend([
-            "--socket".into(),
-            socket.as_os_str().to_owned(),
-            "--device".into(),
-            command.device.clone().into(),
-        ]);
-        args.extend(["--devmem-size".into(), options.devmem_size.value.bytes().to_string().into()]);
-        args.extend(["--chunk-size".into(), options.chunk_size.value.bytes().to_string().into()]);
-        args.extend(["--max-data-xfer-size".into(), options.max_data_xfer_size.bytes().to_string().into()]);
-        if !options.pre_copy {
-            args.push("--no-pre-copy".into());
-        }
-        for &(from, to) in &hooks.fail_arcs {
-            args.extend(["--fail-arc".into(), format!("{}:{}", state_name(from), state_name(to)).into()]);
-        }
-        if let Some(n) = hooks.fail_read_after {
-            args.extend(["--fail-read-after".into(), n.to_string().into()]);
-        }
+        let args = match &command.args {
+            ServerArgs::Flags { prefix, device: named } => {
+                flags(prefix, socket, named.as_deref().unwrap_or(device), device, options, hooks)
+            }
+            ServerArgs::Template(argv) => {
+                if *hooks != Hooks::default() {
+                    return Err(ServerError::NoHooks { command: command.display() });
+                }
+                let path = socket.to_string_lossy();
+                argv.iter().map(|a| OsString::from(a.replace(SOCKET_PLACEHOLDER, &path))).collect()
+            }
+        };
         let spawn_err = |source| ServerError::Spawn { program: command.program.display().to_string(), source };
         let log_file = File::create(log).map_err(spawn_err)?;
+        let out = log_file.try_clone().map_err(spawn_err)?;
         let _ = std::fs::remove_file(socket);
         let child = Command::new(&command.program)
             .args(&args)
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(out)
             .stderr(log_file)
             .env("RUST_LOG", std::env::var("MIGLAB_SERVER_LOG").unwrap_or_else(|_| "info".into()))
             .spawn()
@@ -213,6 +341,23 @@ impl ServerProcess {
         String::from_utf8_lossy(tail).lines().filter_map(parse_arc).collect()
     }
 
+    /// How it exited, once it has: waits up to `timeout` for it.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        let mut pause = Duration::from_micros(200);
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => return Some(status),
+                Ok(None) if Instant::now() < deadline => {
+                    // A child's exit has no fd to block on here.
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(20));
+                }
+                _ => return None,
+            }
+        }
+    }
+
     /// The last lines of its log.
     pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
@@ -232,6 +377,34 @@ impl Drop for ServerProcess {
         self.kill();
         let _ = std::fs::remove_file(&self.socket);
     }
+}
+
+/// vfu-server's flags for `device` (`options` only where it is the dma-engine).
+fn flags(
+    prefix: &[OsString],
+    socket: &Path,
+    name: &str,
+    device: &str,
+    options: &DmaEngineOptions,
+    hooks: &Hooks,
+) -> Vec<OsString> {
+    let mut args: Vec<OsString> = prefix.to_vec();
+    args.extend(["--socket".into(), socket.as_os_str().to_owned(), "--device".into(), name.into()]);
+    if device == DEFAULT_DEVICE {
+        args.extend(["--devmem-size".into(), options.devmem_size.value.bytes().to_string().into()]);
+        args.extend(["--chunk-size".into(), options.chunk_size.value.bytes().to_string().into()]);
+        args.extend(["--max-data-xfer-size".into(), options.max_data_xfer_size.bytes().to_string().into()]);
+        if !options.pre_copy {
+            args.push("--no-pre-copy".into());
+        }
+    }
+    for &(from, to) in &hooks.fail_arcs {
+        args.extend(["--fail-arc".into(), format!("{}:{}", state_name(from), state_name(to)).into()]);
+    }
+    if let Some(n) = hooks.fail_read_after {
+        args.extend(["--fail-read-after".into(), n.to_string().into()]);
+    }
+    args
 }
 
 /// The migration arcs a server log at `path` records.
@@ -284,5 +457,38 @@ mod tests {
             "2026-12-01T19:16:28.990756Z  INFO vfu_server::migration::control: migration arc from=Running to=PreCopy";
         assert_eq!(parse_arc(line), Some((MigState::Running, MigState::PreCopy)));
         assert_eq!(parse_arc("INFO device refused the arc from=Stop to=Resuming errno=EIO"), None);
+    }
+
+    #[test]
+    fn a_command_line_with_its_socket_placeholder_is_another_servers_command() {
+        let c = ServerCommand::parse("/opt/lvu/build/samples/server -v '{socket}'").expect("it parses");
+        assert_eq!(c.program, Path::new("/opt/lvu/build/samples/server"));
+        assert_eq!(c.args, ServerArgs::Template(vec!["-v".into(), "{socket}".into()]));
+        assert!(!c.takes_hooks() && !c.logs_arcs);
+    }
+
+    #[test]
+    fn a_command_line_without_the_placeholder_is_a_vfu_server_compatible_executable() {
+        let c = ServerCommand::parse("./my-server --verbose").expect("it parses");
+        assert_eq!(c.args, ServerArgs::Flags { prefix: vec!["--verbose".into()], device: None });
+        assert!(c.takes_hooks());
+    }
+
+    #[test]
+    fn a_command_line_with_unbalanced_quotes_is_refused() {
+        assert!(ServerCommand::parse("server 'oops {socket}").is_err());
+    }
+
+    #[test]
+    fn the_replay_arguments_choose_the_same_servers_again() {
+        let theirs = ServerCommand::parse("/opt/lvu/server -v 'dir with space/{socket}'").expect("it parses");
+        let servers = Servers { builtin: ServerCommand::miglab("miglab"), overrides: [Some(theirs.clone()), None] };
+        let args = servers.replay_args();
+        assert_eq!(args[0], "--source-server");
+        let again = ServerCommand::parse(&args[1]).expect("the replayed line parses");
+        assert_eq!((again.program, again.args), (theirs.program.clone(), theirs.args.clone()));
+        let both =
+            Servers { builtin: ServerCommand::miglab("miglab"), overrides: [Some(theirs.clone()), Some(theirs)] };
+        assert_eq!(both.replay_args()[0], "--server");
     }
 }

@@ -82,6 +82,12 @@ pub struct SideCtx {
     pub tap: Tap,
     /// Whether a trigger killed its server (restarted after the step).
     pub killed: bool,
+    /// Whether a client of this server negotiated (a server that serves one client exits
+    /// when it leaves).
+    pub served: bool,
+    /// Whether the device's migration offer is learnt from the server (its command was told
+    /// no device options).
+    pub learns: bool,
     socket: PathBuf,
     log: PathBuf,
 }
@@ -118,6 +124,8 @@ impl SideCtx {
             out: OutStream::default(),
             tap: Tap::default(),
             killed: false,
+            learns: false,
+            served: false,
             socket: dir.join(format!("{}.sock", side.name())),
             log: dir.join(format!("{}-server.log", side.name())),
         }
@@ -132,15 +140,20 @@ impl SideCtx {
     pub fn start_server(
         &mut self,
         command: &ServerCommand,
+        device: &str,
         options: &DmaEngineOptions,
         proxied: bool,
     ) -> Result<(), String> {
-        let server = ServerProcess::start(command, &self.socket, &self.log, options, &self.hooks)
+        let server = ServerProcess::start(command, &self.socket, &self.log, device, options, &self.hooks)
             .map_err(|e| format!("starting the {} server: {e}", self.side.name()))?;
         self.dev.model = DeviceModel::new(options.pre_copy, self.hooks.fail_arcs.iter().copied().collect());
         self.dev.model.fail_read_after = self.hooks.fail_read_after;
+        // A server started from its own command was told nothing of the device: what it
+        // offers is asked at each connect.
+        self.learns = !command.takes_hooks();
+        self.served = false;
         self.tap.model_event(Event::ServerStarted {
-            pre_copy: options.pre_copy,
+            pre_copy: (!self.learns).then_some(options.pre_copy),
             failing_arcs: self.dev.model.failing_arcs.clone(),
             fail_read_after: self.hooks.fail_read_after,
         });
@@ -177,6 +190,7 @@ impl SideCtx {
             TraceOptions { session: self.side.name().into(), timestamps: false },
         );
         client.negotiate(&options.capabilities).map_err(|e| format!("VERSION: {e}"))?;
+        self.served = true;
         // What QEMU asks when it realizes a device: its regions and IRQ indexes, which the
         // protocol model then holds the server to.
         let info = client.device_info().map_err(|e| format!("DEVICE_GET_INFO: {e}"))?;
@@ -185,6 +199,11 @@ impl SideCtx {
         }
         for index in 0..info.num_irqs {
             client.irq_info(index).map_err(|e| format!("DEVICE_GET_IRQ_INFO {index}: {e}"))?;
+        }
+        if self.learns {
+            // QEMU asks the migration flags at realize too; the models learn PRE_COPY here.
+            let flags = client.migration_flags().map_err(|e| format!("DEVICE_FEATURE MIGRATION: {e}"))?;
+            self.dev.model.pre_copy = flags & vfu_server::wire::MIGRATION_PRE_COPY != 0;
         }
         self.client = Some(client);
         self.dev.driver = None;
@@ -341,6 +360,12 @@ impl SideCtx {
     /// GET of the migration state.
     pub fn read_state(&mut self) -> Result<MigState, String> {
         self.client()?.mig_state().map_err(|e| format!("GET MIG_DEVICE_STATE: {e}"))
+    }
+
+    /// Whether a server that may serve one client and exit (one started from its own
+    /// command) already served one.
+    pub fn served_one_client(&self) -> bool {
+        self.learns && self.served
     }
 
     /// Whether the server process runs.

@@ -13,6 +13,9 @@ use vfu_server::wire::MigState;
 
 use super::side::{refused, refused_err};
 use super::{Buffer, Run, StepOutcome, index};
+
+/// How long a server whose client left may take to exit, when a new client finds it gone.
+const ONE_CLIENT_EXIT: Duration = Duration::from_secs(5);
 use crate::oracle::{Expected, ResumeData};
 use crate::report::EventKind;
 use crate::scenario::model::{self as m, DataSource, DmaCommandSpec, Side, Step};
@@ -193,18 +196,42 @@ impl Run<'_> {
             // A connect after a fault that may have dropped the client: a new client.
             self.sides[i].disconnect();
         }
-        if self.sides[i].server.is_none() {
-            let (command, options, proxied) = (&self.options.server, &self.scenario.device.options, self.proxied[i]);
-            self.sides[i].start_server(command, options, proxied)?;
+        self.ensure_server(c.side, Duration::ZERO)?;
+        let timeout = Duration::from_millis(c.timeout_ms);
+        if let Err(e) = self.sides[i].connect(c.strict, c.twin_socket, timeout) {
+            // A server that serves one client and exits may still have been on its way out.
+            if !self.sides[i].served_one_client() {
+                return Err(e);
+            }
+            self.ensure_server(c.side, ONE_CLIENT_EXIT)?;
+            self.sides[i].connect(c.strict, c.twin_socket, timeout)?;
         }
-        self.sides[i].connect(c.strict, c.twin_socket, Duration::from_millis(c.timeout_ms))?;
         self.event(Some(c.side), EventKind::Note { text: "connected".into() });
         Ok(None)
     }
 
+    /// Starts the server of `side` when it has none, or again when it served its client and
+    /// exited (libvfio-user's samples do), waiting up to `grace` for that exit; one that
+    /// exited otherwise crashed.
+    fn ensure_server(&mut self, side: Side, grace: Duration) -> Result<(), String> {
+        let ctx = &mut self.sides[index(side)];
+        let Some(server) = ctx.server.as_mut() else { return self.start_server(side) };
+        let Some(status) = server.wait_exit(grace) else { return Ok(()) };
+        if !status.success() {
+            let log = server.log_tail();
+            return Err(format!("the {} server exited ({status}) after its client left; its log:\n{log}", side.name()));
+        }
+        ctx.server = None;
+        self.event(
+            Some(side),
+            EventKind::Note { text: "the server served its client and exited: started again".into() },
+        );
+        self.start_server(side)
+    }
+
     /// SET of the raw state `target`, held against the model.
     pub(super) fn set_state(&mut self, side: Side, target: u32) -> StepOutcome {
-        let logs_arcs = self.options.server.logs_arcs;
+        let logs_arcs = self.commands[index(side)].logs_arcs;
         let ctx = self.side(side);
         let (p, got, wrong) = ctx.set_and_check_walk(target, logs_arcs)?;
         if let Some(wrong) = wrong {

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use serde_saphyr::{DefaultMessageFormatter, Location, MessageFormatter as _};
 use vfu_server::devices::dma_engine::DmaEngineConfig;
 
-use super::model::{DataSource, Fault, Iteration, Layout, Scenario, Side, Step};
+use super::model::{DataSource, Fault, Iteration, Layout, Scenario, ServerSpec, Side, Step};
 
 /// Guest page size: RAM sizes and regions must be multiples of it.
 pub const PAGE_SIZE: u64 = 4096;
@@ -382,6 +382,28 @@ fn check(s: &Scenario, file: &str) -> Vec<Problem> {
             }
         }
     }
+    for side in Side::BOTH {
+        if let ServerSpec::Command(argv) = s.servers.of(side)
+            && let Some(why) = command_problem(&argv.value)
+        {
+            problem(argv.referenced, why);
+        }
+    }
+    for spanned in &s.steps {
+        if let Step::Fault(f @ (Fault::DeviceArc { .. } | Fault::DeviceReadAfter { .. })) = &spanned.value
+            && let Some(side) = f.side()
+            && matches!(s.servers.of(side), ServerSpec::Command(_))
+        {
+            problem(
+                spanned.referenced,
+                format!(
+                    "expected a built-in server on the {} for this device hook: another server's command takes no \
+                     hooks",
+                    side.name()
+                ),
+            );
+        }
+    }
     for (side, at) in pending_hooks {
         problem(
             at,
@@ -399,6 +421,21 @@ fn check(s: &Scenario, file: &str) -> Vec<Problem> {
 }
 
 /// A migrate step's `iteration`: it bounds pre-copy reads, so it needs pre-copy and a bound.
+/// What is wrong with a server command, if anything.
+pub fn command_problem(argv: &[String]) -> Option<String> {
+    match argv.first() {
+        None => Some("expected a command: the program, then its arguments".into()),
+        Some(p) if p.is_empty() => Some("expected a program name first, found an empty string".into()),
+        Some(_) if !argv.iter().any(|a| a.contains(SOCKET_PLACEHOLDER)) => {
+            Some(format!("expected an argument with {SOCKET_PLACEHOLDER} in it, where the server's socket path goes"))
+        }
+        Some(_) => None,
+    }
+}
+
+/// Where a server command takes its socket path.
+pub const SOCKET_PLACEHOLDER: &str = "{socket}";
+
 fn check_iteration(it: &Iteration, pre_copy: bool, at: Location, problem: &mut dyn FnMut(Location, String)) {
     if !pre_copy {
         problem(at, "expected `pre_copy: true` with `iteration` (it bounds the reads of pre-copy rounds)".into());

@@ -24,6 +24,11 @@ pub struct Scenario {
     pub seed: u64,
     /// The device both servers serve.
     pub device: DeviceSpec,
+    /// What serves each side: `vfu-server`'s built-in device (the default) or another
+    /// server's command. `miglab scenario --server` and `--source-server` /
+    /// `--destination-server` override it.
+    #[serde(default)]
+    pub servers: ServersSpec,
     /// Guest RAM of both sides.
     pub guest: GuestSpec,
     /// What keeps the guest busy while it runs (used by `migrate` during pre-copy).
@@ -113,6 +118,42 @@ pub struct DeviceSpec {
     pub options: DmaEngineOptions,
 }
 
+/// What serves each side.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ServersSpec {
+    /// The source's server.
+    #[serde(default)]
+    pub source: ServerSpec,
+    /// The destination's server.
+    #[serde(default)]
+    pub destination: ServerSpec,
+}
+
+impl ServersSpec {
+    /// The server of `side`.
+    pub fn of(&self, side: Side) -> &ServerSpec {
+        match side {
+            Side::Source => &self.source,
+            Side::Destination => &self.destination,
+        }
+    }
+}
+
+/// What serves one side.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum ServerSpec {
+    /// `vfu-server`, this project's server, serving the scenario's device.
+    #[default]
+    Builtin,
+    /// Another server, started as this command (program first); the argument `{socket}`
+    /// (or an argument containing it) is replaced by the UNIX socket path it must listen on,
+    /// e.g. `["/opt/lvu/build/samples/server", "-v", "{socket}"]`.
+    #[schemars(with = "Vec<String>")]
+    Command(Spanned<Vec<String>>),
+}
+
 /// The sample devices.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
@@ -120,6 +161,15 @@ pub enum DeviceKind {
     /// The DMA engine: registers, device memory, a doorbell that runs DMA commands; migratable
     /// with PRE_COPY and dirty-page logging.
     DmaEngine,
+}
+
+impl DeviceKind {
+    /// `vfu-server`'s name for the device (its `--device`).
+    pub fn builtin_name(self) -> &'static str {
+        match self {
+            DeviceKind::DmaEngine => "dma-engine",
+        }
+    }
 }
 
 /// Options of the `dma-engine` device and of the server that serves it.

@@ -232,7 +232,9 @@ fn unknown_top_level_field_is_refused() {
     let text = format!("{HEAD}  - connect: {{}}\nextra: 1\n");
     assert_eq!(
         problems(&text),
-        ["t.yaml:8:1: unknown field `extra`, expected one of name, description, seed, device, guest, workload, steps"]
+        [
+            "t.yaml:8:1: unknown field `extra`, expected one of name, description, seed, device, servers, guest, workload, steps"
+        ]
     );
 }
 
@@ -445,4 +447,36 @@ fn a_migrate_step_takes_qemu_s_iteration() {
 fn a_migrate_step_s_reads_are_checked_where_they_are_written(#[case] knobs: &str, #[case] expected: &str) {
     let text = with_steps(&format!("{READY_TO_MIGRATE}  - migrate: {{{knobs}}}\n"));
     assert_eq!(problems(&text), [format!("t.yaml:11:5: {expected}")]);
+}
+
+#[test]
+fn each_side_may_name_its_server_as_a_command_with_its_socket() {
+    let text = HEAD.replace(
+        "guest:",
+        "servers:\n  source: {command: [/opt/lvu/server, -v, \"{socket}\"]}\n  destination: builtin\nguest:",
+    ) + "  - connect: {side: source}\n";
+    let s = load_str(&text, "t.yaml").unwrap_or_else(|e| panic!("{e}"));
+    match s.servers.of(Side::Source) {
+        ServerSpec::Command(argv) => assert_eq!(argv.value, ["/opt/lvu/server", "-v", "{socket}"]),
+        other => panic!("the source's server is {other:?}"),
+    }
+    assert_eq!(s.servers.of(Side::Destination), &ServerSpec::Builtin);
+}
+
+#[test]
+fn a_server_command_without_its_socket_placeholder_is_refused_at_its_line() {
+    let text = HEAD.replace("guest:", "servers:\n  destination: {command: [/opt/lvu/server, -v]}\nguest:")
+        + "  - connect: {side: source}\n";
+    let got = problems(&text);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(got[0].starts_with("t.yaml:6:") && got[0].contains("{socket}"), "{got:?}");
+}
+
+#[test]
+fn a_device_hook_on_a_side_served_by_another_command_is_refused() {
+    let text = HEAD.replace("guest:", "servers:\n  source: {command: [srv, \"{socket}\"]}\nguest:")
+        + "  - fault: {device-arc: {side: source, from: running, to: stop}}\n  - connect: {side: source}\n";
+    let got = problems(&text);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(got[0].contains("built-in server on the source"), "{got:?}");
 }

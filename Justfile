@@ -17,7 +17,8 @@ scenarios *args="":
     failed=0
     for f in scenarios/*.yaml scenarios/regressions/*.yaml; do
         [ -e "$f" ] || continue
-        target/release/miglab scenario "$f" {{args}} || failed=1
+        # Exit status 3: passed, with known deviations of another server reported.
+        target/release/miglab scenario "$f" {{args}} || [ $? -eq 3 ] || failed=1
     done
     exit $failed
 

@@ -6,6 +6,7 @@
 pub mod fuzz;
 pub mod model;
 pub mod oracle;
+pub mod profile;
 pub mod proxy;
 pub mod report;
 pub mod run;

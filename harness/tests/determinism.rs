@@ -14,6 +14,7 @@ fn trace_of(file: &str, seed: Option<u64>) -> Vec<u8> {
         server: ServerCommand::miglab(env!("CARGO_BIN_EXE_miglab")).into(),
         reports: None,
         concurrent: false,
+        strict: false,
     };
     let out = run_scenario(&scenario, &path, &options).expect("the run starts");
     assert!(out.report.passed(), "{}", harness::report::terminal_summary(&out.report));

@@ -15,6 +15,7 @@ fn run_file(path: &Path) -> datatest_stable::Result<()> {
         server: ServerCommand::miglab(env!("CARGO_BIN_EXE_miglab")).into(),
         reports: Some(reports),
         concurrent: false,
+        strict: false,
     };
     let out = run_scenario(&scenario, path, &options)?;
     if out.report.passed() {

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use harness::report::{Outcome, RunReport};
+use harness::report::{Outcome, RunReport, Severity};
 use harness::run::{RunOptions, ServerCommand, Servers, run_scenario};
 use harness::scenario::load_path;
 
@@ -24,7 +24,7 @@ fn run(overrides: [Option<ServerCommand>; 2]) -> RunReport {
     let file = scenario_file();
     let scenario = load_path(&file).expect("the scenario loads");
     let server = Servers { builtin: ServerCommand::miglab(MIGLAB), overrides };
-    let options = RunOptions { seed: None, server, reports: None, concurrent: false };
+    let options = RunOptions { seed: None, server, reports: None, concurrent: false, strict: false };
     run_scenario(&scenario, &file, &options).expect("the run completes").report
 }
 
@@ -67,4 +67,24 @@ fn a_server_that_exits_before_listening_fails_the_run_with_its_log() {
     let report = run([Some(broken), None]);
     let Outcome::Failed { reason } = &report.outcome else { panic!("the run passed against a broken server") };
     assert!(reason.contains("exit status: 3") && reason.contains("no device here"), "{reason}");
+}
+
+fn run_file(name: &str, strict: bool) -> RunReport {
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../scenarios/{name}.yaml"));
+    let scenario = load_path(&file).expect("the scenario loads");
+    let server = Servers::from(ServerCommand::miglab(MIGLAB));
+    let options = RunOptions { seed: None, server, reports: None, concurrent: false, strict };
+    run_scenario(&scenario, &file, &options).expect("the run completes").report
+}
+
+#[test]
+fn a_known_deviation_is_reported_with_its_severity_and_fails_only_under_strict() {
+    // vfu-server's libvfio-user-sample pads MIG_DATA_READ replies as the reference does.
+    let report = run_file("lvu-sample-migrate", false);
+    assert!(report.passed(), "{:?}", report.outcome);
+    let kinds: Vec<_> = report.findings.iter().map(|f| (f.severity, f.kind.as_str())).collect();
+    assert_eq!(kinds, [(Severity::Deviation, "mig-data-read-padded")]);
+    let strict = run_file("lvu-sample-migrate", true);
+    let Outcome::Failed { reason } = &strict.outcome else { panic!("--strict let a deviation pass") };
+    assert!(reason.contains("known deviation"), "{reason}");
 }

@@ -136,6 +136,7 @@ fn run_one(g: &Generated, options: &FuzzOptions, reports: Option<&Path>) -> Resu
         server: options.server.clone(),
         reports: reports.map(Path::to_owned),
         concurrent: options.concurrent,
+        strict: false,
     };
     run_scenario(&scenario, Path::new(&format!("{}.yaml", g.name())), &run).map_err(|e| e.to_string())
 }
@@ -238,6 +239,7 @@ pub fn campaign(options: &FuzzOptions, tick: &(dyn Fn(u64, usize) + Sync)) -> Su
                         server: options.server.clone(),
                         reports: Some(options.reports.clone()),
                         concurrent: options.concurrent,
+                        strict: false,
                     };
                     let _ = run_scenario(&s, &file, &run);
                 }
@@ -261,6 +263,7 @@ mod tests {
             file: "s.yaml".into(),
             concurrent: false,
             server_args: Vec::new(),
+            findings: Vec::new(),
             outcome: Outcome::Failed { reason: reason.into() },
             started: String::new(),
             duration_micros: 0,

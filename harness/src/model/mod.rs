@@ -15,6 +15,7 @@
 //! on purpose — it admits either outcome or stops judging until the next connection, and says
 //! which in [`ServerModel::suspended`].
 
+pub mod deviation;
 pub mod matrix;
 pub mod msg;
 mod predict;
@@ -112,6 +113,9 @@ pub struct ServerModel {
     pending: BTreeMap<u16, Pending>,
     suspended: Option<&'static str>,
     findings: Vec<String>,
+    deviations: Vec<deviation::Seen>,
+    /// The message being judged, for the findings' text.
+    judging: String,
     /// What this server's conversation reached.
     pub matrix: Matrix,
 }
@@ -142,6 +146,8 @@ impl ServerModel {
             pending: BTreeMap::new(),
             suspended: Some("no server started yet"),
             findings: Vec::new(),
+            deviations: Vec::new(),
+            judging: String::new(),
             matrix: Matrix::default(),
         }
     }
@@ -149,6 +155,12 @@ impl ServerModel {
     /// Why the model does not judge now, if it does not.
     pub fn suspended(&self) -> Option<&'static str> {
         self.suspended
+    }
+
+    /// The known deviations since the last call: replies the model admits only as the
+    /// tolerated deviations of [`deviation`].
+    pub fn take_deviations(&mut self) -> Vec<deviation::Seen> {
+        std::mem::take(&mut self.deviations)
     }
 
     /// The findings since the last call: replies the model did not admit.
@@ -267,6 +279,13 @@ impl ServerModel {
         }
     }
 
+    fn deviation(&mut self, deviation: deviation::Deviation, text: String) {
+        if self.suspended.is_none() {
+            let text = format!("{}: {text}", self.judging);
+            self.deviations.push(deviation::Seen { deviation, text });
+        }
+    }
+
     fn finding(&mut self, text: String) {
         if self.suspended.is_none() {
             self.findings.push(text);
@@ -291,6 +310,11 @@ impl ServerModel {
         if self.suspended.is_none() {
             self.matrix.reply(prediction.state, &prediction.op, &outcome);
         }
+        if got.is_none() && self.is_identical_remap(&req, &prediction) {
+            self.judging = what.clone();
+            self.deviation(deviation::Deviation::DmaRemapAccepted, "an identical re-map was accepted".into());
+            return;
+        }
         if !prediction.expected.admits(got) {
             let shown = if got.is_some() { outcome.clone() } else { "success".into() };
             self.finding(format!(
@@ -300,11 +324,20 @@ impl ServerModel {
             self.lost_track(&prediction.effect);
         }
         if got.is_none() {
+            self.judging = what.clone();
             for problem in self.check_reply(&req, &prediction, &reply) {
                 self.finding(format!("{what}: {problem}"));
             }
         }
         self.apply(&req, &prediction, Some(&reply), got);
+    }
+
+    /// A DMA_MAP of exactly a range mapped now (refused with EEXIST by the specification;
+    /// accepted, changing nothing, by the reference library).
+    fn is_identical_remap(&self, req: &Msg, prediction: &Prediction) -> bool {
+        req.cmd == vfu_server::wire::Command::DmaMap as u16
+            && prediction.expected == crate::oracle::Expected::Errno(nix::errno::Errno::EEXIST)
+            && matches!((req.u64_at(16), req.u64_at(24)), (Some(a), Some(l)) if self.maps.contains(&(a, l)))
     }
 
     /// After a reply the model did not admit, what the request touched is no longer known.

@@ -7,6 +7,7 @@ use vfu_server::wire::{
     REGION_FLAG_READ, REGION_FLAG_WRITE,
 };
 
+use super::deviation::Deviation;
 use super::msg::Msg;
 use super::predict::{Effect, Prediction};
 use super::{RegionSeen, ServerModel};
@@ -48,6 +49,12 @@ impl ServerModel {
                 let ask = req.u32_at(4).unwrap_or(0);
                 match reply.u32_at(4) {
                     Some(size) if size > ask => problems.push(format!("{size} bytes returned for a read of {ask}")),
+                    Some(size) if size < ask && reply.payload_len == 8 + ask as usize => {
+                        self.deviation(
+                            Deviation::MigDataReadPadded,
+                            format!("size {size} padded to the {ask} bytes asked"),
+                        );
+                    }
                     Some(size) if reply.payload_len != 8 + size as usize => {
                         problems.push(format!("size {size} but {} data bytes", reply.payload_len.saturating_sub(8)))
                     }
@@ -120,7 +127,10 @@ impl ServerModel {
                         .map_or(0, |w| u64::from_le_bytes(w.try_into().unwrap_or_default()));
                     let past = last >> (bits % 64);
                     if past != 0 {
-                        problems.push(format!("bits {past:#x} set past the {bits} pages of the range"));
+                        self.deviation(
+                            Deviation::ReportBitsPastLength,
+                            format!("bits {past:#x} set past the {bits} pages of the range"),
+                        );
                     }
                 }
             }

@@ -41,11 +41,7 @@ impl Talk {
     /// As [`Talk::new`], the device's PRE_COPY offer told to the model (or not).
     fn with_pre_copy(pre_copy: Option<bool>) -> Self {
         let mut t = Talk { model: ServerModel::new(), next_id: 0 };
-        t.model.event(Event::ServerStarted {
-            pre_copy,
-            failing_arcs: Default::default(),
-            fail_read_after: None,
-        });
+        t.model.event(Event::ServerStarted { pre_copy, failing_arcs: Default::default(), fail_read_after: None });
         t.model.event(Event::Connected);
         let mut version = vec![0, 0, 2, 0];
         version.extend_from_slice(b"{\"capabilities\": {\"migration\": {\"pgsize\": 4096}}}\0");
@@ -169,7 +165,10 @@ fn mappings_are_exclusive_and_unmapped_exactly() {
     let mut t = Talk::new();
     assert!(t.ok(Command::DmaMap, &map(0x1000, 0x2000), 1, &[]).is_empty());
     assert!(t.err(Command::DmaMap, &map(0x2000, 0x1000), Errno::EEXIST).is_empty());
-    assert_eq!(t.ok(Command::DmaMap, &map(0x1000, 0x2000), 1, &[]).len(), 1, "an identical remap must be EEXIST");
+    assert!(t.ok(Command::DmaMap, &map(0x1000, 0x2000), 1, &[]).is_empty());
+    let seen = t.model.take_deviations();
+    assert_eq!(seen.len(), 1, "an identical remap must be EEXIST; accepting it is the reference's deviation");
+    assert_eq!(seen[0].deviation, super::deviation::Deviation::DmaRemapAccepted);
     let unmap = DmaUnmap { argsz: 24, flags: 0, addr: 0x1000, size: 0x1000 };
     assert!(t.err(Command::DmaUnmap, unmap.as_bytes(), Errno::ENOENT).is_empty());
     let exact = DmaUnmap { size: 0x2000, ..unmap };
@@ -188,7 +187,7 @@ fn a_disconnect_drops_what_the_client_set_up_and_leaves_the_device_running() {
 }
 
 #[test]
-fn report_bits_past_the_range_are_a_finding() {
+fn report_bits_past_the_range_are_the_references_known_deviation() {
     let mut t = Talk::new();
     assert!(t.ok(Command::DmaMap, &map(0, 0x100000), 1, &[]).is_empty());
     let mut start = vec![8 + 16, 0, 0, 0];
@@ -202,9 +201,11 @@ fn report_bits_past_the_range_are_a_finding() {
     report.extend_from_slice(DmaLoggingReport { iova: 0, length: 10 * 4096, page_size: 4096 }.as_bytes());
     let mut reply = report.clone();
     reply.extend_from_slice(&(1u64 << 10).to_le_bytes());
-    let found = t.ok(Command::DeviceFeature, &report, 0, &reply);
-    assert_eq!(found.len(), 1, "{found:?}");
-    assert!(found[0].contains("past the 10 pages"), "{found:?}");
+    assert!(t.ok(Command::DeviceFeature, &report, 0, &reply).is_empty());
+    let seen = t.model.take_deviations();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(seen[0].deviation, super::deviation::Deviation::ReportBitsPastLength);
+    assert!(seen[0].text.contains("past the 10 pages"), "{seen:?}");
 }
 
 #[test]

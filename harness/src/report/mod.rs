@@ -14,6 +14,7 @@
 //! The same report gives the same bytes. The terminal gets [`terminal_summary`].
 
 mod dirtymap;
+mod finding;
 mod hexdiff;
 mod junit;
 mod model;
@@ -28,6 +29,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 pub use dirtymap::{MAX_COLUMNS, dirty_map_svg};
+pub use finding::{Finding, Severity};
 pub use hexdiff::hex_diff;
 pub use junit::junit_xml;
 pub use model::{Counts, DirtyRound, EventKind, Outcome, PageDiff, RunReport, Side, StepResult, TimelineEvent};

@@ -27,6 +27,10 @@ pub struct RunReport {
     pub server_args: Vec<String>,
     /// Whether the run passed.
     pub outcome: Outcome,
+    /// What the run found wrong with the servers, each with its severity (known deviations
+    /// included, which fail the run only under `--strict`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub findings: Vec<super::Finding>,
     /// When the run started, RFC 3339 (passed in by the caller; the report never reads the clock).
     pub started: String,
     /// The whole run, in microseconds.

@@ -112,6 +112,21 @@ pub fn terminal_summary(report: &RunReport) -> String {
     figures.push(format!("{} over-reported", report.counts.over_reported));
     figures.push(format!("{} messages", report.counts.messages));
     let _ = writeln!(out, "      {}", figures.join(" · "));
+    const SHOWN: usize = 5;
+    for f in report.findings.iter().take(SHOWN) {
+        let _ = writeln!(
+            out,
+            "      {} {} ({}, step {}): {}",
+            f.severity.name(),
+            f.kind,
+            f.side,
+            f.step,
+            one_line(&f.message)
+        );
+    }
+    if report.findings.len() > SHOWN {
+        let _ = writeln!(out, "      … {} more finding(s) in the report", report.findings.len() - SHOWN);
+    }
     if !report.passed() {
         if let Some(step) = report.steps.iter().find(|s| !s.ok) {
             let detail = step.detail.as_deref().map(|d| format!(": {}", one_line(d))).unwrap_or_default();
@@ -167,6 +182,25 @@ pub fn summary_markdown(report: &RunReport) -> String {
     let _ = writeln!(md, "\nReplay:\n\n```sh\n{}\n```\n", replay_command(report));
 
     md.push_str("![timeline](timeline.svg)\n\n![dirty pages](dirty-map.svg)\n\n");
+
+    if !report.findings.is_empty() {
+        md.push_str(
+            "## Findings\n\n| severity | kind | side | step | message | specification |\n|---|---|---|---:|---|---|\n",
+        );
+        for f in &report.findings {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {} | {} |",
+                f.severity.name(),
+                cell(&f.kind),
+                f.side,
+                f.step,
+                cell(&f.message),
+                cell(&f.specification)
+            );
+        }
+        md.push('\n');
+    }
 
     if !report.steps.is_empty() {
         md.push_str("## Steps\n\n| # | kind | description | result | time | detail |\n|---:|---|---|---|---:|---|\n");

@@ -18,6 +18,7 @@
 pub mod background;
 mod explain;
 mod faults;
+mod findings;
 mod interleave;
 mod migrate;
 pub mod server;
@@ -61,6 +62,9 @@ pub struct RunOptions {
     /// device thread, concurrently with the dirty reports. The run no longer replays byte for
     /// byte (the thread's timing decides which report sees which write).
     pub concurrent: bool,
+    /// Known deviations from the specification fail the run too (else they are reported
+    /// and the run passes).
+    pub strict: bool,
 }
 
 /// What a run left.
@@ -84,6 +88,9 @@ pub enum RunError {
     /// The temporary directory or the trace file.
     #[error("setting up the run: {0}")]
     Setup(#[from] std::io::Error),
+    /// Options the scenario cannot run with.
+    #[error("{0}")]
+    Options(String),
     /// The scenario's server command.
     #[error("the {side} server: {why}")]
     Server {
@@ -141,6 +148,8 @@ struct Run<'a> {
     sides: [SideCtx; 2],
     /// What serves each side.
     commands: [ServerCommand; 2],
+    /// What the harness knows of the device.
+    profile: Box<dyn crate::profile::Profile>,
     proxied: [bool; 2],
     trace: BufWriter<File>,
     trace_path: PathBuf,
@@ -160,6 +169,8 @@ struct Run<'a> {
     over_reported: u64,
     lost: u64,
     step: usize,
+    /// The findings so far.
+    findings: Vec<report::Finding>,
 }
 
 fn index(side: Side) -> usize {
@@ -221,6 +232,17 @@ pub fn run_scenario(scenario: &Scenario, file: &Path, options: &RunOptions) -> R
         options.server.resolve(&scenario.servers, side).map_err(|why| RunError::Server { side: side.name(), why })
     });
     let commands = [source?, destination?];
+    let profile = crate::profile::for_device(&scenario.device);
+    if options.concurrent && !profile.shadowed() {
+        return Err(RunError::Options(format!(
+            "concurrent runs need the dma-engine's background writer, not a {} device",
+            profile.name()
+        )));
+    }
+    let mut sides = sides;
+    for side in &mut sides {
+        side.shadowed = profile.shadowed();
+    }
     let started_at = now_rfc3339();
     let mut run = Run {
         scenario,
@@ -229,6 +251,7 @@ pub fn run_scenario(scenario: &Scenario, file: &Path, options: &RunOptions) -> R
         layout: scenario.guest.regions(),
         sides,
         commands,
+        profile,
         proxied,
         trace,
         trace_path,
@@ -246,6 +269,7 @@ pub fn run_scenario(scenario: &Scenario, file: &Path, options: &RunOptions) -> R
         over_reported: 0,
         lost: 0,
         step: 0,
+        findings: Vec::new(),
         dir,
     };
     let (steps, outcome) = run.steps();
@@ -268,6 +292,7 @@ pub fn run_scenario(scenario: &Scenario, file: &Path, options: &RunOptions) -> R
         device_diff: verification.device_diff.into_iter().chain(verification.model_diff).collect(),
         stats: run.stats.take(),
         counts: Counts { messages, over_reported: run.over_reported, lost: run.lost },
+        findings: std::mem::take(&mut run.findings),
     };
     report.timeline.sort_by_key(|e| e.t_micros);
     // The servers go before the report is written: their logs are complete then.
@@ -445,37 +470,10 @@ impl Run<'_> {
             .unwrap_or_else(|| "RUNNING".into())
     }
 
-    /// A reply the protocol model does not admit fails the step, and so does (strict mode) a
-    /// deviation from the specification a client saw, unless the scenario damaged that step's
-    /// messages on purpose (`next_fails`, `next_may_fail`).
-    fn strict_findings(&mut self, outcome: StepOutcome) -> StepOutcome {
-        let tolerate = std::mem::take(&mut self.damaged_step);
-        let mut seen = Vec::new();
-        let mut model = Vec::new();
-        for side in Side::BOTH {
-            let ctx = &mut self.sides[index(side)];
-            if let Some(c) = ctx.client.as_mut() {
-                seen.extend(c.take_findings().into_iter().map(|f| format!("{}: {f}", side.name())));
-            }
-            model.extend(ctx.tap.take_model_findings().into_iter().map(|f| format!("{}: {f}", side.name())));
-        }
-        match outcome {
-            Ok(_) if !model.is_empty() && !tolerate => Err(format!(
-                "protocol model: {} reply(ies) the specification does not admit: {}",
-                model.len(),
-                model.into_iter().take(4).collect::<Vec<_>>().join("; ")
-            )),
-            Ok(_) if !seen.is_empty() && !tolerate => {
-                Err(format!("strict mode: {} deviation(s) from the specification: {}", seen.len(), seen.join("; ")))
-            }
-            other => other,
-        }
-    }
-
     /// Starts the server of `side` with its pending hooks.
-    fn start_server(&mut self, side: Side) -> Result<(), String> {
+    pub(super) fn start_server(&mut self, side: Side) -> Result<(), String> {
         let i = index(side);
-        let device = self.scenario.device.kind.builtin_name();
+        let device = self.profile.builtin_device();
         self.sides[i].start_server(&self.commands[i], device, &self.scenario.device.options, self.proxied[i])
     }
 

@@ -31,9 +31,10 @@ pub struct ServerCommand {
     pub program: PathBuf,
     /// How its arguments are made.
     pub args: ServerArgs,
-    /// Whether its log names every migration arc it takes the device through, as
-    /// vfu-server's does (`migration arc from=Running to=Stop`): the runner then checks each
-    /// walk against the model's.
+    /// Whether it is this project's own server (`miglab serve`): its log names every
+    /// migration arc it takes the device through (`migration arc from=Running to=Stop`), which
+    /// the runner checks against the model's walk, and it tolerates itself none of the known
+    /// deviations of other servers.
     pub logs_arcs: bool,
 }
 

@@ -82,6 +82,8 @@ pub struct SideCtx {
     pub tap: Tap,
     /// Whether a trigger killed its server (restarted after the step).
     pub killed: bool,
+    /// Whether the harness shadows the device (the dma-engine profile).
+    pub shadowed: bool,
     /// Whether a client of this server negotiated (a server that serves one client exits
     /// when it leaves).
     pub served: bool,
@@ -126,6 +128,7 @@ impl SideCtx {
             killed: false,
             learns: false,
             served: false,
+            shadowed: true,
             socket: dir.join(format!("{}.sock", side.name())),
             log: dir.join(format!("{}-server.log", side.name())),
         }
@@ -225,6 +228,12 @@ impl SideCtx {
     pub fn read_back(&mut self) -> Result<(), String> {
         let client = self.client.as_mut().ok_or("no client")?;
         let state = client.mig_state().map_err(|e| format!("reading the state back: {e}"))?;
+        if !self.shadowed {
+            self.dev.model.state = state;
+            self.dev.model.resume = Default::default();
+            self.dev.uncertain = false;
+            return Ok(());
+        }
         let snap = DmaEngineDriver::snapshot(client).map_err(|e| format!("reading the device back: {e}"))?;
         self.dev.model.state = state;
         self.dev.model.resume = Default::default();

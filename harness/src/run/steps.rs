@@ -206,6 +206,11 @@ impl Run<'_> {
             self.ensure_server(c.side, ONE_CLIENT_EXIT)?;
             self.sides[i].connect(c.strict, c.twin_socket, timeout)?;
         }
+        if c.side == Side::Source {
+            let seed = self.seed;
+            let client = self.sides[i].client()?;
+            self.profile.drive(client, seed).map_err(|e| format!("the {} driver: {e}", self.profile.name()))?;
+        }
         self.event(Some(c.side), EventKind::Note { text: "connected".into() });
         Ok(None)
     }

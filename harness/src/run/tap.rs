@@ -192,6 +192,11 @@ impl Tap {
         self.inner().model.take_findings()
     }
 
+    /// The known deviations the protocol model saw since the last call.
+    pub fn take_model_deviations(&self) -> Vec<crate::model::deviation::Seen> {
+        self.inner().model.take_deviations()
+    }
+
     /// What the protocol model's judgement covered.
     pub fn matrix(&self) -> Matrix {
         self.inner().model.matrix.clone()

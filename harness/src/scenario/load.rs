@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use serde_saphyr::{DefaultMessageFormatter, Location, MessageFormatter as _};
 use vfu_server::devices::dma_engine::DmaEngineConfig;
 
-use super::model::{DataSource, Fault, Iteration, Layout, Scenario, ServerSpec, Side, Step};
+use super::model::{DataSource, DeviceKind, Fault, Iteration, Layout, Scenario, ServerSpec, Side, Step};
 
 /// Guest page size: RAM sizes and regions must be multiples of it.
 pub const PAGE_SIZE: u64 = 4096;
@@ -382,6 +382,7 @@ fn check(s: &Scenario, file: &str) -> Vec<Problem> {
             }
         }
     }
+    check_profile(s, &mut problem);
     for side in Side::BOTH {
         if let ServerSpec::Command(argv) = s.servers.of(side)
             && let Some(why) = command_problem(&argv.value)
@@ -421,6 +422,38 @@ fn check(s: &Scenario, file: &str) -> Vec<Problem> {
 }
 
 /// A migrate step's `iteration`: it bounds pre-copy reads, so it needs pre-copy and a bound.
+/// What only the dma-engine profile drives, and what only `generic` takes.
+fn check_profile(s: &Scenario, problem: &mut dyn FnMut(Location, String)) {
+    let kind = s.device.kind;
+    let name = match kind {
+        DeviceKind::DmaEngine => None,
+        DeviceKind::LibvfioUserSample => Some("libvfio-user-sample"),
+        DeviceKind::Generic => Some("generic"),
+    };
+    let first = s.steps.first().map_or(Location::UNKNOWN, |st| st.referenced);
+    if kind != DeviceKind::Generic
+        && (s.device.builtin.is_some() || !s.device.writes.is_empty() || !s.device.compare.is_empty())
+    {
+        problem(first, "expected device.builtin, writes and compare only with kind: generic".into());
+    }
+    let Some(name) = name else { return };
+    if s.workload.dma.is_some() {
+        problem(first, format!("expected no workload.dma: DMA commands are the dma-engine's, not a {name} device's"));
+    }
+    for st in &s.steps {
+        let dma_only = match &st.value {
+            Step::Program(_) => Some("`program` runs dma-engine commands"),
+            Step::Interleave(i) if i.weights.dma > 0 || i.weights.region > 0 => {
+                Some("`interleave` with dma or region weights drives the dma-engine's registers (give them 0)")
+            }
+            _ => None,
+        };
+        if let Some(why) = dma_only {
+            problem(st.referenced, format!("expected a step a {name} device can take: {why}"));
+        }
+    }
+}
+
 /// What is wrong with a server command, if anything.
 pub fn command_problem(argv: &[String]) -> Option<String> {
     match argv.first() {

@@ -41,7 +41,7 @@ pub struct Scenario {
 
 /// A byte count: a number, or a string such as `4096`, `0x1000`, `64K`, `8M`, `1G` (binary
 /// units).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Size(pub u64);
 
 impl Size {
@@ -113,9 +113,85 @@ impl JsonSchema for Size {
 pub struct DeviceSpec {
     /// Which sample device `vfu-server` serves.
     pub kind: DeviceKind,
-    /// The device's options (those of `kind`).
+    /// The device's options (those of `kind`; `dma-engine` only).
     #[serde(default)]
     pub options: DmaEngineOptions,
+    /// `generic`: the device `vfu-server` serves on a side whose server is built in
+    /// (`dma-engine` when absent), the harness knowing nothing of it.
+    #[serde(default)]
+    pub builtin: Option<String>,
+    /// `generic`: the register writes a driver makes on the source after each connect, in
+    /// order.
+    #[serde(default)]
+    pub writes: Vec<RegionWriteSpec>,
+    /// `generic`: the parts of regions a migration must carry, compared on both sides after
+    /// it.
+    #[serde(default)]
+    pub compare: Vec<RegionRangeSpec>,
+}
+
+/// One REGION_WRITE.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegionWriteSpec {
+    /// The region's index.
+    pub region: u32,
+    /// Where in it.
+    #[serde(default)]
+    pub offset: Size,
+    /// The bytes, in hex (`"0100000000000000"`).
+    pub data: HexBytes,
+}
+
+/// A part of a region.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegionRangeSpec {
+    /// The region's index.
+    pub region: u32,
+    /// Where the part starts.
+    #[serde(default)]
+    pub offset: Size,
+    /// Its length.
+    pub len: Size,
+}
+
+/// Bytes written in hex, two digits a byte.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HexBytes(pub Vec<u8>);
+
+impl<'de> Deserialize<'de> for HexBytes {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        let digits: Vec<u8> = text.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
+        if digits.is_empty() || !digits.len().is_multiple_of(2) {
+            return Err(de::Error::custom(format!("expected bytes in hex, two digits each, found {text:?}")));
+        }
+        digits
+            .chunks(2)
+            .map(|pair| {
+                std::str::from_utf8(pair)
+                    .ok()
+                    .and_then(|p| u8::from_str_radix(p, 16).ok())
+                    .ok_or_else(|| de::Error::custom(format!("expected hex digits, found {text:?}")))
+            })
+            .collect::<Result<Vec<u8>, D::Error>>()
+            .map(HexBytes)
+    }
+}
+
+impl JsonSchema for HexBytes {
+    fn schema_name() -> Cow<'static, str> {
+        "HexBytes".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "Bytes in hex, two digits a byte.",
+            "type": "string",
+            "pattern": "^(\\s*[0-9a-fA-F]{2})+\\s*$"
+        })
+    }
 }
 
 /// What serves each side.
@@ -161,15 +237,12 @@ pub enum DeviceKind {
     /// The DMA engine: registers, device memory, a doorbell that runs DMA commands; migratable
     /// with PRE_COPY and dirty-page logging.
     DmaEngine,
-}
-
-impl DeviceKind {
-    /// `vfu-server`'s name for the device (its `--device`).
-    pub fn builtin_name(self) -> &'static str {
-        match self {
-            DeviceKind::DmaEngine => "dma-engine",
-        }
-    }
+    /// The reference C library's sample device (its `samples/server`, or `vfu-server
+    /// --device libvfio-user-sample`): its BAR0 timer armed, its BAR1 filled and compared.
+    LibvfioUserSample,
+    /// A device the harness knows nothing of: `writes` says what a driver writes, `compare`
+    /// which regions a migration must carry.
+    Generic,
 }
 
 /// Options of the `dma-engine` device and of the server that serves it.

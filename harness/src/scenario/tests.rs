@@ -480,3 +480,41 @@ fn a_device_hook_on_a_side_served_by_another_command_is_refused() {
     assert_eq!(got.len(), 1, "{got:?}");
     assert!(got[0].contains("built-in server on the source"), "{got:?}");
 }
+
+#[test]
+fn a_generic_device_lists_its_writes_in_hex_and_the_regions_to_compare() {
+    let text = HEAD.replace(
+        "device: {kind: dma-engine}",
+        "device:\n  kind: generic\n  builtin: dma-engine\n  writes: [{region: 2, offset: 4K, data: \"00ff 10\"}]\n  compare: [{region: 2, len: 64K}]",
+    ) + "  - connect: {side: source}\n";
+    let s = load_str(&text, "t.yaml").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(s.device.writes[0].data, HexBytes(vec![0x00, 0xff, 0x10]));
+    assert_eq!(s.device.writes[0].offset, Size(4096));
+    assert_eq!((s.device.compare[0].region, s.device.compare[0].len), (2, Size(64 << 10)));
+}
+
+#[test]
+fn bytes_that_are_not_hex_are_refused_at_their_place() {
+    let text = HEAD
+        .replace("device: {kind: dma-engine}", "device:\n  kind: generic\n  writes: [{region: 2, data: \"0g\"}]")
+        + "  - connect: {side: source}\n";
+    let got = problems(&text);
+    assert!(got[0].starts_with("t.yaml:6:") && got[0].contains("hex"), "{got:?}");
+}
+
+#[test]
+fn a_device_the_harness_does_not_shadow_takes_no_dma_engine_steps() {
+    let text = HEAD.replace("device: {kind: dma-engine}", "device: {kind: libvfio-user-sample}")
+        + "  - connect: {side: source}\n  - map: {side: source}\n  - program:\n      side: source\n      commands:\n        - fill: {guest_addr: 1M, len: 4K, seed: 3}\n";
+    let got = problems(&text);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(got[0].starts_with("t.yaml:9:") && got[0].contains("`program` runs dma-engine commands"), "{got:?}");
+}
+
+#[test]
+fn writes_and_compare_belong_to_the_generic_profile_only() {
+    let text = HEAD
+        .replace("device: {kind: dma-engine}", "device:\n  kind: dma-engine\n  compare: [{region: 2, len: 4K}]")
+        + "  - connect: {side: source}\n";
+    assert!(problems(&text)[0].contains("only with kind: generic"));
+}

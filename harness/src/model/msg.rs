@@ -152,6 +152,12 @@ pub fn op_name(cmd: u16, feature_flags: Option<u32>) -> String {
     }
 }
 
+/// Whether a request of command `cmd` may carry fds: DMA_MAP (its region's) and
+/// DEVICE_SET_IRQS (eventfds).
+pub fn takes_fds(cmd: u16) -> bool {
+    cmd == Command::DmaMap as u16 || cmd == Command::DeviceSetIrqs as u16
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

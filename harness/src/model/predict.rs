@@ -86,8 +86,7 @@ impl ServerModel {
         if m.size as u64 > u64::from(self.server_xfer) + 4096 && m.size > 64 * 1024 + 4096 {
             return (Expected::OneOf(TOO_BIG), Effect::None);
         }
-        let takes_fds = matches!(cmd, Command::DmaMap | Command::DeviceSetIrqs);
-        if m.nfds > 0 && !takes_fds {
+        if m.nfds > 0 && !super::msg::takes_fds(m.cmd) {
             return (EINVAL, Effect::None);
         }
         match cmd {
@@ -97,6 +96,11 @@ impl ServerModel {
             Command::DeviceGetRegionInfo => (self.indexed(m, 32, self.device.map(|d| d.1)), Effect::Learn),
             Command::DeviceGetRegionIoFds => {
                 let want = self.indexed(m, 16, self.device.map(|d| d.1));
+                let index = m.u32_at(8).unwrap_or(u32::MAX);
+                if want == Expected::Ok && self.regions.get(&index).is_some_and(|r| r.size == 0) {
+                    // A region the device does not implement: no ioeventfds, or no region.
+                    return (Expected::Either(&[Errno::EINVAL]), Effect::Learn);
+                }
                 let extra = m.u32_at(4).unwrap_or(0) != 0 || m.u32_at(12).unwrap_or(0) != 0;
                 (if want == Expected::Ok && extra { EINVAL } else { want }, Effect::Learn)
             }
@@ -111,6 +115,9 @@ impl ServerModel {
                 Some((offset, region, count)) => (self.access(region, offset, count, true), Effect::None),
                 None => (EINVAL, Effect::None),
             },
+            // Not offered in VERSION: the client should not send it, and the server answers
+            // it as it likes.
+            Command::RegionWriteMulti if !self.write_multiple => (Expected::Either(ALL_REFUSALS), Effect::None),
             Command::RegionWriteMulti => (self.write_multi(m), Effect::None),
             Command::DeviceReset => (Expected::Ok, Effect::Reset),
             Command::DeviceFeature => self.feature(m),
@@ -391,6 +398,7 @@ impl ServerModel {
                 self.server_xfer = server.max_data_xfer_size_or_default();
                 self.xfer = self.server_xfer.min(client.max_data_xfer_size_or_default());
                 self.migratable = Some(server.migration.is_some());
+                self.write_multiple = server.write_multiple == Some(true);
             }
             Effect::Map(addr, size) => {
                 self.maps.push((*addr, *size));

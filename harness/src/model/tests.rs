@@ -291,3 +291,40 @@ fn a_device_the_harness_started_is_held_to_its_pre_copy_offer_from_the_first_fla
     let found = migration_flags(&mut t, 1);
     assert_eq!(found.len(), 1, "{found:?}");
 }
+
+#[test]
+fn a_region_access_with_an_fd_served_anyway_is_the_unexpected_fds_deviation() {
+    let mut t = Talk::new();
+    let read = RegionAccess { offset: 0, region: 2, count: 4 }.as_bytes().to_vec();
+    let mut reply = read.clone();
+    reply.extend_from_slice(&[0; 4]);
+    assert!(t.ok(Command::RegionRead, &read, 1, &reply).is_empty());
+    let seen = t.model.take_deviations();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(seen[0].deviation, super::deviation::Deviation::UnexpectedFdsAccepted);
+}
+
+#[test]
+fn a_refusal_with_another_errno_is_a_deviation_not_a_violation() {
+    let mut t = Talk::new();
+    assert!(t.ok(Command::DmaMap, &map(0x1000, 0x2000), 1, &[]).is_empty());
+    assert!(t.err(Command::DmaMap, &map(0x2000, 0x1000), Errno::EINVAL).is_empty());
+    let seen = t.model.take_deviations();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(seen[0].deviation, super::deviation::Deviation::OtherErrno);
+    assert!(seen[0].text.contains("predicts EEXIST"), "{seen:?}");
+    // Accepting what the specification refuses is still a violation.
+    assert_eq!(t.ok(Command::DmaMap, &map(0x2000, 0x1000), 1, &[]).len(), 1);
+}
+
+#[test]
+fn region_write_multi_not_offered_in_version_is_answered_as_the_server_likes() {
+    let mut t = Talk::new();
+    let mut multi = 1u64.to_le_bytes().to_vec();
+    multi.extend_from_slice(&0u64.to_le_bytes());
+    multi.extend_from_slice(&2u32.to_le_bytes());
+    multi.extend_from_slice(&4u32.to_le_bytes());
+    multi.extend_from_slice(&[0; 8]);
+    assert!(t.err(Command::RegionWriteMulti, &multi, Errno::EINVAL).is_empty());
+    assert!(t.model.take_deviations().is_empty());
+}

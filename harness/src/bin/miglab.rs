@@ -3,7 +3,9 @@
 //! of a directory with their descriptions, `miglab trace FILE` decodes a message trace for a
 //! person, `miglab schema` prints the JSON Schema of the format, `miglab fuzz` runs a campaign
 //! of generated scenarios and `miglab merge` combines the summaries of its shards. `miglab
-//! serve` is `vfu-server` itself: the runner starts its servers from this executable.
+//! serve` is `vfu-server` itself: the runner starts its servers from this executable; `miglab
+//! mock-qemu` is `mock-qemu` itself, so tests can start both from the one executable cargo
+//! builds for them.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -77,6 +79,13 @@ enum Command {
     #[command(hide = true, disable_help_flag = true)]
     Serve {
         /// vfu-server's arguments.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
+    /// Run mock-qemu: its command line (see `miglab mock-qemu --help`).
+    #[command(name = "mock-qemu", hide = true, disable_help_flag = true)]
+    MockQemu {
+        /// mock-qemu's arguments.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<std::ffi::OsString>,
     },
@@ -187,6 +196,9 @@ fn main() -> ExitCode {
         }
         Command::Serve { args } => {
             vfu_server::cli::main_with_args(std::iter::once(std::ffi::OsString::from("vfu-server")).chain(args))
+        }
+        Command::MockQemu { args } => {
+            mock_qemu::cli::main_with_args(std::iter::once(std::ffi::OsString::from("mock-qemu")).chain(args))
         }
         Command::Check { paths } => check(&paths),
         Command::List { dir } => list(&dir),

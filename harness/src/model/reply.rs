@@ -79,6 +79,10 @@ impl ServerModel {
                 Some(f) if f & MIGRATION_STOP_COPY == 0 => {
                     problems.push(format!("migration flags {f:#x} lack STOP_COPY"))
                 }
+                Some(f) if !self.pre_copy_known => {
+                    self.mig.pre_copy = f & MIGRATION_PRE_COPY != 0;
+                    self.pre_copy_known = true;
+                }
                 Some(f) if (f & MIGRATION_PRE_COPY != 0) != self.mig.pre_copy => {
                     problems.push(format!("migration flags {f:#x} disagree with the device's PRE_COPY"));
                 }

@@ -252,3 +252,5 @@ fn a_feature_reply_states_its_own_size_whatever_room_was_offered() {
     assert_eq!(found.len(), 1, "{found:?}");
     assert!(found[0].contains("argsz 72"), "{found:?}");
 }
+
+mod passive;

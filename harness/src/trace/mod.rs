@@ -47,6 +47,7 @@ mod feature;
 mod line;
 mod names;
 mod payload;
+pub mod pcapng;
 mod record;
 #[cfg(test)]
 mod tests;

@@ -46,7 +46,7 @@ fn get_migration(flags: u64) -> (Vec<u8>, Vec<u8>) {
 }
 
 #[test]
-fn a_reply_with_a_wrong_msg_id_is_a_finding_of_the_tap() {
+fn a_reply_to_no_request_awaiting_one_is_a_finding_of_a_passive_model() {
     let mut t = Talk::passive(MIGRATES);
     let read = RegionAccess { offset: 0, region: 0, count: 4 }.as_bytes().to_vec();
     let id = t.send(Command::RegionRead as u16, &read, 0, 0);

@@ -117,6 +117,11 @@ impl Text {
 fn finish(mut t: Text, r: Result<Effect, WireError>) -> Decoded {
     match r {
         Ok(effect) => Decoded { text: t.text, fields: t.fields, too_short: false, effect },
+        // The payload is not short: the trace did not keep enough of it.
+        Err(WireError::Truncated { what, .. }) if t.cut > 0 => {
+            t.word(format_args!("(the trace kept too little for {what})"));
+            Decoded { text: t.text, fields: t.fields, too_short: false, effect: Effect::None }
+        }
         Err(WireError::Truncated { what, need, got }) => {
             t.word(format_args!("(payload too short for {what}: {got} of {need} bytes)"));
             Decoded { text: t.text, fields: t.fields, too_short: true, effect: Effect::None }

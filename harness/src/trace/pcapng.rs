@@ -21,7 +21,8 @@
 //!
 //! A payload the trace cut (`payload_len`, `payload_xxh3`) is written as captured bytes fewer
 //! than the original length, as a capture with a snap length is, and the EPB's comment gives
-//! the whole length and hash. The EPB flags carry the direction too (inbound: to the server).
+//! the whole length and hash. So is a packet longer than [`MAX_CAPTURE`], the most Wireshark
+//! reads of one packet (migration data and DMA messages reach 1 MiB and more). The EPB flags carry the direction too (inbound: to the server).
 //! Timestamps are the trace's `t` (microseconds) after the `unix_us` of a `tap` event line
 //! when the trace has one; a line without `t` is one microsecond after the message before it
 //! (the first at that clock).
@@ -42,8 +43,10 @@ pub const LINKTYPE: u16 = 147;
 pub const MAGIC: [u8; 4] = *b"vfuT";
 /// Bytes of the packet header before the session name.
 pub const PACKET_HEADER: usize = 16;
-/// The packet header's flag: the payload was cut by the trace.
+/// The packet header's flag: the payload was cut (by the trace, or to [`MAX_CAPTURE`]).
 pub const FLAG_CUT: u16 = 1;
+/// The most bytes of one packet written (Wireshark's largest packet: 256 KiB).
+pub const MAX_CAPTURE: usize = 262_144;
 
 const SHB: u32 = 0x0A0D_0D0A;
 const IDB: u32 = 1;
@@ -141,6 +144,9 @@ impl<W: Write> PcapngWriter<W> {
         let session = r.session.as_bytes();
         let session = session.get(..usize::from(u16::MAX)).unwrap_or(session);
         let whole = (HEADER_SIZE as u64).saturating_add(r.payload_len);
+        let room = MAX_CAPTURE.saturating_sub(PACKET_HEADER + session.len() + HEADER_SIZE);
+        let kept = r.payload.get(..room).unwrap_or(&r.payload);
+        let cut = (kept.len() as u64) < r.payload_len;
         let mut head = [0u8; PACKET_HEADER];
         head[..4].copy_from_slice(&MAGIC);
         head[4] = 1;
@@ -148,8 +154,8 @@ impl<W: Write> PcapngWriter<W> {
         head[6..8].copy_from_slice(&u16::try_from(r.nfds).unwrap_or(u16::MAX).to_le_bytes());
         head[8..12].copy_from_slice(&u32::try_from(whole).unwrap_or(u32::MAX).to_le_bytes());
         head[12..14].copy_from_slice(&(session.len() as u16).to_le_bytes());
-        head[14..16].copy_from_slice(&(if r.is_cut() { FLAG_CUT } else { 0 }).to_le_bytes());
-        let captured = PACKET_HEADER + session.len() + HEADER_SIZE + r.payload.len();
+        head[14..16].copy_from_slice(&(if cut { FLAG_CUT } else { 0 }).to_le_bytes());
+        let captured = PACKET_HEADER + session.len() + HEADER_SIZE + kept.len();
         let original = (PACKET_HEADER + session.len()) as u64 + whole;
         let too_long = || io::Error::new(io::ErrorKind::InvalidInput, "a message longer than 4 GiB");
         let mut epb = Block::new(EPB);
@@ -161,12 +167,13 @@ impl<W: Write> PcapngWriter<W> {
             .bytes(&head)
             .bytes(session)
             .bytes(r.header.as_bytes())
-            .bytes(&r.payload)
+            .bytes(kept)
             .pad();
         epb.option(OPT_EPB_FLAGS, &(if r.dir == Dir::C2s { EPB_INBOUND } else { EPB_OUTBOUND }).to_le_bytes());
-        if r.is_cut() {
-            let hash = r.payload_xxh3.map(|h| format!(", xxh3 {h:016x}")).unwrap_or_default();
-            let note = format!("the trace kept {} of {} payload bytes{hash}", r.payload.len(), r.payload_len);
+        if cut {
+            let hash = r.whole_xxh3().map(|h| format!(", xxh3 {h:016x}")).unwrap_or_default();
+            let by = if r.is_cut() { "the trace" } else { "the capture" };
+            let note = format!("{by} kept {} of {} payload bytes{hash}", kept.len(), r.payload_len);
             epb.option(OPT_COMMENT, note.as_bytes());
         }
         epb.write(&mut self.out)?;
@@ -181,7 +188,7 @@ impl<W: Write> PcapngWriter<W> {
         }
         let id = u32::try_from(self.interfaces.len()).unwrap_or(u32::MAX);
         let mut idb = Block::new(IDB);
-        idb.bytes(&LINKTYPE.to_le_bytes()).bytes(&0u16.to_le_bytes()).bytes(&0u32.to_le_bytes());
+        idb.bytes(&LINKTYPE.to_le_bytes()).bytes(&0u16.to_le_bytes()).bytes(&(MAX_CAPTURE as u32).to_le_bytes());
         idb.option(OPT_IF_NAME, session.as_bytes()).option(OPT_IF_TSRESOL, &[6]);
         idb.write(&mut self.out)?;
         self.interfaces.insert(session.to_owned(), id);

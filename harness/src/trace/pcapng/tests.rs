@@ -78,7 +78,7 @@ fn each_session_gets_an_interface_named_after_it_before_its_first_packet() {
     assert_eq!(kinds, [0x0A0D_0D0A, 1, 6, 6, 1, 6]);
     let b = blocks(&file);
     let idb = &b[1].1;
-    assert_eq!(&idb[..8], &[147, 0, 0, 0, 0, 0, 0, 0], "LINKTYPE_USER0, reserved, no snap length");
+    assert_eq!(&idb[..8], &[147, 0, 0, 0, 0, 0, 4, 0], "LINKTYPE_USER0, reserved, a snap length of 256 KiB");
     assert_eq!(options(idb, 8), vec![(2, b"source".to_vec()), (9, vec![6])]);
     assert_eq!(options(&b[4].1, 8)[0], (2, b"destination".to_vec()));
     assert_eq!(u32::from_le_bytes(b[5].1[..4].try_into().unwrap()), 1, "the second interface");
@@ -142,4 +142,24 @@ fn timestamps_follow_t_after_the_clock_of_a_tap_event() {
         })
         .collect();
     assert_eq!(stamps, [1_000_250, 1_000_251]);
+}
+
+#[test]
+fn a_message_longer_than_wireshark_reads_is_captured_up_to_its_limit() {
+    let payload = vec![7u8; 1 << 20];
+    let whole = record("s", Dir::S2c, &payload, 0, 0);
+    let file = written(std::slice::from_ref(&whole));
+    let b = blocks(&file);
+    let epb = &b[2].1;
+    let word = |at: usize| u32::from_le_bytes(epb[at..at + 4].try_into().unwrap()) as usize;
+    assert_eq!((word(12), word(16)), (MAX_CAPTURE, 16 + 1 + 16 + (1 << 20)));
+    assert_eq!(&epb[20 + 14..20 + 16], &[1, 0], "flag: cut");
+    let opts = options(epb, 20 + MAX_CAPTURE);
+    let comment = format!(
+        "the capture kept {} of {} payload bytes, xxh3 {:016x}",
+        MAX_CAPTURE - 33,
+        1 << 20,
+        xxhash_rust::xxh3::xxh3_64(&payload)
+    );
+    assert_eq!(opts[1], (1, comment.into_bytes()));
 }

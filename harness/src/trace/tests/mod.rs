@@ -380,3 +380,24 @@ mod cut_payloads {
         assert!(out.contains("dirty=at least 512 of 65536 pages (trace kept 96 of 8224 payload bytes)"), "{out}");
     }
 }
+
+mod cut_before_the_fixed_part {
+    use pretty_assertions::assert_eq;
+
+    use super::*;
+    use vfu_server::wire::Header;
+
+    #[test]
+    fn a_payload_cut_before_its_fixed_part_ends_is_not_called_too_short() {
+        let payload = p().u32(32).u32(0).u32(4).u32(0).u64(0).u64(0).0;
+        let header =
+            Header { msg_id: 1, cmd: Command::DeviceGetRegionInfo as u16, msg_size: 48, flags: 0, error_no: 0 };
+        let cut = Record::capture("source", Dir::C2s, header, &payload, 0, 8);
+        let (out, summary) = decode(&[cut.to_line()]);
+        assert_eq!(
+            body(out.lines().next().unwrap()),
+            "DEVICE_GET_REGION_INFO (the trace kept too little for RegionInfo) (trace kept 8 of 32 payload bytes)"
+        );
+        assert!(!summary.has_problems());
+    }
+}

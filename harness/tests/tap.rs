@@ -106,4 +106,13 @@ fn a_migration_through_two_taps_is_the_same_conversation_and_has_no_findings() {
     }
     let pcapng = std::fs::metadata(dir.path().join("source-tap.pcapng")).expect("the capture is written");
     assert!(pcapng.len() > 1000);
+
+    // The differential reading: a trace against itself, the source's against the destination's.
+    let same = ["trace", &d("source-tap.jsonl"), "--diff", &d("source-tap.jsonl")];
+    let mut p = Proc::start(dir.path(), "diff-same", &same);
+    assert_eq!(p.wait().code(), Some(0), "{}", p.output());
+    let other = ["trace", &d("source-tap.jsonl"), "--diff", &d("destination-tap.jsonl")];
+    let mut p = Proc::start(dir.path(), "diff-other", &other);
+    assert_eq!(p.wait().code(), Some(1), "{}", p.output());
+    assert!(p.output().contains(" only in B") || p.output().contains(" only in A"), "{}", p.output());
 }

@@ -101,8 +101,17 @@ enum Command {
         /// The trace file.
         file: PathBuf,
         /// Instead of decoding, write the messages as pcapng to OUT (for Wireshark).
-        #[arg(long, value_name = "OUT")]
+        #[arg(long, value_name = "OUT", conflicts_with = "diff")]
         pcapng: Option<PathBuf>,
+        /// Instead of decoding, line this trace up with OTHER message by message (by command
+        /// and order; msg_ids, timestamps and fd numbers aside) and show the first messages
+        /// that differ, field by field. The exit status is 0 when they do not differ, 1 when
+        /// they do, 2 when a trace cannot be read.
+        #[arg(long, value_name = "OTHER")]
+        diff: Option<PathBuf>,
+        /// Differences shown in full by --diff (the rest are counted).
+        #[arg(long, default_value_t = 10, requires = "diff")]
+        diff_limit: usize,
         /// Only this session (source, destination).
         #[arg(long)]
         session: Option<String>,
@@ -222,7 +231,17 @@ fn main() -> ExitCode {
             tap(&options, once)
         }
         Command::Trace { file, pcapng: Some(out), .. } => to_pcapng(&file, &out),
-        Command::Trace { file, session, step, payload_bytes, pcapng: None } => {
+        Command::Trace { file, diff: Some(other), diff_limit, .. } => {
+            match harness::trace::diff::diff_trace_files(&file, &other, diff_limit, &mut std::io::stdout().lock()) {
+                Ok(summary) if summary.differ() => ExitCode::FAILURE,
+                Ok(_) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("miglab trace: {}", error_chain(&e));
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Command::Trace { file, session, step, payload_bytes, pcapng: None, diff: None, .. } => {
             let options = DecodeOptions { session, step, payload_bytes };
             match decode_trace_file(&file, &options, &mut std::io::stdout().lock()) {
                 Ok(summary) if summary.has_problems() => ExitCode::FAILURE,

@@ -43,6 +43,7 @@
 #![cfg_attr(not(test), deny(clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 mod decoder;
+pub mod diff;
 mod feature;
 mod line;
 mod names;

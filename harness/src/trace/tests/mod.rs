@@ -10,7 +10,7 @@ use super::*;
 
 /// Payload bytes, field by field (little-endian, as on x86-64).
 #[derive(Debug, Clone, Default)]
-pub(super) struct P(Vec<u8>);
+pub(super) struct P(pub(super) Vec<u8>);
 
 /// An empty payload to build on.
 pub(super) fn p() -> P {

@@ -117,7 +117,8 @@ pub enum TapError {
 /// Something the caller of a running tap waits for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TapEvent {
-    /// A connection is over (both its directions ended); connections count from 0.
+    /// A connection is over (both its directions ended, or the server could not be reached
+    /// for it); connections count from 0.
     ConnectionOver(u64),
     /// A signal asked the tap to stop.
     Signal(i32),

@@ -192,8 +192,10 @@ impl Observer for Recorder {
     fn unreachable(&self, connection: u64, error: &io::Error) {
         let mut s = self.state();
         s.stats.unreachable += 1;
-        // Shown even when quiet: the client was turned away.
+        // Shown even when quiet: the client was turned away, and its connection is over.
         s.note(true, connection, &format!("the server cannot be reached: {error}; the client is closed"));
+        drop(s);
+        let _ = self.events.send(TapEvent::ConnectionOver(connection));
     }
 
     fn message(&self, connection: u64, dir: Direction, header: &Header, payload: &[u8], nfds: usize) {

@@ -234,6 +234,7 @@ fn a_server_that_closes_is_shown_and_a_server_that_is_gone_too() {
     std::fs::remove_file(&server).unwrap();
     let mut late = raw_client(rig.tap.path());
     assert!(late.recv().is_err(), "the tap closes a client it cannot serve");
+    rig.over(1);
     let (summary, _, screen) = rig.stop();
     assert!(screen.contains("-- conn1: the server closed the connection\n"), "{screen}");
     assert!(screen.contains("-- conn2: the server cannot be reached: "), "{screen}");

@@ -1,5 +1,6 @@
 //! The pieces of `miglab`, the scenario runner: the scenario format and its loader
-//! ([`scenario`]), a fault-injecting vfio-user proxy ([`proxy`]) and run reports ([`report`]).
+//! ([`scenario`]), a fault-injecting vfio-user proxy ([`proxy`]), run reports ([`report`]) and
+//! the transparent tap of `miglab tap` ([`wiretap`]).
 
 #![forbid(unsafe_code)]
 
@@ -12,3 +13,4 @@ pub mod report;
 pub mod run;
 pub mod scenario;
 pub mod trace;
+pub mod wiretap;

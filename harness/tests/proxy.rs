@@ -50,16 +50,23 @@ struct Rig {
     _dir: TempDir,
 }
 
+/// A dma-engine server serving one client on a thread, in a new temporary directory: the
+/// directory, the server's socket and how its session ends.
+fn serve_one() -> (TempDir, PathBuf, mpsc::Receiver<Result<SessionEnd, ServerError>>) {
+    let dir = tempfile::tempdir().unwrap();
+    let server_path = dir.path().join("server.sock");
+    let device = DmaEngine::new(Default::default()).unwrap();
+    let mut server = Server::bind(&server_path, Box::new(device), ServerConfig::default()).unwrap();
+    let (tx, server_end) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(server.serve_one());
+    });
+    (dir, server_path, server_end)
+}
+
 impl Rig {
     fn new(faults: Vec<ProxyFault>) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let server_path = dir.path().join("server.sock");
-        let device = DmaEngine::new(Default::default()).unwrap();
-        let mut server = Server::bind(&server_path, Box::new(device), ServerConfig::default()).unwrap();
-        let (tx, server_end) = mpsc::channel();
-        std::thread::spawn(move || {
-            let _ = tx.send(server.serve_one());
-        });
+        let (dir, server_path, server_end) = serve_one();
         let proxy = Proxy::start(dir.path().join("proxy.sock"), &server_path, faults).unwrap();
         let client = Client::connect_and_negotiate(proxy.path(), DEADLINE).unwrap();
         Self { proxy, client, server_end, _dir: dir }
@@ -442,4 +449,58 @@ fn start_refuses_nth_zero_and_a_taken_path() {
     let _first = Proxy::start(dir.path().join("p.sock"), server, vec![]).unwrap();
     let err = Proxy::start(dir.path().join("p.sock"), server, vec![]).unwrap_err();
     assert!(matches!(err, ProxyError::PathExists { .. }), "{err:?}");
+}
+
+/// What an observer saw, in order.
+#[derive(Default)]
+struct Seen(Mutex<Vec<String>>);
+
+impl harness::proxy::Observer for Seen {
+    fn connected(&self, connection: u64, _server: &UnixStream) {
+        self.0.lock().unwrap().push(format!("connected {connection}"));
+    }
+    fn message(&self, connection: u64, dir: Direction, header: &Header, payload: &[u8], nfds: usize) {
+        // VERSION's sizes follow the capabilities; DMA_MAP's are the specification's.
+        let size =
+            if header.cmd == Command::DmaMap as u16 { format!(" {} bytes", payload.len()) } else { String::new() };
+        let line = format!("{connection} {} cmd {} #{}{size} {nfds} fds", dir.name(), header.cmd, header.msg_id);
+        self.0.lock().unwrap().push(line);
+    }
+    fn direction_ended(&self, connection: u64, dir: Direction, end: &harness::proxy::DirectionEnd) {
+        self.0.lock().unwrap().push(format!("{connection} {} {end}", dir.name()));
+    }
+    fn disconnected(&self, connection: u64) {
+        self.0.lock().unwrap().push(format!("disconnected {connection}"));
+    }
+}
+
+#[test]
+fn an_observer_sees_each_message_before_its_reply_and_the_connection_end() {
+    let (dir, server_path, server_end) = serve_one();
+    let seen = Arc::new(Seen::default());
+    let mut proxy =
+        Proxy::start_observed(dir.path().join("p.sock"), &server_path, vec![], ProxyOptions::default(), seen.clone())
+            .unwrap();
+    let mut client = Client::connect_and_negotiate(proxy.path(), DEADLINE).unwrap();
+    let (_region, fd) = MappedRegion::memfd(c"guest", RAM).unwrap();
+    client.dma_map(IOVA, RAM, DMA_RW, Some((fd.as_fd(), 0))).unwrap();
+    drop(client);
+    assert!(server_end.recv_timeout(DEADLINE).unwrap().is_ok());
+    // The relay threads end once both peers closed; stop joins them.
+    proxy.stop();
+    let seen = seen.0.lock().unwrap().clone();
+    assert_eq!(
+        seen[..5],
+        [
+            "connected 0",
+            "0 to-server cmd 1 #1 0 fds",
+            "0 to-client cmd 1 #1 0 fds",
+            "0 to-server cmd 2 #2 32 bytes 1 fds",
+            "0 to-client cmd 2 #2 0 bytes 0 fds",
+        ],
+        "{seen:#?}"
+    );
+    assert!(seen[5..7].contains(&"0 to-server closed".to_string()), "{seen:#?}");
+    assert!(seen[5..7].contains(&"0 to-client closed".to_string()), "{seen:#?}");
+    assert_eq!(seen[7..], ["disconnected 0"]);
 }

@@ -1,9 +1,12 @@
 //! `miglab`: the scenario tool. `miglab scenario NAME|PATH` runs a scenario and writes its
 //! report, `miglab check PATH...` validates scenario files, `miglab list` shows the scenarios
 //! of a directory with their descriptions, `miglab trace FILE` decodes a message trace for a
-//! person, `miglab schema` prints the JSON Schema of the format, `miglab fuzz` runs a campaign
-//! of generated scenarios and `miglab merge` combines the summaries of its shards. `miglab
-//! serve` is `vfu-server` itself: the runner starts its servers from this executable.
+//! person (or writes it as pcapng), `miglab tap` sits between a live client and server and
+//! shows their conversation as it happens, `miglab schema` prints the JSON Schema of the
+//! format, `miglab fuzz` runs a campaign of generated scenarios and `miglab merge` combines
+//! the summaries of its shards. `miglab serve` is `vfu-server` itself: the runner starts its
+//! servers from this executable; `miglab mock-qemu` is `mock-qemu` itself, so tests can start
+//! both from the one executable cargo builds for them.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -13,6 +16,7 @@ use harness::fuzz::summary::CampaignSummary;
 use harness::run::{RunOptions, ServerCommand, run_scenario};
 use harness::scenario::{self, load_path};
 use harness::trace::{DecodeOptions, decode_trace_file};
+use harness::wiretap::TapOptions;
 
 /// The exit status of a run that passed with known deviations from the specification found.
 const DEVIATIONS_ONLY: u8 = 3;
@@ -67,10 +71,55 @@ enum Command {
         #[arg(long)]
         summary_json: Option<PathBuf>,
     },
+    /// Put a transparent tap between any vfio-user client and server: point the client at
+    /// --listen instead of the server's socket. Every message is relayed unchanged, with its
+    /// fds, printed decoded, recorded (--trace, --pcapng) and judged by the protocol model;
+    /// a reply the specification does not admit is a finding. Stops on SIGINT or SIGTERM (or,
+    /// with --once, when the first client is gone) and prints a summary. The exit status is
+    /// 0 without findings, 3 with findings, 1 when the tap could not run or write its files.
+    Tap {
+        /// The socket clients connect to (created; it must not exist).
+        #[arg(long)]
+        listen: PathBuf,
+        /// The server's socket.
+        #[arg(long)]
+        server: PathBuf,
+        /// Write the messages as a trace (JSON lines, what `miglab trace` reads).
+        #[arg(long, value_name = "OUT")]
+        trace: Option<PathBuf>,
+        /// Write the messages as pcapng, for Wireshark with contrib/wireshark/vfio_user.lua.
+        #[arg(long, value_name = "OUT")]
+        pcapng: Option<PathBuf>,
+        /// Do not print the messages (findings, connection problems and the summary still are).
+        #[arg(long)]
+        quiet: bool,
+        /// Stop when the first client is gone.
+        #[arg(long)]
+        once: bool,
+        /// Payload bytes of each message kept in the trace and the capture (0: all); longer
+        /// payloads keep their length and hash.
+        #[arg(long, default_value_t = harness::wiretap::DEFAULT_SNAPLEN)]
+        snaplen: usize,
+        /// Bytes of data payloads shown, in hex.
+        #[arg(long, default_value_t = harness::trace::DEFAULT_PAYLOAD_BYTES)]
+        payload_bytes: usize,
+    },
     /// Decode a message trace (a report's trace.jsonl, or any trace of mock-qemu's format).
     Trace {
         /// The trace file.
         file: PathBuf,
+        /// Instead of decoding, write the messages as pcapng to OUT (for Wireshark).
+        #[arg(long, value_name = "OUT", conflicts_with = "diff")]
+        pcapng: Option<PathBuf>,
+        /// Instead of decoding, line this trace up with OTHER message by message (by command
+        /// and order; msg_ids, timestamps and fd numbers aside) and show the first messages
+        /// that differ, field by field. The exit status is 0 when they do not differ, 1 when
+        /// they do, 2 when a trace cannot be read.
+        #[arg(long, value_name = "OTHER")]
+        diff: Option<PathBuf>,
+        /// Differences shown in full by --diff (the rest are counted).
+        #[arg(long, default_value_t = 10, requires = "diff")]
+        diff_limit: usize,
         /// Only this session (source, destination).
         #[arg(long)]
         session: Option<String>,
@@ -85,6 +134,13 @@ enum Command {
     #[command(hide = true, disable_help_flag = true)]
     Serve {
         /// vfu-server's arguments.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
+    /// Run mock-qemu: its command line (see `miglab mock-qemu --help`).
+    #[command(name = "mock-qemu", hide = true, disable_help_flag = true)]
+    MockQemu {
+        /// mock-qemu's arguments.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<std::ffi::OsString>,
     },
@@ -203,7 +259,22 @@ fn main() -> ExitCode {
         }
         Command::Fuzz(args) => fuzz(args),
         Command::Merge { files, require_coverage, summary_json } => merge(&files, require_coverage, summary_json),
-        Command::Trace { file, session, step, payload_bytes } => {
+        Command::Tap { listen, server, trace, pcapng, quiet, once, snaplen, payload_bytes } => {
+            let options = TapOptions { listen, server, trace, pcapng, quiet, snaplen, payload_bytes };
+            tap(&options, once)
+        }
+        Command::Trace { file, pcapng: Some(out), .. } => to_pcapng(&file, &out),
+        Command::Trace { file, diff: Some(other), diff_limit, .. } => {
+            match harness::trace::diff::diff_trace_files(&file, &other, diff_limit, &mut std::io::stdout().lock()) {
+                Ok(summary) if summary.differ() => ExitCode::FAILURE,
+                Ok(_) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("miglab trace: {}", error_chain(&e));
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Command::Trace { file, session, step, payload_bytes, pcapng: None, diff: None, .. } => {
             let options = DecodeOptions { session, step, payload_bytes };
             match decode_trace_file(&file, &options, &mut std::io::stdout().lock()) {
                 Ok(summary) if summary.has_problems() => ExitCode::FAILURE,
@@ -221,11 +292,65 @@ fn main() -> ExitCode {
         Command::Serve { args } => {
             vfu_server::cli::main_with_args(std::iter::once(std::ffi::OsString::from("vfu-server")).chain(args))
         }
+        Command::MockQemu { args } => {
+            mock_qemu::cli::main_with_args(std::iter::once(std::ffi::OsString::from("mock-qemu")).chain(args))
+        }
         Command::Check { paths } => check(&paths),
         Command::List { dir } => list(&dir),
         Command::Schema => {
             print!("{}", scenario::schema::schema_text());
             ExitCode::SUCCESS
+        }
+    }
+}
+
+fn tap(options: &TapOptions, once: bool) -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "error".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    match harness::wiretap::run(options, once) {
+        Ok(summary) if summary.findings.is_empty() => ExitCode::SUCCESS,
+        Ok(_) => ExitCode::from(harness::wiretap::EXIT_FINDINGS),
+        Err(e) => {
+            eprintln!("miglab tap: {}", error_chain(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `e` and its causes, `: `-separated.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(&format!(": {c}"));
+        cause = c.source();
+    }
+    text
+}
+
+/// `miglab trace FILE --pcapng OUT`.
+fn to_pcapng(file: &Path, out: &Path) -> ExitCode {
+    let converted = std::fs::File::open(file).map_err(|e| format!("{}: {e}", file.display())).and_then(|input| {
+        let output = std::fs::File::create(out).map_err(|e| format!("{}: {e}", out.display()))?;
+        harness::trace::pcapng::trace_to_pcapng(std::io::BufReader::new(input), std::io::BufWriter::new(output))
+            .map_err(|e| error_chain(&e))
+    });
+    match converted {
+        Ok(stats) => {
+            println!(
+                "{}: {} messages as packets ({} event lines skipped, {} malformed lines)",
+                out.display(),
+                stats.packets,
+                stats.events,
+                stats.malformed
+            );
+            if stats.malformed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+        }
+        Err(e) => {
+            eprintln!("miglab trace: {e}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -14,6 +14,25 @@
 //! Where it cannot know — the device judges the stream it resumes from, messages were damaged
 //! on purpose — it admits either outcome or stops judging until the next connection, and says
 //! which in [`ServerModel::suspended`].
+//!
+//! # Passive judging
+//!
+//! [`ServerModel::passive`] judges a conversation it only watches (`miglab tap` between any
+//! client and any server): nobody tells it what the device is or what was planted in it, and
+//! nobody asks the questions the runner asks at connect. It learns only from what passes by,
+//! and what it cannot know it admits rather than accuses:
+//!
+//! | what | the runner's model | passive |
+//! |---|---|---|
+//! | migration state at connect | RUNNING (a fresh server; a disconnect resets the device) | unknown until a GET of the state or a successful SET (success puts the device at the target) |
+//! | PRE_COPY offered | told at start | learnt from the first GET MIGRATION reply |
+//! | an arc, a data read, a reset refused by the device | only the planted ones | any refusal admitted (success still judged and applied) |
+//! | no `migration` in VERSION | DEVICE_FEATURE refused with ENOTTY | nothing concluded |
+//! | region writes in STOP, STOP_COPY, RESUMING | EBUSY (this project's choice) | refusal or success (the specification leaves it open) |
+//! | RESUMING→STOP | refused without a whole stream | the device judges what it got |
+//!
+//! Device facts (regions, IRQ indexes) are learnt from the replies that describe them, as in
+//! the runner's model; the tap starts a fresh model for a new server process.
 
 pub mod deviation;
 pub mod matrix;
@@ -120,6 +139,8 @@ pub struct ServerModel {
     judging: String,
     /// What this server's conversation reached.
     pub matrix: Matrix,
+    /// Judging a conversation only watched (see the module's "Passive judging").
+    passive: bool,
 }
 
 impl Default for ServerModel {
@@ -152,7 +173,20 @@ impl ServerModel {
             deviations: Vec::new(),
             judging: String::new(),
             matrix: Matrix::default(),
+            passive: false,
         }
+    }
+
+    /// A model that only watches a conversation between any client and any server: it judges
+    /// from the first connection on, learns the device from the replies it sees, and admits
+    /// what it cannot know (the module's "Passive judging").
+    pub fn passive() -> Self {
+        Self { suspended: None, passive: true, mig_known: false, pre_copy_known: false, ..Self::new() }
+    }
+
+    /// Whether this model judges passively.
+    pub fn is_passive(&self) -> bool {
+        self.passive
     }
 
     /// Why the model does not judge now, if it does not.
@@ -253,7 +287,9 @@ impl ServerModel {
                 // A device caught anywhere but RUNNING is reset to RUNNING, and one that was
                 // RUNNING stays: RUNNING either way, whatever the damaged messages did.
                 self.mig.reset();
-                self.mig_known = true;
+                // What a server does to its device when the client leaves is its own choice:
+                // a model that only watches learns the state again from the next replies.
+                self.mig_known = !self.passive;
                 self.out_offset = 0;
             }
             Event::ServerKilled => self.suspended = Some("the server is not running"),

@@ -56,6 +56,23 @@ fn hex_bytes(hex: &str, limit: usize) -> Vec<u8> {
 }
 
 impl Msg {
+    /// A message seen whole (by a tap): the payload is kept as [`Msg::parse_line`] keeps it.
+    pub fn new(dir: Dir, header: &vfu_server::wire::Header, payload: &[u8], nfds: usize) -> Msg {
+        let whole = [Command::DeviceFeature as u16, Command::Version as u16];
+        let kept = if whole.contains(&header.cmd) { payload } else { payload.get(..HEAD_BYTES).unwrap_or(payload) };
+        Msg {
+            dir,
+            msg_id: header.msg_id,
+            cmd: header.cmd,
+            size: header.msg_size,
+            flags: header.flags,
+            error_no: header.error_no,
+            nfds: u32::try_from(nfds).unwrap_or(u32::MAX),
+            payload: kept.to_vec(),
+            payload_len: payload.len(),
+        }
+    }
+
     /// Reads one trace line; `None` for an event line or a line of another shape.
     pub fn parse_line(text: &str) -> Option<Msg> {
         let field = |key: &str| -> Option<&str> {

@@ -70,7 +70,25 @@ impl ServerModel {
                 | Some(Command::MigDataWrite)
         ) || matches!(effect, Effect::SetState(..));
         let expected = if self.mig_known || !by_state { expected } else { Expected::Either(ALL_REFUSALS) };
+        let expected = if self.device_may_refuse(m, &effect) && expected.admits(None) {
+            Expected::Either(ALL_REFUSALS)
+        } else {
+            expected
+        };
         Prediction { op, state: self.state_name(), expected, effect }
+    }
+
+    /// Whether a passive model leaves the outcome of `m` to the device: taking an arc (its
+    /// callback may fail), producing its data, resetting.
+    fn device_may_refuse(&self, m: &Msg, effect: &Effect) -> bool {
+        if !self.passive {
+            return false;
+        }
+        match effect {
+            Effect::SetState(target, _) => self.state().is_none_or(|s| s as u32 != *target),
+            Effect::DataRead { .. } | Effect::Reset => true,
+            _ => m.cmd == Command::MigDataRead as u16,
+        }
     }
 
     fn expect(&self, m: &Msg) -> (Expected, Effect) {
@@ -235,6 +253,7 @@ impl ServerModel {
         let Some(RegionSeen { size, flags }) = self.regions.get(&region).copied() else {
             // A region the client never asked about: the bounds are the server's to know.
             return match by_state {
+                Some(Errno::EBUSY) if self.passive => Expected::Either(PASSIVE_STOPPED_WRITE),
                 Some(e) => Expected::OneOf(if e == Errno::EIO { &[Errno::EIO, Errno::EINVAL] } else { EBUSY_EINVAL }),
                 None => Expected::Either(&[Errno::EINVAL]),
             };
@@ -242,6 +261,8 @@ impl ServerModel {
         let need = if write { REGION_FLAG_WRITE } else { REGION_FLAG_READ };
         let bounds = flags & need != 0 && offset.checked_add(u64::from(count)).is_some_and(|end| end <= size);
         match (by_state, bounds) {
+            // Where a stopped device takes writes is left open by the specification.
+            (Some(Errno::EBUSY), true) if self.passive => Expected::Either(PASSIVE_STOPPED_WRITE),
             (Some(e), true) => Expected::Errno(e),
             // The specification does not order the two checks.
             (Some(Errno::EIO), false) => Expected::OneOf(&[Errno::EIO, Errno::EINVAL]),
@@ -276,6 +297,13 @@ impl ServerModel {
     }
 
     fn feature(&self, m: &Msg) -> (Expected, Effect) {
+        let (expected, effect) = self.feature_of_a_migratable_device(m);
+        // A server watched passively that did not advertise migration may not have it.
+        let unsure = self.passive && self.migratable.is_none();
+        (if unsure && expected == Expected::Ok { Expected::Either(&[Errno::ENOTTY]) } else { expected }, effect)
+    }
+
+    fn feature_of_a_migratable_device(&self, m: &Msg) -> (Expected, Effect) {
         let (Some(argsz), Some(flags)) = (m.u32_at(0), m.u32_at(4)) else { return (EINVAL, Effect::None) };
         let (feature, ops) = (flags & FEATURE_MASK, flags & !FEATURE_MASK);
         if argsz < 8 || ops & !(FEATURE_GET | FEATURE_SET | FEATURE_PROBE) != 0 {
@@ -374,6 +402,10 @@ impl ServerModel {
     /// succeed, `got` the errno of a refusal.
     pub(super) fn apply(&mut self, req: &Msg, p: &Prediction, reply: Option<&Msg>, got: Option<Errno>) {
         if let Effect::SetState(target, set) = &p.effect {
+            if self.passive && got.is_none() && p.expected.admits(None) {
+                self.passive_set(*target, set);
+                return;
+            }
             // A refusal leaves the device where the walk stopped; an unpredicted one is read
             // back by the next GET (the model stops knowing until then).
             let exact = matches!(set.expected, Expected::Ok | Expected::Errno(_));
@@ -397,7 +429,10 @@ impl ServerModel {
                 let server = server.unwrap_or_default();
                 self.server_xfer = server.max_data_xfer_size_or_default();
                 self.xfer = self.server_xfer.min(client.max_data_xfer_size_or_default());
-                self.migratable = Some(server.migration.is_some());
+                // A server watched passively may migrate without saying so in VERSION.
+                if !self.passive || server.migration.is_some() {
+                    self.migratable = Some(server.migration.is_some());
+                }
                 self.write_multiple = server.write_multiple == Some(true);
             }
             Effect::Map(addr, size) => {
@@ -434,6 +469,18 @@ impl ServerModel {
         }
     }
 
+    /// A passive model's successful SET: the device is at `target` wherever it was; data a
+    /// RESUMING device holds is its own to judge.
+    fn passive_set(&mut self, target: u32, set: &SetPrediction) {
+        let Some(to) = MigState::from_u32(target) else { return };
+        self.after_set(target, set, true);
+        self.mig.state = to;
+        self.mig_known = true;
+        if to == MigState::Resuming {
+            self.mig.resume = crate::oracle::ResumeData::Unknown;
+        }
+    }
+
     fn after_set(&mut self, target: u32, set: &SetPrediction, ok: bool) {
         for &(from, to) in &set.arcs {
             if (from, to) == (MigState::Running, MigState::PreCopy)
@@ -447,6 +494,8 @@ impl ServerModel {
 }
 
 const EBUSY_EINVAL: &[Errno] = &[Errno::EBUSY, Errno::EINVAL];
+/// What a server watched passively may answer a region write in a stopped state with.
+const PASSIVE_STOPPED_WRITE: &[Errno] = &[Errno::EBUSY, Errno::EINVAL, Errno::EPERM, Errno::EIO];
 
 /// A request whose fixed part is `size` bytes with `argsz` at `argsz_at`.
 fn fixed(m: &Msg, size: u32, argsz_at: usize) -> Expected {

@@ -14,6 +14,9 @@
 //! which message. Nothing inside is random: the harness chooses the faults (from its seed) and
 //! the same traffic meets the same faults.
 //!
+//! An [`Observer`] ([`Proxy::start_observed`]) sees every connection start and end and every
+//! message as it arrives; without faults the proxy is then a transparent tap (`miglab tap`).
+//!
 //! # Limitations
 //!
 //! - Messages the codec reports as malformed are relayed so the receiver frames the stream as
@@ -33,6 +36,7 @@
 #![forbid(unsafe_code)]
 
 mod fault;
+mod observe;
 mod relay;
 
 use std::io;
@@ -48,8 +52,10 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use vfu_server::codec::{Connection, SCM_MAX_FDS};
 
 pub use fault::{Direction, FaultAction, FiredFault, HeaderField, ProxyFault};
+pub use observe::{DirectionEnd, Observer};
 
 use fault::FaultBook;
+use observe::Watch;
 use relay::{DirCounters, Ends, Pump, Shared};
 
 /// Why the proxy could not start.
@@ -152,10 +158,31 @@ impl Proxy {
         faults: Vec<ProxyFault>,
         options: ProxyOptions,
     ) -> Result<ProxyHandle, ProxyError> {
+        Self::start_inner(listen_path.as_ref(), server_path.as_ref(), faults, options, Watch::default())
+    }
+
+    /// [`Proxy::start_with`], with `observer` seeing every connection and message.
+    pub fn start_observed(
+        listen_path: impl AsRef<Path>,
+        server_path: impl AsRef<Path>,
+        faults: Vec<ProxyFault>,
+        options: ProxyOptions,
+        observer: Arc<dyn Observer>,
+    ) -> Result<ProxyHandle, ProxyError> {
+        Self::start_inner(listen_path.as_ref(), server_path.as_ref(), faults, options, Watch(Some(observer)))
+    }
+
+    fn start_inner(
+        listen_path: &Path,
+        server_path: &Path,
+        faults: Vec<ProxyFault>,
+        options: ProxyOptions,
+        watch: Watch,
+    ) -> Result<ProxyHandle, ProxyError> {
         if let Some(index) = faults.iter().position(|f| f.nth == 0) {
             return Err(ProxyError::InvalidFault { index, why: "nth counts from 1" });
         }
-        let path = listen_path.as_ref().to_path_buf();
+        let path = listen_path.to_path_buf();
         if path.symlink_metadata().is_ok() {
             return Err(ProxyError::PathExists { path });
         }
@@ -171,12 +198,13 @@ impl Proxy {
             to_server: DirCounters::default(),
             to_client: DirCounters::default(),
             max_msg_size: options.max_msg_size,
+            watch,
         });
         let conns = Arc::new(Conns::default());
         let acceptor = Acceptor {
             listener,
             wake: wake_rx,
-            server_path: server_path.as_ref().to_path_buf(),
+            server_path: server_path.to_path_buf(),
             shared: shared.clone(),
             conns: conns.clone(),
         };
@@ -241,8 +269,11 @@ impl Acceptor {
     fn serve(&self, client: UnixStream) -> io::Result<()> {
         client.set_nonblocking(false)?;
         let connection = self.conns.accepted.fetch_add(1, Ordering::Relaxed);
-        let server = connect_retrying(&self.server_path)?;
-        let ends = Arc::new(Ends { client: client.try_clone()?, server: server.try_clone()? });
+        let server = connect_retrying(&self.server_path).inspect_err(|e| {
+            self.shared.watch.with(|o| o.unreachable(connection, e));
+        })?;
+        let ends = Arc::new(Ends::new(client.try_clone()?, server.try_clone()?));
+        self.shared.watch.with(|o| o.connected(connection, &server));
         let conn = |s: UnixStream| Connection::new(s, self.shared.max_msg_size, SCM_MAX_FDS);
         let pumps = [
             (Direction::ToServer, conn(client.try_clone()?), conn(server.try_clone()?)),

@@ -5,7 +5,7 @@ use std::net::Shutdown;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::Duration;
 
 use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
@@ -13,6 +13,7 @@ use vfu_server::codec::{CodecError, Connection, Malformed};
 use vfu_server::wire::{HEADER_SIZE, Header};
 
 use super::fault::{Direction, FaultAction, FaultBook, FiredFault};
+use super::observe::{DirectionEnd, Watch};
 
 /// Counters of one direction.
 #[derive(Debug, Default)]
@@ -29,6 +30,7 @@ pub(crate) struct Shared {
     pub(crate) to_server: DirCounters,
     pub(crate) to_client: DirCounters,
     pub(crate) max_msg_size: usize,
+    pub(crate) watch: Watch,
 }
 
 impl Shared {
@@ -40,14 +42,20 @@ impl Shared {
     }
 }
 
-/// Both sockets of one proxied connection, for closing them.
+/// Both sockets of one proxied connection, for closing them, and how many of its two
+/// directions ended.
 #[derive(Debug)]
 pub(crate) struct Ends {
     pub(crate) client: UnixStream,
     pub(crate) server: UnixStream,
+    ended: AtomicU8,
 }
 
 impl Ends {
+    pub(crate) fn new(client: UnixStream, server: UnixStream) -> Self {
+        Self { client, server, ended: AtomicU8::new(0) }
+    }
+
     /// Shuts both sockets down both ways: the peers see EOF, blocked relay threads wake up.
     pub(crate) fn close(&self) {
         let _ = self.client.shutdown(Shutdown::Both);
@@ -69,6 +77,8 @@ enum Stop {
     Closed,
     /// The destination failed.
     Send(io::Error),
+    /// The source failed (or closed mid-message): handled as a close.
+    Read(io::Error),
 }
 
 /// Zeros streamed in place of payload bytes the codec skipped.
@@ -90,21 +100,30 @@ impl Pump {
         let end = loop {
             match self.src.recv() {
                 Ok(m) => {
+                    let (dir, connection) = (self.dir, self.connection);
+                    self.shared.watch.with(|o| o.message(connection, dir, &m.header, &m.payload, m.fds.len()));
                     if let Err(stop) = self.relay(m.header, m.payload, m.fds, &mut held) {
                         break Some(stop);
                     }
                 }
                 Err(CodecError::Closed) => break None,
                 Err(CodecError::Malformed { header, reason }) => {
+                    self.shared.watch.with(|o| o.malformed(self.connection, self.dir, &header, reason));
                     if let Err(e) = self.relay_malformed(header, reason) {
                         break Some(Stop::Send(e));
                     }
                 }
                 Err(CodecError::Io(e)) => {
                     tracing::debug!(dir = self.dir.name(), error = %e, "proxy: reading failed");
-                    break None;
+                    break Some(Stop::Read(e));
                 }
             }
+        };
+        let seen = match &end {
+            None => DirectionEnd::Closed,
+            Some(Stop::Closed) => DirectionEnd::Faulted,
+            Some(Stop::Read(e)) => DirectionEnd::ReadFailed(e.to_string()),
+            Some(Stop::Send(e)) => DirectionEnd::ForwardFailed(e.to_string()),
         };
         match end {
             Some(Stop::Closed) => {}
@@ -114,13 +133,18 @@ impl Pump {
                 let _ = self.src.stream().shutdown(Shutdown::Read);
                 let _ = self.dst.stream().shutdown(Shutdown::Write);
             }
-            None => {
+            None | Some(Stop::Read(_)) => {
                 // The sender closed: what is held goes out now, then the receiver sees EOF.
                 for h in held.drain(..) {
                     let _ = self.send(&h);
                 }
                 let _ = self.dst.stream().shutdown(Shutdown::Write);
             }
+        }
+        let (dir, connection) = (self.dir, self.connection);
+        self.shared.watch.with(|o| o.direction_ended(connection, dir, &seen));
+        if self.ends.ended.fetch_add(1, Ordering::AcqRel) == 1 {
+            self.shared.watch.with(|o| o.disconnected(connection));
         }
     }
 

@@ -93,15 +93,9 @@ fn shorten(line: &[u8]) -> Vec<u8> {
         .collect();
     let mut out = Vec::with_capacity(2 * PAYLOAD_KEPT + 256);
     out.extend_from_slice(&line[..start + 2 * PAYLOAD_KEPT]);
-    out.extend_from_slice(
-        format!(
-            "\", \"payload_len\": {}, \"payload_xxh3\": \"{:016x}",
-            bytes.len(),
-            xxhash_rust::xxh3::xxh3_64(&bytes)
-        )
-        .as_bytes(),
-    );
-    out.extend_from_slice(&line[start + len..]);
+    out.push(b'"');
+    out.extend_from_slice(crate::trace::cut_keys(bytes.len() as u64, xxhash_rust::xxh3::xxh3_64(&bytes)).as_bytes());
+    out.extend_from_slice(&line[start + len + 1..]);
     out
 }
 

@@ -10,7 +10,7 @@ use vfu_server::wire::{FLAG_ERROR, FLAG_NO_REPLY, FLAGS_TYPE_MASK, HEADER_SIZE, 
 use super::line::{self, Dir, Event, Line, Message};
 use super::names;
 use super::payload::{self, Effect};
-use super::{ChangeCause, DecodeOptions, DecodeSummary, MalformedLine, StateChange};
+use super::{ChangeCause, DecodeOptions, DecodeSummary, DecodedMessage, MalformedLine, StateChange};
 
 /// Width the session column is padded to (`destination`).
 const SESSION_WIDTH: usize = 11;
@@ -41,26 +41,40 @@ impl Default for Session {
 }
 
 /// Decodes lines one at a time.
-pub(super) struct Decoder<'o> {
-    options: &'o DecodeOptions,
+#[derive(Debug)]
+pub(super) struct Decoder {
+    options: DecodeOptions,
     summary: DecodeSummary,
     sessions: HashMap<String, Session>,
     /// The current step: its index and kind.
     step: Option<(usize, Option<String>)>,
+    /// The message of the last line, if it held one.
+    last: Option<DecodedMessage>,
 }
 
-impl<'o> Decoder<'o> {
-    pub(super) fn new(options: &'o DecodeOptions) -> Self {
-        Self { options, summary: DecodeSummary::default(), sessions: HashMap::new(), step: None }
+impl Decoder {
+    pub(super) fn new(options: DecodeOptions) -> Self {
+        Self { options, summary: DecodeSummary::default(), sessions: HashMap::new(), step: None, last: None }
     }
 
     /// What was decoded so far.
+    pub(super) fn summary(&self) -> &DecodeSummary {
+        &self.summary
+    }
+
+    /// What was decoded.
     pub(super) fn finish(self) -> DecodeSummary {
         self.summary
     }
 
+    /// The message of the line decoded last, if it held one (taken).
+    pub(super) fn take_message(&mut self) -> Option<DecodedMessage> {
+        self.last.take()
+    }
+
     /// Decodes line `number` (from 1), appending what it shows to `out`.
     pub(super) fn line(&mut self, number: usize, raw: &[u8], out: &mut String) {
+        self.last = None;
         self.summary.lines = number;
         let raw = raw.strip_suffix(b"\n").unwrap_or(raw);
         let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
@@ -101,11 +115,14 @@ impl<'o> Decoder<'o> {
         let reply = h.msg_type() == TYPE_REPLY;
         let session = self.sessions.entry(m.session.clone()).or_default();
         let mut change = None;
+        let cut = usize::try_from(m.payload_len.saturating_sub(m.payload.len() as u64)).unwrap_or(usize::MAX);
+        let mut fields = Vec::new();
         let (mut body, too_short) = if !reply {
-            let d = payload::request(cmd, &m.payload, max);
+            let d = payload::request(cmd, &m.payload, cut, max);
             if d.effect != Effect::None && !h.no_reply() {
                 session.pending.insert((m.dir, h.msg_id), Pending { cmd: h.cmd, effect: d.effect });
             }
+            fields = d.fields;
             (format!("{name}{}", d.text), d.too_short)
         } else {
             let pending = session.pending.remove(&(m.dir.opposite(), h.msg_id)).filter(|p| p.cmd == h.cmd);
@@ -116,12 +133,13 @@ impl<'o> Decoder<'o> {
                     session.state = None;
                 }
                 let mut body = format!("{name} reply ERROR {}", names::errno(h.error_no));
-                if !m.payload.is_empty() {
-                    let _ = write!(body, " (with {} payload bytes)", m.payload.len());
+                if m.payload_len != 0 {
+                    let _ = write!(body, " (with {} payload bytes)", m.payload_len);
                 }
                 (body, false)
             } else {
-                let d = payload::reply(cmd, &m.payload, asked, max);
+                let d = payload::reply(cmd, &m.payload, cut, asked, max);
+                fields = d.fields;
                 let learnt = match (d.effect, pending.map(|p| p.effect)) {
                     (Effect::SawState(n), _) => Some((n, ChangeCause::ReadBack)),
                     (_, Some(Effect::AskState(n))) => Some((n, ChangeCause::Set)),
@@ -144,8 +162,10 @@ impl<'o> Decoder<'o> {
             }
         };
         header_notes(&m, &name, &mut body);
-
-        if !(self.step_visible(None) && self.session_visible(Some(&m.session))) {
+        let visible = self.step_visible(None) && self.session_visible(Some(&m.session));
+        let (msg_id, dir, session) = (h.msg_id, m.dir, clip(&m.session, 40).into_owned());
+        self.last = Some(DecodedMessage { line: number, record: m, text: body.clone(), fields });
+        if !visible {
             return;
         }
         let s = &mut self.summary;
@@ -163,9 +183,7 @@ impl<'o> Decoder<'o> {
         if too_short {
             s.too_short = s.too_short.saturating_add(1);
         }
-        let session = clip(&m.session, 40);
-        let _ =
-            writeln!(out, "{}{session:<SESSION_WIDTH$} {} #{:<5} {body}", self.step_prefix(), m.dir.as_str(), h.msg_id);
+        let _ = writeln!(out, "{}{session:<SESSION_WIDTH$} {} #{msg_id:<5} {body}", self.step_prefix(), dir.as_str());
         if let Some(c) = change {
             let _ =
                 writeln!(out, "   state {} -> {}{}", names::maybe_state(c.from), names::state(c.to), c.cause.note());
@@ -244,8 +262,11 @@ fn header_notes(m: &Message, name: &str, body: &mut String) {
     if m.nfds != 0 {
         let _ = write!(body, " fds={}", m.nfds);
     }
-    if usize::try_from(h.msg_size).ok() != m.payload.len().checked_add(HEADER_SIZE) {
-        let _ = write!(body, " (size {} but {} payload bytes)", h.msg_size, m.payload.len());
+    if u64::from(h.msg_size) != m.payload_len.saturating_add(HEADER_SIZE as u64) {
+        let _ = write!(body, " (size {} but {} payload bytes)", h.msg_size, m.payload_len);
+    }
+    if m.is_cut() {
+        let _ = write!(body, " (trace kept {} of {} payload bytes)", m.payload.len(), m.payload_len);
     }
     let recorded = if h.command().is_some() { name } else { "UNKNOWN" };
     if let Some(n) = m.cmd_name.as_deref().filter(|n| *n != recorded) {

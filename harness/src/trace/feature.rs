@@ -119,16 +119,19 @@ fn dirty_bits(r: &DmaLoggingReport, bitmap: &[u8], t: &mut Text) {
         dirty = dirty.saturating_add(u64::from((word & mask).count_ones()));
         past = past.saturating_add(u64::from((word & !mask).count_ones()));
     }
+    // A bitmap the trace cut counts only the pages of its kept words.
+    let at_least = if t.whole(bitmap) > bitmap.len() { "at least " } else { "" };
     if r.page_size == 0 {
-        t.kv("dirty", dirty);
+        t.kv("dirty", format_args!("{at_least}{dirty}"));
     } else {
-        t.kv("dirty", format_args!("{dirty} of {pages} pages"));
+        t.kv("dirty", format_args!("{at_least}{dirty} of {pages} pages"));
     }
     if past != 0 {
         t.word(format_args!("(+{past} {} past the range)", if past == 1 { "bit" } else { "bits" }));
     }
     let need = pages.div_ceil(64).saturating_mul(8);
-    if r.page_size != 0 && u64::try_from(bitmap.len()).unwrap_or(u64::MAX) < need {
-        t.word(format_args!("(bitmap {} of {need} bytes)", bitmap.len()));
+    let have = t.whole(bitmap);
+    if r.page_size != 0 && u64::try_from(have).unwrap_or(u64::MAX) < need {
+        t.word(format_args!("(bitmap {have} of {need} bytes)"));
     }
 }

@@ -6,49 +6,7 @@ use std::any::type_name;
 use serde_json::{Map, Value};
 use vfu_server::wire::Header;
 
-/// Direction of a message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(super) enum Dir {
-    /// Client to server.
-    C2s,
-    /// Server to client.
-    S2c,
-}
-
-impl Dir {
-    /// The trace's spelling.
-    pub(super) fn as_str(self) -> &'static str {
-        match self {
-            Dir::C2s => "c2s",
-            Dir::S2c => "s2c",
-        }
-    }
-
-    /// The direction of the other party's messages.
-    pub(super) fn opposite(self) -> Self {
-        match self {
-            Dir::C2s => Dir::S2c,
-            Dir::S2c => Dir::C2s,
-        }
-    }
-}
-
-/// A message line.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct Message {
-    /// Which client (`source`, `destination`, ...).
-    pub session: String,
-    /// Which way it travelled.
-    pub dir: Dir,
-    /// The header as recorded (`size` is `msg_size`).
-    pub header: Header,
-    /// File descriptors that travelled with it.
-    pub nfds: u64,
-    /// The bytes after the header.
-    pub payload: Vec<u8>,
-    /// The recorder's name of the command, when the line has one.
-    pub cmd_name: Option<String>,
-}
+pub(super) use super::record::{Dir, Record as Message};
 
 /// An event line of the scenario runner.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -138,7 +96,17 @@ fn message(obj: &Map<String, Value>) -> Result<Message, String> {
     let nfds = uint(obj, "nfds")?;
     let payload = hex(&string(obj, "payload")?)?;
     let cmd_name = opt_string(obj, "cmd_name")?;
-    Ok(Message { session, dir, header, nfds, payload, cmd_name })
+    let kept = payload.len() as u64;
+    let payload_len = opt_uint(obj, "payload_len")?.unwrap_or(kept);
+    if payload_len < kept {
+        return Err(format!("`payload_len` is {payload_len}, below the {kept} payload bytes the line has"));
+    }
+    let payload_xxh3 = match opt_string(obj, "payload_xxh3")? {
+        Some(h) => Some(u64::from_str_radix(&h, 16).map_err(|_| format!("`payload_xxh3` is not hex: {h:?}"))?),
+        None => None,
+    };
+    let t = opt_uint(obj, "t")?;
+    Ok(Message { session, dir, header, nfds, payload, payload_len, payload_xxh3, cmd_name, t })
 }
 
 fn event(obj: &Map<String, Value>) -> Result<Event, String> {

@@ -43,10 +43,13 @@
 #![cfg_attr(not(test), deny(clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 mod decoder;
+pub mod diff;
 mod feature;
 mod line;
 mod names;
 mod payload;
+pub mod pcapng;
+mod record;
 #[cfg(test)]
 mod tests;
 
@@ -56,6 +59,8 @@ use std::io::{self, BufRead, Write};
 use std::path::{Path, PathBuf};
 
 use vfu_server::wire::Command;
+
+pub use record::{Dir, Record, cut_keys};
 
 /// Bytes of a data payload shown in hex unless told otherwise.
 pub const DEFAULT_PAYLOAD_BYTES: usize = 32;
@@ -234,29 +239,98 @@ pub enum TraceError {
     Write(#[source] io::Error),
 }
 
-/// Decodes the trace `input` into `out`, a line per message or event (see the module
-/// documentation), and returns what it saw. Only I/O fails it.
-pub fn decode_trace(
+/// A message as the decoder read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecodedMessage {
+    /// Its line number, from 1.
+    pub line: usize,
+    /// What the line says.
+    pub record: Record,
+    /// What the decoder shows after the line's columns: the command, its fields and notes.
+    pub text: String,
+    /// The payload's fields, `(key, value)` as shown (`("", word)` for a word without a key).
+    pub fields: Vec<(String, String)>,
+}
+
+/// Decodes a trace a line at a time, for a trace being written (`miglab tap` shows each
+/// message as it passes) as for a file.
+#[derive(Debug)]
+pub struct Decoding {
+    decoder: decoder::Decoder,
+    number: usize,
+}
+
+impl Decoding {
+    /// A decoding from the first line.
+    pub fn new(options: DecodeOptions) -> Self {
+        Self { decoder: decoder::Decoder::new(options), number: 0 }
+    }
+
+    /// Decodes the next line (with or without its newline): the text it shows (empty for a
+    /// line the filters hide, several lines after a state change) and its message, if it is one.
+    pub fn line(&mut self, raw: &[u8]) -> (String, Option<DecodedMessage>) {
+        self.number = self.number.saturating_add(1);
+        let mut text = String::new();
+        self.decoder.line(self.number, raw, &mut text);
+        (text, self.decoder.take_message())
+    }
+
+    /// What was decoded so far.
+    pub fn summary(&self) -> &DecodeSummary {
+        self.decoder.summary()
+    }
+
+    /// What was decoded.
+    pub fn finish(self) -> DecodeSummary {
+        self.decoder.finish()
+    }
+}
+
+/// Reads `input` a line at a time into `each` (the line number, from 1, and its bytes with
+/// the newline); only reading fails it.
+fn for_each_line(
     mut input: impl BufRead,
-    options: &DecodeOptions,
-    out: &mut impl Write,
-) -> Result<DecodeSummary, TraceError> {
-    let mut decoder = decoder::Decoder::new(options);
-    let (mut raw, mut text) = (Vec::new(), String::new());
+    mut each: impl FnMut(usize, &[u8]) -> Result<(), TraceError>,
+) -> Result<(), TraceError> {
+    let mut raw = Vec::new();
     let mut number = 0usize;
     loop {
         raw.clear();
         let line = number.saturating_add(1);
         if input.read_until(b'\n', &mut raw).map_err(|source| TraceError::Read { line, source })? == 0 {
-            break;
+            return Ok(());
         }
         number = line;
-        text.clear();
-        decoder.line(number, &raw, &mut text);
-        out.write_all(text.as_bytes()).map_err(TraceError::Write)?;
+        each(number, &raw)?;
     }
+}
+
+/// Decodes the trace `input` into `out`, a line per message or event (see the module
+/// documentation), and returns what it saw. Only I/O fails it.
+pub fn decode_trace(
+    input: impl BufRead,
+    options: &DecodeOptions,
+    out: &mut impl Write,
+) -> Result<DecodeSummary, TraceError> {
+    let mut decoding = Decoding::new(options.clone());
+    for_each_line(input, |_, raw| {
+        let (text, _) = decoding.line(raw);
+        out.write_all(text.as_bytes()).map_err(TraceError::Write)
+    })?;
     out.flush().map_err(TraceError::Write)?;
-    Ok(decoder.finish())
+    Ok(decoding.finish())
+}
+
+/// Every message of the trace `input`, decoded (the summary tells of lines that were not
+/// messages). Only reading fails it.
+pub fn decode_messages(input: impl BufRead) -> Result<(Vec<DecodedMessage>, DecodeSummary), TraceError> {
+    let mut decoding = Decoding::new(DecodeOptions::default());
+    let mut messages = Vec::new();
+    for_each_line(input, |_, raw| {
+        messages.extend(decoding.line(raw).1);
+        Ok(())
+    })?;
+    Ok((messages, decoding.finish()))
 }
 
 /// `miglab trace FILE`: decodes the file at `path` into `out`, then writes the summary after a

@@ -141,15 +141,16 @@ pub(super) fn irq(index: u32) -> Cow<'static, str> {
     })
 }
 
-/// The first `max` bytes of `data` in hex; when there are more, `…` and the whole length.
-pub(super) fn preview(data: &[u8], max: usize) -> String {
+/// The first `max` bytes of `data` in hex; when the data is longer (`whole` bytes, which may
+/// be more than `data` holds when the trace cut it), `…` and the whole length.
+pub(super) fn preview(data: &[u8], whole: usize, max: usize) -> String {
     let shown = data.get(..max).unwrap_or(data);
     let mut out = String::with_capacity(shown.len().saturating_mul(2).saturating_add(16));
     for b in shown {
         let _ = write!(out, "{b:02x}");
     }
-    if shown.len() < data.len() {
-        let _ = write!(out, "… ({} bytes)", data.len());
+    if shown.len() < whole.max(data.len()) {
+        let _ = write!(out, "… ({} bytes)", whole.max(data.len()));
     }
     out
 }

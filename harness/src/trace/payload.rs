@@ -67,56 +67,79 @@ pub(super) enum Effect {
 pub(super) struct Decoded {
     /// ` key=value` words (each with its leading space).
     pub text: String,
+    /// The same, one `(key, value)` a field (`("", word)` for a word without a key).
+    pub fields: Vec<(String, String)>,
     /// The payload ended before its command's fixed part did.
     pub too_short: bool,
     /// What the decoder should remember.
     pub effect: Effect,
 }
 
-/// Words being written.
+/// Words being written, as text and as fields. `cut` is how many bytes of the payload the
+/// trace did not keep: they are the end of its data, which counts them.
 #[derive(Default)]
-pub(super) struct Text(String);
+pub(super) struct Text {
+    text: String,
+    fields: Vec<(String, String)>,
+    cut: usize,
+}
 
 impl Text {
     pub(super) fn word(&mut self, w: impl Display) {
-        let _ = write!(self.0, " {w}");
+        let w = w.to_string();
+        let _ = write!(self.text, " {w}");
+        self.fields.push((String::new(), w));
     }
 
     pub(super) fn kv(&mut self, key: &str, value: impl Display) {
-        let _ = write!(self.0, " {key}={value}");
+        let value = value.to_string();
+        let _ = write!(self.text, " {key}={value}");
+        self.fields.push((key.to_owned(), value));
     }
 
     pub(super) fn hex(&mut self, key: &str, value: u64) {
-        let _ = write!(self.0, " {key}={value:#x}");
+        self.kv(key, format_args!("{value:#x}"));
     }
 
+    /// The data at the end of the payload: its first `max` bytes, and its whole length.
     pub(super) fn data(&mut self, data: &[u8], max: usize) {
         if !data.is_empty() {
-            self.kv("data", preview(data, max));
+            self.kv("data", preview(data, self.whole(data), max));
         }
+    }
+
+    /// The whole length of `tail`, a tail of the payload: what is here and what was cut.
+    pub(super) fn whole(&self, tail: &[u8]) -> usize {
+        tail.len().saturating_add(self.cut)
     }
 }
 
 fn finish(mut t: Text, r: Result<Effect, WireError>) -> Decoded {
     match r {
-        Ok(effect) => Decoded { text: t.0, too_short: false, effect },
+        Ok(effect) => Decoded { text: t.text, fields: t.fields, too_short: false, effect },
+        // The payload is not short: the trace did not keep enough of it.
+        Err(WireError::Truncated { what, .. }) if t.cut > 0 => {
+            t.word(format_args!("(the trace kept too little for {what})"));
+            Decoded { text: t.text, fields: t.fields, too_short: false, effect: Effect::None }
+        }
         Err(WireError::Truncated { what, need, got }) => {
             t.word(format_args!("(payload too short for {what}: {got} of {need} bytes)"));
-            Decoded { text: t.0, too_short: true, effect: Effect::None }
+            Decoded { text: t.text, fields: t.fields, too_short: true, effect: Effect::None }
         }
     }
 }
 
-/// The fields of a request of `cmd` (None: a number the protocol does not have).
-pub(super) fn request(cmd: Option<Command>, p: &[u8], max: usize) -> Decoded {
-    let mut t = Text::default();
+/// The fields of a request of `cmd` (None: a number the protocol does not have); `cut` bytes
+/// of its payload were not kept.
+pub(super) fn request(cmd: Option<Command>, p: &[u8], cut: usize, max: usize) -> Decoded {
+    let mut t = Text { cut, ..Text::default() };
     let r = request_fields(cmd, p, &mut t, max);
     finish(t, r)
 }
 
 /// The fields of a successful reply; `asked` is the size its MIG_DATA_READ request asked for.
-pub(super) fn reply(cmd: Option<Command>, p: &[u8], asked: Option<u32>, max: usize) -> Decoded {
-    let mut t = Text::default();
+pub(super) fn reply(cmd: Option<Command>, p: &[u8], cut: usize, asked: Option<u32>, max: usize) -> Decoded {
+    let mut t = Text { cut, ..Text::default() };
     let r = reply_fields(cmd, p, asked, &mut t, max);
     finish(t, r)
 }
@@ -289,8 +312,9 @@ fn dma_access(p: &[u8], t: &mut Text, max: usize) -> Result<(), WireError> {
     t.hex("addr", a.addr);
     t.kv("count", a.count);
     t.data(data, max);
-    if !data.is_empty() && u64::try_from(data.len()).ok() != Some(a.count) {
-        t.word(format_args!("(carries {} bytes)", data.len()));
+    let have = t.whole(data);
+    if have != 0 && u64::try_from(have).ok() != Some(a.count) {
+        t.word(format_args!("(carries {have} bytes)"));
     }
     Ok(())
 }
@@ -298,11 +322,14 @@ fn dma_access(p: &[u8], t: &mut Text, max: usize) -> Result<(), WireError> {
 /// Data that should be `size` bytes: the first of them, and a note when there are more or fewer.
 fn data_of_size(data: &[u8], size: u32, t: &mut Text, max: usize) {
     let size = usize::try_from(size).unwrap_or(usize::MAX);
-    t.data(data.get(..size).unwrap_or(data), max);
-    if data.len() > size {
-        t.word(format_args!("(padded to {} bytes)", data.len()));
-    } else if !data.is_empty() && data.len() < size {
-        t.word(format_args!("(carries {} bytes)", data.len()));
+    let have = t.whole(data);
+    if !data.is_empty() {
+        t.kv("data", preview(data.get(..size).unwrap_or(data), have.min(size), max));
+    }
+    if have > size {
+        t.word(format_args!("(padded to {have} bytes)"));
+    } else if have != 0 && have < size {
+        t.word(format_args!("(carries {have} bytes)"));
     }
 }
 
@@ -358,7 +385,7 @@ fn write_multi(p: &[u8], t: &mut Text) -> Result<(), WireError> {
                 "{}+{:#x}={}",
                 region(e.region),
                 e.offset,
-                preview(e.data.get(..n).unwrap_or(&e.data), 8)
+                preview(e.data.get(..n).unwrap_or(&e.data), n.min(e.data.len()), 8)
             ));
         } else if i == LIST_SHOWN as u64 {
             t.word("…");

@@ -10,7 +10,7 @@ use super::*;
 
 /// Payload bytes, field by field (little-endian, as on x86-64).
 #[derive(Debug, Clone, Default)]
-pub(super) struct P(Vec<u8>);
+pub(super) struct P(pub(super) Vec<u8>);
 
 /// An empty payload to build on.
 pub(super) fn p() -> P {
@@ -341,5 +341,63 @@ mod summary {
         assert!(out.ends_with("   state RUNNING -> STOP\n\n2 messages (1 request, 1 reply, 0 error replies), 0 events, 0 malformed lines\n  DEVICE_FEATURE                1 requests      1 replies\n"), "{out}");
         let missing = decode_trace_file(&dir.path().join("none"), &DecodeOptions::default(), &mut Vec::new());
         assert!(matches!(missing, Err(TraceError::Open { .. })), "{missing:?}");
+    }
+}
+
+mod cut_payloads {
+    use pretty_assertions::assert_eq;
+
+    use super::*;
+    use vfu_server::wire::Header;
+
+    #[test]
+    fn a_cut_payload_is_decoded_with_its_whole_length_and_said_to_be_cut() {
+        let mut payload = p().u32(8 + 10_000).u32(10_000).0;
+        payload.extend(std::iter::repeat_n(0xab, 10_000));
+        let header =
+            Header { msg_id: 5, cmd: Command::MigDataRead as u16, msg_size: 16 + 10_008, flags: 1, error_no: 0 };
+        let cut = Record::capture("source", Dir::S2c, header, &payload, 0, 4096);
+        let ask = req(5, Command::MigDataRead, p().u32(8 + 10_000).u32(10_000));
+        let (out, summary) = decode(&[ask.line(), cut.to_line()]);
+        let reply = out.lines().nth(1).unwrap();
+        assert_eq!(
+            body(reply),
+            "MIG_DATA_READ reply ok size=10000 of 10000 data=abababababababababababababababababababababababababababababababab… \
+             (10000 bytes) (trace kept 4096 of 10008 payload bytes)"
+        );
+        assert!(!summary.has_problems());
+    }
+
+    #[test]
+    fn a_cut_dirty_bitmap_counts_at_least_the_pages_it_kept() {
+        let head = p().u32(0).u32(FEATURE_GET | vfu_server::wire::FEATURE_DMA_LOGGING_REPORT);
+        let range = head.clone().u64(0).u64(64 * 4096 * 1024).u64(4096);
+        let mut payload = range.clone().0;
+        payload.extend(std::iter::repeat_n(0xff, 8 * 1024));
+        let header = Header { msg_id: 9, cmd: 16, msg_size: 16 + payload.len() as u32, flags: 1, error_no: 0 };
+        let cut = Record::capture("source", Dir::S2c, header, &payload, 0, 32 + 64);
+        let (out, _) = decode(&[req(9, Command::DeviceFeature, range).line(), cut.to_line()]);
+        assert!(out.contains("dirty=at least 512 of 65536 pages (trace kept 96 of 8224 payload bytes)"), "{out}");
+    }
+}
+
+mod cut_before_the_fixed_part {
+    use pretty_assertions::assert_eq;
+
+    use super::*;
+    use vfu_server::wire::Header;
+
+    #[test]
+    fn a_payload_cut_before_its_fixed_part_ends_is_not_called_too_short() {
+        let payload = p().u32(32).u32(0).u32(4).u32(0).u64(0).u64(0).0;
+        let header =
+            Header { msg_id: 1, cmd: Command::DeviceGetRegionInfo as u16, msg_size: 48, flags: 0, error_no: 0 };
+        let cut = Record::capture("source", Dir::C2s, header, &payload, 0, 8);
+        let (out, summary) = decode(&[cut.to_line()]);
+        assert_eq!(
+            body(out.lines().next().unwrap()),
+            "DEVICE_GET_REGION_INFO (the trace kept too little for RegionInfo) (trace kept 8 of 32 payload bytes)"
+        );
+        assert!(!summary.has_problems());
     }
 }

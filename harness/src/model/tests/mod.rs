@@ -328,3 +328,5 @@ fn region_write_multi_not_offered_in_version_is_answered_as_the_server_likes() {
     assert!(t.err(Command::RegionWriteMulti, &multi, Errno::EINVAL).is_empty());
     assert!(t.model.take_deviations().is_empty());
 }
+
+mod passive;

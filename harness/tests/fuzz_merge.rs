@@ -9,6 +9,7 @@ use std::path::Path;
 use harness::fuzz::summary::CampaignSummary;
 use harness::fuzz::{FuzzOptions, campaign};
 use harness::run::ServerCommand;
+use harness::scenario::model::DeviceKind;
 
 const SEEDS: std::ops::Range<u64> = 0..24;
 const SHARDS: u64 = 3;
@@ -22,6 +23,7 @@ fn summary_of(server: &ServerCommand, shard: (u64, u64), reports: &Path) -> Camp
         jobs: 2,
         shard,
         server: server.clone().into(),
+        device: DeviceKind::DmaEngine,
         concurrent: false,
         regressions: None,
         reports: reports.to_owned(),

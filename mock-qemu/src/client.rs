@@ -224,6 +224,8 @@ impl Client {
     pub fn from_stream_with(stream: UnixStream, options: &ClientOptions) -> Self {
         // A backstop for a message that stops arriving halfway; waits for a reply poll first.
         let _ = stream.set_read_timeout(Some(options.timeout));
+        // A server that stops reading must not block a send forever: it is a hang to report.
+        let _ = stream.set_write_timeout(Some(options.timeout));
         Self {
             conn: Connection::new(stream, MAX_REPLY, MAX_FDS),
             twin: None,
@@ -319,8 +321,10 @@ impl Client {
     pub fn set_timeout(&mut self, timeout: Duration) {
         self.timeout = timeout;
         let _ = self.conn.stream().set_read_timeout(Some(timeout));
+        let _ = self.conn.stream().set_write_timeout(Some(timeout));
         if let Some(t) = &self.twin {
             let _ = t.stream().set_read_timeout(Some(timeout));
+            let _ = t.stream().set_write_timeout(Some(timeout));
         }
     }
 
@@ -555,6 +559,7 @@ impl Client {
                 let fd: OwnedFd = m.fds.swap_remove(i);
                 let stream = UnixStream::from(fd);
                 let _ = stream.set_read_timeout(Some(self.timeout));
+                let _ = stream.set_write_timeout(Some(self.timeout));
                 self.twin = Some(Connection::new(stream, MAX_REPLY, MAX_FDS));
                 tracing::debug!("twin-socket mode");
             }

@@ -14,6 +14,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use harness::fuzz::summary::CampaignSummary;
 use harness::run::{RunOptions, ServerCommand, run_scenario};
+use harness::scenario::model::DeviceKind;
 use harness::scenario::{self, load_path};
 use harness::trace::{DecodeOptions, decode_trace_file};
 use harness::wiretap::TapOptions;
@@ -248,8 +249,22 @@ struct FuzzArgs {
     /// Write the campaign's summary here as JSON, for `miglab merge`.
     #[arg(long)]
     summary_json: Option<PathBuf>,
+    /// The device profile the scenarios are drawn for: dma-engine (shadowed by the harness),
+    /// libvfio-user-sample (the reference library's sample device, ours or theirs), or
+    /// generic (vfu-server's dma-engine judged as a device the harness does not know).
+    #[arg(long, value_parser = parse_device, default_value = "dma-engine")]
+    device: DeviceKind,
     #[command(flatten)]
     server: ServerArgs,
+}
+
+fn parse_device(s: &str) -> Result<DeviceKind, String> {
+    match s {
+        "dma-engine" => Ok(DeviceKind::DmaEngine),
+        "libvfio-user-sample" => Ok(DeviceKind::LibvfioUserSample),
+        "generic" => Ok(DeviceKind::Generic),
+        _ => Err(format!("expected dma-engine, libvfio-user-sample or generic, found {s:?}")),
+    }
 }
 
 fn main() -> ExitCode {
@@ -491,6 +506,7 @@ fn fuzz(args: FuzzArgs) -> ExitCode {
         concurrent,
         regressions,
         reports,
+        device,
         require_coverage,
         summary_json,
         server,
@@ -504,6 +520,10 @@ fn fuzz(args: FuzzArgs) -> ExitCode {
     });
     if time.is_none() && seeds.end == u64::MAX {
         eprintln!("miglab fuzz: give --seeds A..B or --time DURATION (or both)");
+        return ExitCode::FAILURE;
+    }
+    if concurrent && device != DeviceKind::DmaEngine {
+        eprintln!("miglab fuzz: --concurrent needs the dma-engine's background writer (--device dma-engine)");
         return ExitCode::FAILURE;
     }
     let server = match server.servers() {
@@ -534,6 +554,7 @@ fn fuzz(args: FuzzArgs) -> ExitCode {
         jobs,
         shard,
         server,
+        device,
         concurrent,
         regressions: Some(regressions),
         reports,

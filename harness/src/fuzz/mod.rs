@@ -10,6 +10,8 @@ pub mod coverage;
 pub mod explore;
 pub mod generate;
 pub mod iteration;
+mod logging;
+mod migration;
 pub mod shrink;
 pub mod summary;
 
@@ -21,7 +23,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use coverage::Coverage;
-use generate::{Generated, generate};
+use generate::{Generated, generate_for};
 
 use crate::report::{Outcome, RunReport};
 use crate::run::{RunOptions, Servers, run_scenario};
@@ -40,6 +42,8 @@ pub struct FuzzOptions {
     pub shard: (u64, u64),
     /// What serves each side.
     pub server: Servers,
+    /// The device profile the scenarios are drawn for.
+    pub device: crate::scenario::model::DeviceKind,
     /// Concurrent runs (the device's background writer during migrations).
     pub concurrent: bool,
     /// Where shrunk failures go (`scenarios/regressions/`); none written when `None`.
@@ -168,7 +172,7 @@ pub fn campaign(options: &FuzzOptions, tick: &(dyn Fn(u64, usize) + Sync)) -> Su
                     if seed >= options.seeds.end {
                         return;
                     }
-                    let g = generate(seed);
+                    let g = generate_for(seed, options.device);
                     let result = run_one(&g, options, None);
                     let mut s = shared.lock().unwrap_or_else(PoisonError::into_inner);
                     let (summary, failures) = &mut *s;

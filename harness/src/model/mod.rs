@@ -31,6 +31,11 @@
 //! | region writes in STOP, STOP_COPY, RESUMING | EBUSY (this project's choice) | refusal or success (the specification leaves it open) |
 //! | RESUMING→STOP | refused without a whole stream | the device judges what it got |
 //!
+//! A device the runner does not shadow (the `generic` and `libvfio-user-sample` profiles) is
+//! judged like the passive column for what its callbacks decide (arcs, its data, resets,
+//! writes while stopped), and like the runner's column for everything else; the runner reads
+//! the state back after a refused walk.
+//!
 //! Device facts (regions, IRQ indexes) are learnt from the replies that describe them, as in
 //! the runner's model; the tap starts a fresh model for a new server process.
 
@@ -65,6 +70,9 @@ pub enum Event {
         failing_arcs: BTreeSet<(MigState, MigState)>,
         /// Bytes of a data stream after which its reads fail with EIO.
         fail_read_after: Option<u64>,
+        /// Whether the device's callbacks decide arcs and data ([`DeviceModel::device_judges`]):
+        /// a device the harness does not shadow.
+        device_judges: bool,
     },
     /// A client connected (VERSION comes next).
     Connected,
@@ -189,6 +197,12 @@ impl ServerModel {
         self.passive
     }
 
+    /// Whether the device, not the protocol, decides what the model cannot know: a model that
+    /// only watches, or a device the harness does not shadow.
+    fn device_decides(&self) -> bool {
+        self.passive || self.mig.device_judges
+    }
+
     /// Why the model does not judge now, if it does not.
     pub fn suspended(&self) -> Option<&'static str> {
         self.suspended
@@ -264,12 +278,13 @@ impl ServerModel {
             self.matrix.event(self.state_name(), column);
         }
         match event {
-            Event::ServerStarted { pre_copy, failing_arcs, fail_read_after } => {
+            Event::ServerStarted { pre_copy, failing_arcs, fail_read_after, device_judges } => {
                 let matrix = std::mem::take(&mut self.matrix);
                 *self = Self { matrix, suspended: None, ..Self::new() };
                 self.mig = DeviceModel::new(pre_copy.unwrap_or(false), failing_arcs);
                 self.pre_copy_known = pre_copy.is_some();
                 self.mig.fail_read_after = fail_read_after;
+                self.mig.device_judges = device_judges;
             }
             Event::Connected => {
                 // The previous client's requests will never be answered on this connection.

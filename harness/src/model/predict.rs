@@ -20,7 +20,7 @@ const DEVICE_REFUSALS: &[Errno] = &[Errno::EINVAL, Errno::EIO, Errno::EPERM];
 /// A message above the server's size bound is refused as too big, or as invalid.
 const TOO_BIG: &[Errno] = &[Errno::E2BIG, Errno::EINVAL];
 /// The errnos a device may refuse migration data it cannot take with, mid-stream.
-const STREAM_REFUSALS: &[Errno] = &[Errno::EINVAL, Errno::EBADMSG, Errno::EPROTO, Errno::ENODATA, Errno::ENOSPC];
+const STREAM_REFUSALS: &[Errno] = crate::oracle::DATA_REFUSALS;
 
 /// What a request does when it succeeds.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,10 +78,11 @@ impl ServerModel {
         Prediction { op, state: self.state_name(), expected, effect }
     }
 
-    /// Whether a passive model leaves the outcome of `m` to the device: taking an arc (its
-    /// callback may fail), producing its data, resetting.
+    /// Whether the outcome of `m` is left to the device (a model that only watches, or a device
+    /// the harness does not know): taking an arc (its callback may fail), producing its data,
+    /// resetting.
     fn device_may_refuse(&self, m: &Msg, effect: &Effect) -> bool {
-        if !self.passive {
+        if !self.device_decides() {
             return false;
         }
         match effect {
@@ -253,7 +254,7 @@ impl ServerModel {
         let Some(RegionSeen { size, flags }) = self.regions.get(&region).copied() else {
             // A region the client never asked about: the bounds are the server's to know.
             return match by_state {
-                Some(Errno::EBUSY) if self.passive => Expected::Either(PASSIVE_STOPPED_WRITE),
+                Some(Errno::EBUSY) if self.device_decides() => Expected::Either(PASSIVE_STOPPED_WRITE),
                 Some(e) => Expected::OneOf(if e == Errno::EIO { &[Errno::EIO, Errno::EINVAL] } else { EBUSY_EINVAL }),
                 None => Expected::Either(&[Errno::EINVAL]),
             };
@@ -262,7 +263,7 @@ impl ServerModel {
         let bounds = flags & need != 0 && offset.checked_add(u64::from(count)).is_some_and(|end| end <= size);
         match (by_state, bounds) {
             // Where a stopped device takes writes is left open by the specification.
-            (Some(Errno::EBUSY), true) if self.passive => Expected::Either(PASSIVE_STOPPED_WRITE),
+            (Some(Errno::EBUSY), true) if self.device_decides() => Expected::Either(PASSIVE_STOPPED_WRITE),
             (Some(e), true) => Expected::Errno(e),
             // The specification does not order the two checks.
             (Some(Errno::EIO), false) => Expected::OneOf(&[Errno::EIO, Errno::EINVAL]),

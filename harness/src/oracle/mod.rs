@@ -16,4 +16,4 @@ pub mod protocol;
 
 pub use device::DeviceShadow;
 pub use dirty::{DirtyModel, ReportCheck};
-pub use protocol::{DeviceModel, Expected, ResumeData, SetPrediction};
+pub use protocol::{ARC_REFUSALS, DATA_REFUSALS, DeviceModel, Expected, ResumeData, SetPrediction};

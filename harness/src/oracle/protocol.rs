@@ -22,6 +22,14 @@ pub const INVALID_STREAM_ERRNOS: &[Errno] = &[Errno::ENODATA, Errno::EBADMSG, Er
 /// [`INVALID_STREAM_ERRNOS`], or EIO from an arc planted to fail after the stream is taken.
 pub const INVALID_STREAM_OR_EIO: &[Errno] = &[Errno::ENODATA, Errno::EBADMSG, Errno::EPROTO, Errno::EINVAL, Errno::EIO];
 
+/// The errnos a device the harness does not know may refuse an arc with (its transition
+/// callback's choice: a timer it cannot re-arm, a stream it does not take, a busy device).
+pub const ARC_REFUSALS: &[Errno] =
+    &[Errno::EINVAL, Errno::EIO, Errno::EBUSY, Errno::EAGAIN, Errno::ENODATA, Errno::EBADMSG, Errno::EPROTO];
+
+/// The errnos a device may refuse migration data it cannot take with.
+pub const DATA_REFUSALS: &[Errno] = &[Errno::EINVAL, Errno::EBADMSG, Errno::EPROTO, Errno::ENODATA, Errno::ENOSPC];
+
 /// The specification's next hop from `from` toward `to` (`None`: the request fails).
 pub fn next_hop(from: MigState, to: MigState) -> Option<MigState> {
     use MigState::*;
@@ -110,6 +118,10 @@ pub struct DeviceModel {
     pub resume: ResumeData,
     /// Bytes of an outgoing stream after which the device's reads fail with EIO.
     pub fail_read_after: Option<u64>,
+    /// Whether the device's own callbacks decide arcs and data (a device the harness does not
+    /// shadow): the protocol still forbids what it forbids, but a walk it allows may be
+    /// refused anywhere along the way, and the data the device resumes from is its to judge.
+    pub device_judges: bool,
 }
 
 /// The prediction for a SET of the device state.
@@ -123,6 +135,21 @@ pub struct SetPrediction {
     pub end: MigState,
 }
 
+impl SetPrediction {
+    /// A walk refused where the device decides, found at `now` by reading the state back: the
+    /// arcs completed before it, or `None` when `now` is not a state of the walk.
+    pub fn stopped_at(&self, now: MigState) -> Option<SetPrediction> {
+        let start = self.arcs.first().map_or(self.end, |a| a.0);
+        let done = if now == start { 0 } else { self.arcs.iter().position(|a| a.1 == now)? + 1 };
+        // The last hop completed means the target was reached: not a refusal.
+        (done < self.arcs.len() || self.arcs.is_empty()).then(|| SetPrediction {
+            expected: self.expected.clone(),
+            arcs: self.arcs[..done].to_vec(),
+            end: now,
+        })
+    }
+}
+
 impl Default for DeviceModel {
     fn default() -> Self {
         Self::new(true, BTreeSet::new())
@@ -132,7 +159,14 @@ impl Default for DeviceModel {
 impl DeviceModel {
     /// A device in RUNNING.
     pub fn new(pre_copy: bool, failing_arcs: BTreeSet<(MigState, MigState)>) -> Self {
-        Self { state: MigState::Running, pre_copy, failing_arcs, resume: ResumeData::Nothing, fail_read_after: None }
+        Self {
+            state: MigState::Running,
+            pre_copy,
+            failing_arcs,
+            resume: ResumeData::Nothing,
+            fail_read_after: None,
+            device_judges: false,
+        }
     }
 
     /// What SET of the raw state number `target` does, without doing it.
@@ -156,7 +190,7 @@ impl DeviceModel {
             if self.failing_arcs.contains(&(at, next)) {
                 return SetPrediction { expected: Expected::Errno(Errno::EIO), arcs, end: at };
             }
-            if (at, next) == (MigState::Resuming, MigState::Stop) {
+            if (at, next) == (MigState::Resuming, MigState::Stop) && !self.device_judges {
                 match self.resume {
                     ResumeData::Whole => {}
                     ResumeData::Nothing | ResumeData::Invalid | ResumeData::Prefix { .. } => {
@@ -179,7 +213,10 @@ impl DeviceModel {
             arcs.push((at, next));
             at = next;
         }
-        SetPrediction { expected: Expected::Ok, arcs, end: at }
+        // A device that judges its own arcs may refuse any of them; where it stopped is then
+        // read back (the runner's [`SetPrediction::stopped_at`]).
+        let expected = if self.device_judges { Expected::Either(ARC_REFUSALS) } else { Expected::Ok };
+        SetPrediction { expected, arcs, end: at }
     }
 
     /// Applies what the server answered to a SET of `target` predicted as `p`: success puts
@@ -232,9 +269,14 @@ impl DeviceModel {
         }
     }
 
-    /// MIG_DATA_WRITE in the current state.
+    /// MIG_DATA_WRITE in the current state: in RESUMING, a device that judges its own data
+    /// may refuse what it cannot take (more than its state, say).
     pub fn data_write(&self) -> Expected {
-        if self.state == MigState::Resuming { Expected::Ok } else { Expected::Errno(Errno::EINVAL) }
+        match self.state {
+            MigState::Resuming if self.device_judges => Expected::Either(DATA_REFUSALS),
+            MigState::Resuming => Expected::Ok,
+            _ => Expected::Errno(Errno::EINVAL),
+        }
     }
 
     /// Records `len` bytes of outgoing stream `stream` from offset `start` written in
@@ -359,6 +401,31 @@ mod tests {
                 assert!(p.arcs.len() <= 3, "{from:?} -> {to:?} takes {:?}", p.arcs);
             }
         }
+    }
+
+    #[test]
+    fn a_device_that_judges_may_refuse_any_walk_the_protocol_allows() {
+        let mut m = at(Resuming);
+        m.device_judges = true;
+        let p = m.predict_set(Running as u32);
+        assert_eq!(p.expected, Expected::Either(ARC_REFUSALS));
+        assert_eq!(p.arcs, vec![(Resuming, Stop), (Stop, Running)]);
+        assert_eq!(m.data_write(), Expected::Either(DATA_REFUSALS));
+        let mut stop_copy = at(StopCopy);
+        stop_copy.device_judges = true;
+        assert_eq!(stop_copy.predict_set(PreCopy as u32).expected, Expected::Errno(Errno::EINVAL));
+    }
+
+    #[test]
+    fn a_refused_walk_read_back_keeps_the_arcs_before_the_state_found() {
+        let mut m = at(Resuming);
+        m.device_judges = true;
+        let p = m.predict_set(Running as u32);
+        let stopped = p.stopped_at(Stop).expect("STOP is on the walk");
+        assert_eq!((stopped.arcs, stopped.end), (vec![(Resuming, Stop)], Stop));
+        assert_eq!(p.stopped_at(Resuming).map(|s| s.arcs), Some(vec![]));
+        assert_eq!(p.stopped_at(PreCopy), None, "not a state of the walk");
+        assert_eq!(p.stopped_at(Running), None, "the target: the walk was not refused");
     }
 
     #[test]

@@ -151,6 +151,7 @@ impl SideCtx {
             .map_err(|e| format!("starting the {} server: {e}", self.side.name()))?;
         self.dev.model = DeviceModel::new(options.pre_copy, self.hooks.fail_arcs.iter().copied().collect());
         self.dev.model.fail_read_after = self.hooks.fail_read_after;
+        self.dev.model.device_judges = !self.shadowed;
         // A server started from its own command was told nothing of the device: what it
         // offers is asked at each connect.
         self.learns = !command.takes_hooks();
@@ -159,6 +160,7 @@ impl SideCtx {
             pre_copy: (!self.learns).then_some(options.pre_copy),
             failing_arcs: self.dev.model.failing_arcs.clone(),
             fail_read_after: self.hooks.fail_read_after,
+            device_judges: !self.shadowed,
         });
         self.dev.shadow = DeviceShadow::new(options.devmem_size.value.bytes());
         self.dev.dirty = DirtyModel::default();
@@ -362,6 +364,23 @@ impl SideCtx {
         let wrong = if logs_arcs && p.expected.admits(got) { self.check_arcs(mark, &p) } else { None };
         if wrong.is_some() {
             self.dev.model.state = self.read_state()?;
+        }
+        if self.dev.model.device_judges && got.is_some() && p.expected.admits(got) && wrong.is_none() {
+            // The device refused an arc of a walk the protocol allows: where it stopped is
+            // read back, and must be a state of the walk.
+            let now = self.read_state()?;
+            return match p.stopped_at(now) {
+                Some(stopped) => Ok((stopped, got, None)),
+                None => {
+                    self.dev.model.state = now;
+                    let walk = &p.arcs;
+                    Ok((
+                        p.clone(),
+                        got,
+                        Some(format!("refused, the device is in {now:?}, not a state of the walk {walk:?}")),
+                    ))
+                }
+            };
         }
         Ok((p, got, wrong))
     }

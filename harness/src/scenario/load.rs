@@ -421,7 +421,6 @@ fn check(s: &Scenario, file: &str) -> Vec<Problem> {
     problems
 }
 
-/// A migrate step's `iteration`: it bounds pre-copy reads, so it needs pre-copy and a bound.
 /// What only the dma-engine profile drives, and what only `generic` takes.
 fn check_profile(s: &Scenario, problem: &mut dyn FnMut(Location, String)) {
     let kind = s.device.kind;
@@ -446,6 +445,7 @@ fn check_profile(s: &Scenario, problem: &mut dyn FnMut(Location, String)) {
             Step::Interleave(i) if i.weights.dma > 0 || i.weights.region > 0 => {
                 Some("`interleave` with dma or region weights drives the dma-engine's registers (give them 0)")
             }
+            Step::GuestReset(_) => Some("`guest-reset` writes the dma-engine's CTRL register (use `reset`)"),
             _ => None,
         };
         if let Some(why) = dma_only {
@@ -469,6 +469,7 @@ pub fn command_problem(argv: &[String]) -> Option<String> {
 /// Where a server command takes its socket path.
 pub const SOCKET_PLACEHOLDER: &str = "{socket}";
 
+/// A migrate step's `iteration`: it bounds pre-copy reads, so it needs pre-copy and a bound.
 fn check_iteration(it: &Iteration, pre_copy: bool, at: Location, problem: &mut dyn FnMut(Location, String)) {
     if !pre_copy {
         problem(at, "expected `pre_copy: true` with `iteration` (it bounds the reads of pre-copy rounds)".into());

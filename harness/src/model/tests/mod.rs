@@ -41,7 +41,12 @@ impl Talk {
     /// As [`Talk::new`], the device's PRE_COPY offer told to the model (or not).
     fn with_pre_copy(pre_copy: Option<bool>) -> Self {
         let mut t = Talk { model: ServerModel::new(), next_id: 0 };
-        t.model.event(Event::ServerStarted { pre_copy, failing_arcs: Default::default(), fail_read_after: None });
+        t.model.event(Event::ServerStarted {
+            pre_copy,
+            failing_arcs: Default::default(),
+            fail_read_after: None,
+            device_judges: false,
+        });
         t.model.event(Event::Connected);
         let mut version = vec![0, 0, 2, 0];
         version.extend_from_slice(b"{\"capabilities\": {\"migration\": {\"pgsize\": 4096}}}\0");

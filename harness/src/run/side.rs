@@ -192,6 +192,9 @@ impl SideCtx {
         let options = ClientOptions::with_timeout(timeout).strict(strict).twin_socket(twin_socket);
         self.tap.model_event(Event::Connected);
         let mut client = Client::from_stream_with(stream, &options);
+        if let Some(pipe) = self.proxy.as_ref().and_then(|p| p.unanswered().ok()) {
+            client.set_unanswered(pipe);
+        }
         client.set_trace_with(
             Box::new(self.tap.clone()),
             TraceOptions { session: self.side.name().into(), timestamps: false },

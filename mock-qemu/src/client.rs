@@ -196,6 +196,8 @@ pub struct Client {
     dma: Option<Box<dyn DmaService>>,
     trace: Option<Tracer>,
     started: Instant,
+    /// See [`Client::set_unanswered`].
+    unanswered: Option<std::fs::File>,
 }
 
 /// Largest message the client accepts from a server.
@@ -238,6 +240,7 @@ impl Client {
             dma: None,
             trace: None,
             started: Instant::now(),
+            unanswered: None,
         }
     }
 
@@ -254,6 +257,26 @@ impl Client {
         let mut c = Self::from_stream_with(stream, options);
         c.negotiate(&options.capabilities)?;
         Ok(c)
+    }
+
+    /// A non-blocking pipe on which whatever relays this client's messages (a fault-injecting
+    /// proxy) writes the msg_id, 16 bits little-endian, of each request it knows will never be
+    /// answered (a message it dropped or held, or made the server wait for bytes that never
+    /// come): the client stops waiting for such a reply at once, as it would at its timeout.
+    pub fn set_unanswered(&mut self, pipe: OwnedFd) {
+        self.unanswered = Some(std::fs::File::from(pipe));
+    }
+
+    /// Whether the relay said the request `msg_id` will never be answered; reads what the
+    /// pipe holds.
+    fn told_unanswered(&mut self, msg_id: u16) -> bool {
+        let Some(pipe) = self.unanswered.as_mut() else { return false };
+        let mut buf = [0u8; 64];
+        let mut said = false;
+        while let Ok(n @ 1..) = std::io::Read::read(pipe, &mut buf) {
+            said |= buf[..n & !1].chunks(2).any(|c| u16::from_le_bytes([c[0], c[1]]) == msg_id);
+        }
+        said
     }
 
     /// Installs the service that answers the server's DMA_READ / DMA_WRITE.
@@ -402,7 +425,7 @@ impl Client {
 
     /// Waits until a socket is readable: the twin socket first (serving it unblocks the
     /// server), None once `deadline` passed.
-    fn wait_readable(&self, deadline: Instant) -> std::io::Result<Option<Sock>> {
+    fn wait_readable(&mut self, deadline: Instant, msg_id: u16) -> std::io::Result<Option<Sock>> {
         // Bytes already received come first: the sockets would not poll readable for them.
         if self.twin.as_ref().is_some_and(Connection::has_buffered) {
             return Ok(Some(Sock::Twin));
@@ -421,16 +444,26 @@ impl Client {
             if let Some(t) = &self.twin {
                 fds.push(PollFd::new(t.as_fd(), PollFlags::POLLIN));
             }
+            if let Some(p) = &self.unanswered {
+                fds.push(PollFd::new(p.as_fd(), PollFlags::POLLIN));
+            }
             match poll(&mut fds, PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)) {
                 Err(Errno::EINTR) | Ok(0) => continue,
                 Err(e) => return Err(e.into()),
                 Ok(_) => {}
             }
             let ready = |i: usize| fds.get(i).and_then(PollFd::revents).is_some_and(|r| !r.is_empty());
-            if ready(1) {
+            let twin = self.twin.is_some();
+            let (main_ready, twin_ready) = (ready(0), twin && ready(1));
+            let told = self.unanswered.is_some() && ready(1 + usize::from(twin));
+            drop(fds);
+            if told && self.told_unanswered(msg_id) {
+                return Ok(None);
+            }
+            if twin_ready {
                 return Ok(Some(Sock::Twin));
             }
-            if ready(0) {
+            if main_ready {
                 return Ok(Some(Sock::Main));
             }
         }
@@ -450,7 +483,11 @@ impl Client {
         loop {
             // Without a twin socket the reply can only come on the main one: read it at once,
             // the socket's receive timeout (the reply timeout) bounding the wait.
-            let waited = if self.twin.is_none() { Ok(Some(Sock::Main)) } else { self.wait_readable(deadline) };
+            let waited = if self.twin.is_none() && self.unanswered.is_none() {
+                Ok(Some(Sock::Main))
+            } else {
+                self.wait_readable(deadline, request.msg_id)
+            };
             let sock = match waited.map_err(|e| socket_err(CodecError::Io(e)))? {
                 Some(s) => s,
                 None => {

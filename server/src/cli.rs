@@ -185,6 +185,21 @@ where
     }
 }
 
+/// Binds the server the command line `args` describes (`args[0]` is the program name) without
+/// taking the process over: no logging set up, no signal handling, nothing served yet. For a
+/// caller that serves it on a thread of its own with exactly the devices and limits the
+/// `vfu-server` command line gives; `--once` is the caller's to honour.
+pub fn bind_from_args<I, T>(args: I) -> anyhow::Result<Server>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let cli = Cli::try_parse_from(args)?;
+    let device = cli.build_device()?;
+    let config = cli.server_config()?;
+    Ok(Server::bind(&cli.socket, device, config)?)
+}
+
 /// Blocks SIGINT/SIGTERM in every thread and handles them on a dedicated one: the socket file
 /// is removed and the process exits 0.
 fn handle_signals(socket: &Path) -> anyhow::Result<()> {

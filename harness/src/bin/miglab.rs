@@ -224,8 +224,8 @@ struct FuzzArgs {
     /// Stop after this long: 60s, 10m, 1h.
     #[arg(long, value_parser = parse_duration)]
     time: Option<std::time::Duration>,
-    /// Runs at once.
-    #[arg(long, default_value_t = 2)]
+    /// Runs at once (more than the cores: a run waits on its servers part of the time).
+    #[arg(long, default_value_t = 4)]
     jobs: usize,
     /// Run only shard I of N of the seeds (s % N == I), e.g. 0/4.
     #[arg(long, value_parser = parse_shard, default_value = "0/1")]

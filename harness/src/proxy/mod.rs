@@ -199,6 +199,8 @@ impl Proxy {
             to_client: DirCounters::default(),
             max_msg_size: options.max_msg_size,
             watch,
+            unanswered: std::sync::Mutex::new(None),
+            renamed: std::sync::Mutex::new(Vec::new()),
         });
         let conns = Arc::new(Conns::default());
         let acceptor = Acceptor {
@@ -343,6 +345,20 @@ impl ProxyHandle {
     /// fires.
     pub fn arm(&self, fault: ProxyFault) -> usize {
         self.shared.book.arm(fault)
+    }
+
+    /// A pipe on which the proxy writes, from now on, the msg_id (16 bits little-endian) of
+    /// each request whose reply it knows the client will never take: a request it dropped or
+    /// held, made the server wait for bytes that never come (a larger `msg_size`), turned
+    /// into NO_REPLY or into another command; a reply it dropped, held or made the client
+    /// wait for bytes of. For the client's `set_unanswered`: a fault only the proxy sees
+    /// does not cost a reply timeout.
+    /// A new call replaces the previous pipe (a new client numbers its requests from 1 again).
+    pub fn unanswered(&self) -> io::Result<OwnedFd> {
+        use nix::fcntl::OFlag;
+        let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)?;
+        *self.shared.unanswered.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(write);
+        Ok(read)
     }
 
     /// The faults that fired so far, in firing order.

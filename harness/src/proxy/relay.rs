@@ -31,6 +31,12 @@ pub(crate) struct Shared {
     pub(crate) to_client: DirCounters,
     pub(crate) max_msg_size: usize,
     pub(crate) watch: Watch,
+    /// Where the msg_ids of messages that will never be answered go (see
+    /// [`super::ProxyHandle::unanswered`]).
+    pub(crate) unanswered: std::sync::Mutex<Option<OwnedFd>>,
+    /// Requests whose command a fault changed, `(msg_id, new command)`: the client drops
+    /// their replies, which name another command than it asked.
+    pub(crate) renamed: std::sync::Mutex<Vec<(u16, u16)>>,
 }
 
 impl Shared {
@@ -159,6 +165,7 @@ impl Pump {
         counters.received.fetch_add(1, Ordering::Relaxed);
         let due = self.shared.book.due(self.dir, &header);
         let mut out = Outgoing { header, payload, fds, copies: 1 };
+        let sent = header;
         let (mut delay, mut hold, mut drop, mut truncate, mut disconnect) = (0u64, false, false, None, false);
         let mut fired = Vec::with_capacity(due.len());
         for d in due {
@@ -229,6 +236,11 @@ impl Pump {
             self.ends.close();
             return Err(Stop::Closed);
         }
+        // Told before the message goes: the client must not start reading a reply it will
+        // never have whole.
+        if truncate.is_none() && self.unanswered(&sent, &out.header, drop || hold) {
+            self.tell_unanswered(sent.msg_id);
+        }
         if let Some(keep) = truncate {
             if let Err(e) = self.counted(|| self.send_prefix(&out, keep)) {
                 tracing::debug!(dir = self.dir.name(), error = %e, "proxy: sending a truncated message failed");
@@ -248,6 +260,41 @@ impl Pump {
             self.send(&h).map_err(Stop::Send)?;
         }
         Ok(())
+    }
+
+    /// Whether the faults that made `out` of the message `sent` leave the request it is, or
+    /// answers, without a reply the client takes: by the protocol's rules, not by waiting. A
+    /// dropped or held message (`lost`: the client sends nothing more while it waits); a
+    /// request the server must wait for more bytes of, or turned into NO_REPLY; a reply the
+    /// client must wait for more bytes of, or that answers a request whose command was changed.
+    /// A truncated message is not among them: the proxy closes the connection then.
+    fn unanswered(&self, sent: &Header, out: &Header, lost: bool) -> bool {
+        match self.dir {
+            Direction::ToServer if sent.is_request() && !sent.no_reply() => {
+                if out.cmd != sent.cmd {
+                    let mut renamed = self.shared.renamed.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    renamed.retain(|&(id, _)| id != sent.msg_id);
+                    renamed.push((sent.msg_id, out.cmd));
+                }
+                lost || out.msg_size > sent.msg_size || out.no_reply()
+            }
+            Direction::ToServer => false,
+            Direction::ToClient if sent.is_request() => false,
+            Direction::ToClient => {
+                let mut renamed = self.shared.renamed.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let answers_renamed = renamed.contains(&(sent.msg_id, sent.cmd));
+                renamed.retain(|&(id, _)| id != sent.msg_id);
+                lost || out.msg_size > sent.msg_size || answers_renamed
+            }
+        }
+    }
+
+    /// Writes `msg_id` to the pipe of [`super::ProxyHandle::unanswered`], if there is one.
+    fn tell_unanswered(&self, msg_id: u16) {
+        let pipe = self.shared.unanswered.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(fd) = pipe.as_ref() {
+            let _ = nix::unistd::write(fd, &msg_id.to_le_bytes());
+        }
     }
 
     /// Sends `out` (`copies` times).

@@ -8,6 +8,8 @@ use vfu_server::devices::dma_engine::REGION_REGS;
 use vfu_server::devices::dma_engine::regs::REG_CMDS_FAILED;
 use vfu_server::wire::MigState;
 
+use super::hosted::HostedServer;
+
 use super::tap::{Armed, TriggerAction};
 use super::{PhaseTrigger, Run, StepOutcome, index};
 use crate::proxy::{self, FaultAction, ProxyFault};
@@ -142,7 +144,9 @@ impl Run<'_> {
     ) -> Result<Armed, String> {
         let (action, label) = match f {
             Fault::ServerKill { restart, .. } => (
-                TriggerAction::KillServer(self.sides[i].server.as_ref().ok_or("no server to kill")?.pid()),
+                TriggerAction::KillServer(
+                    self.sides[i].server.as_ref().and_then(HostedServer::pid).ok_or("no server process to kill")?,
+                ),
                 if *restart { KILL_RESTART } else { KILL },
             ),
             _ => {

@@ -19,6 +19,7 @@ pub mod background;
 mod explain;
 mod faults;
 mod findings;
+pub mod hosted;
 mod interleave;
 mod migrate;
 pub mod server;
@@ -242,6 +243,11 @@ pub fn run_scenario(scenario: &Scenario, file: &Path, options: &RunOptions) -> R
     let mut sides = sides;
     for side in &mut sides {
         side.shadowed = profile.shadowed();
+        // SIGKILL needs a process; every other server of this project may run on a thread.
+        side.threaded = !scenario
+            .steps
+            .iter()
+            .any(|s| matches!(&s.value, Step::Fault(f @ Fault::ServerKill { .. }) if f.side() == Some(side.side)));
     }
     let started_at = now_rfc3339();
     let mut run = Run {

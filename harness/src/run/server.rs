@@ -36,6 +36,9 @@ pub struct ServerCommand {
     /// the runner checks against the model's walk, and it tolerates itself none of the known
     /// deviations of other servers.
     pub logs_arcs: bool,
+    /// Whether it is this project's own server as linked into `miglab`, which the runner may
+    /// serve on a thread of its own instead of a process ([`super::hosted`]).
+    pub threadable: bool,
 }
 
 /// What serves each side of a run: the scenario's choice, unless overridden.
@@ -118,12 +121,13 @@ impl ServerCommand {
     /// `miglab serve`, from a path to the `miglab` executable.
     pub fn miglab(exe: impl Into<PathBuf>) -> Self {
         let args = ServerArgs::Flags { prefix: vec!["serve".into()], device: None };
-        Self { program: exe.into(), args, logs_arcs: true }
+        Self { program: exe.into(), args, logs_arcs: true, threadable: true }
     }
 
     /// A `vfu-server`-compatible executable.
     pub fn external(program: impl Into<PathBuf>) -> Self {
-        Self { program: program.into(), args: ServerArgs::Flags { prefix: Vec::new(), device: None }, logs_arcs: false }
+        let args = ServerArgs::Flags { prefix: Vec::new(), device: None };
+        Self { program: program.into(), args, logs_arcs: false, threadable: false }
     }
 
     /// Another server's command, program first, with `{socket}` where its socket path goes.
@@ -132,7 +136,7 @@ impl ServerCommand {
             return Err(format!("{why}: {argv:?}"));
         }
         let program = PathBuf::from(&argv[0]);
-        Ok(Self { program, args: ServerArgs::Template(argv[1..].to_vec()), logs_arcs: false })
+        Ok(Self { program, args: ServerArgs::Template(argv[1..].to_vec()), logs_arcs: false, threadable: false })
     }
 
     /// A command line as a shell would split it: another server's command when it holds
@@ -144,7 +148,7 @@ impl ServerCommand {
             return Self::template(argv);
         }
         let args = ServerArgs::Flags { prefix: argv[1..].iter().map(OsString::from).collect(), device: None };
-        Ok(Self { program: PathBuf::from(first), args, logs_arcs: false })
+        Ok(Self { program: PathBuf::from(first), args, logs_arcs: false, threadable: false })
     }
 
     /// The same command serving the device its server calls `name`.
@@ -258,18 +262,7 @@ impl ServerProcess {
         options: &DmaEngineOptions,
         hooks: &Hooks,
     ) -> Result<Self, ServerError> {
-        let args = match &command.args {
-            ServerArgs::Flags { prefix, device: named } => {
-                flags(prefix, socket, named.as_deref().unwrap_or(device), device, options, hooks)
-            }
-            ServerArgs::Template(argv) => {
-                if *hooks != Hooks::default() {
-                    return Err(ServerError::NoHooks { command: command.display() });
-                }
-                let path = socket.to_string_lossy();
-                argv.iter().map(|a| OsString::from(a.replace(SOCKET_PLACEHOLDER, &path))).collect()
-            }
-        };
+        let args = server_args(command, socket, device, options, hooks)?;
         let spawn_err = |source| ServerError::Spawn { program: command.program.display().to_string(), source };
         let log_file = File::create(log).map_err(spawn_err)?;
         let out = log_file.try_clone().map_err(spawn_err)?;
@@ -330,16 +323,9 @@ impl ServerProcess {
         matches!(self.child.try_wait(), Ok(None))
     }
 
-    /// The log's length now, to read what comes after with [`arcs_since`](Self::arcs_since).
-    pub fn log_len(&self) -> u64 {
-        std::fs::metadata(&self.log).map_or(0, |m| m.len())
-    }
-
-    /// The migration arcs the log records after byte `offset`, in order.
-    pub fn arcs_since(&self, offset: u64) -> Vec<(MigState, MigState)> {
-        let text = std::fs::read(&self.log).unwrap_or_default();
-        let tail = text.get(usize::try_from(offset).unwrap_or(usize::MAX)..).unwrap_or_default();
-        String::from_utf8_lossy(tail).lines().filter_map(parse_arc).collect()
+    /// Its log file.
+    pub fn log(&self) -> &Path {
+        &self.log
     }
 
     /// How it exited, once it has: waits up to `timeout` for it.
@@ -361,9 +347,7 @@ impl ServerProcess {
 
     /// The last lines of its log.
     pub fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
+        log_tail(&self.log)
     }
 
     /// SIGKILL, then reap.
@@ -378,6 +362,42 @@ impl Drop for ServerProcess {
         self.kill();
         let _ = std::fs::remove_file(&self.socket);
     }
+}
+
+/// The arguments `command` is started with to serve `device` on `socket`.
+pub(super) fn server_args(
+    command: &ServerCommand,
+    socket: &Path,
+    device: &str,
+    options: &DmaEngineOptions,
+    hooks: &Hooks,
+) -> Result<Vec<OsString>, ServerError> {
+    Ok(match &command.args {
+        ServerArgs::Flags { prefix, device: named } => {
+            flags(prefix, socket, named.as_deref().unwrap_or(device), device, options, hooks)
+        }
+        ServerArgs::Template(argv) => {
+            if *hooks != Hooks::default() {
+                return Err(ServerError::NoHooks { command: command.display() });
+            }
+            let path = socket.to_string_lossy();
+            argv.iter().map(|a| OsString::from(a.replace(SOCKET_PLACEHOLDER, &path))).collect()
+        }
+    })
+}
+
+/// The last lines of the log at `path`.
+pub(super) fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
+}
+
+/// The migration arcs the log at `path` records after byte `offset`, in order.
+pub(super) fn arcs_after(path: &Path, offset: u64) -> Vec<(MigState, MigState)> {
+    let text = std::fs::read(path).unwrap_or_default();
+    let tail = text.get(usize::try_from(offset).unwrap_or(usize::MAX)..).unwrap_or_default();
+    String::from_utf8_lossy(tail).lines().filter_map(parse_arc).collect()
 }
 
 /// vfu-server's flags for `device` (`options` only where it is the dma-engine).
@@ -410,8 +430,7 @@ fn flags(
 
 /// The migration arcs a server log at `path` records.
 pub fn arcs_in(path: &Path) -> Vec<(MigState, MigState)> {
-    let text = std::fs::read(path).unwrap_or_default();
-    String::from_utf8_lossy(&text).lines().filter_map(parse_arc).collect()
+    arcs_after(path, 0)
 }
 
 /// The arc of a `migration arc from=X to=Y` log line.

@@ -12,7 +12,8 @@ use mock_qemu::{Client, ClientError};
 use nix::errno::Errno;
 use vfu_server::wire::MigState;
 
-use super::server::{Hooks, ServerCommand, ServerProcess, connect};
+use super::hosted::HostedServer;
+use super::server::{Hooks, ServerCommand, connect};
 use super::tap::Tap;
 use crate::model::Event;
 use crate::oracle::{DeviceModel, DeviceShadow, DirtyModel, Expected};
@@ -67,7 +68,9 @@ pub struct SideCtx {
     /// Which side.
     pub side: Side,
     /// The server, while it runs.
-    pub server: Option<ServerProcess>,
+    pub server: Option<HostedServer>,
+    /// Whether its server may run on a thread (nothing in the scenario kills it).
+    pub threaded: bool,
     /// The proxy in front of it, when the scenario has proxy faults for this side.
     pub proxy: Option<ProxyHandle>,
     /// The client, while connected.
@@ -115,6 +118,7 @@ impl SideCtx {
         Self {
             side,
             server: None,
+            threaded: false,
             proxy: None,
             client: None,
             dev: Dev {
@@ -147,7 +151,7 @@ impl SideCtx {
         options: &DmaEngineOptions,
         proxied: bool,
     ) -> Result<(), String> {
-        let server = ServerProcess::start(command, &self.socket, &self.log, device, options, &self.hooks)
+        let server = HostedServer::start(command, self.threaded, &self.socket, &self.log, device, options, &self.hooks)
             .map_err(|e| format!("starting the {} server: {e}", self.side.name()))?;
         self.dev.model = DeviceModel::new(options.pre_copy, self.hooks.fail_arcs.iter().copied().collect());
         self.dev.model.fail_read_after = self.hooks.fail_read_after;
@@ -190,6 +194,9 @@ impl SideCtx {
         let options = ClientOptions::with_timeout(timeout).strict(strict).twin_socket(twin_socket);
         self.tap.model_event(Event::Connected);
         let mut client = Client::from_stream_with(stream, &options);
+        if let Some(pipe) = self.proxy.as_ref().and_then(|p| p.unanswered().ok()) {
+            client.set_unanswered(pipe);
+        }
         client.set_trace_with(
             Box::new(self.tap.clone()),
             TraceOptions { session: self.side.name().into(), timestamps: false },
@@ -336,7 +343,7 @@ impl SideCtx {
 
     /// Where the server's log ends now (for [`arcs_since`](Self::arcs_since)).
     pub fn log_mark(&self) -> u64 {
-        self.server.as_ref().map_or(0, ServerProcess::log_len)
+        self.server.as_ref().map_or(0, HostedServer::log_len)
     }
 
     /// Checks the arcs the server's log recorded since `mark` against the model's walk `want`;
@@ -398,7 +405,7 @@ impl SideCtx {
 
     /// Whether the server process runs.
     pub fn server_alive(&mut self) -> bool {
-        self.server.as_mut().is_some_and(ServerProcess::alive)
+        self.server.as_mut().is_some_and(HostedServer::alive)
     }
 }
 

@@ -87,9 +87,20 @@ fn shorten(line: &[u8]) -> Vec<u8> {
         return line.to_vec();
     }
     let hex = &line[start..start + len];
+    // Megabytes of migration data pass here: nibbles decoded by table, not by parsing.
+    let nibble = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    };
     let bytes: Vec<u8> = hex
         .chunks(2)
-        .filter_map(|p| std::str::from_utf8(p).ok().and_then(|p| u8::from_str_radix(p, 16).ok()))
+        .filter_map(|p| match *p {
+            [h, l] => Some(nibble(h)? << 4 | nibble(l)?),
+            [c] => nibble(c),
+            _ => None,
+        })
         .collect();
     let mut out = Vec::with_capacity(2 * PAYLOAD_KEPT + 256);
     out.extend_from_slice(&line[..start + 2 * PAYLOAD_KEPT]);
@@ -201,11 +212,19 @@ impl Tap {
         f(&mut self.inner().model)
     }
 
-    fn line(inner: &mut Inner, line: &[u8]) {
+    /// One message's line, whole and as kept ([`shorten`]).
+    fn line(inner: &mut Inner, whole: &[u8], kept: &[u8]) {
         inner.messages += 1;
-        // The message is read once (only the bytes the model needs are decoded: data payloads
-        // can be megabytes), for the state changes and triggers here and for the model.
-        let Some(m) = std::str::from_utf8(line).ok().and_then(Msg::parse_line) else { return };
+        // The message is read once, for the state changes and triggers here and for the
+        // model, from the line as kept: the head of a long payload and its length are all the
+        // model decodes of most commands, and a line of megabytes is not searched again. A
+        // feature's or VERSION's payload is judged whole (a dirty bitmap), from the whole line.
+        let parse = |l: &[u8]| std::str::from_utf8(l).ok().and_then(Msg::parse_line);
+        let Some(mut m) = parse(kept) else { return };
+        if kept.len() != whole.len() && [Command::DeviceFeature as u16, Command::Version as u16].contains(&m.cmd) {
+            let Some(w) = parse(whole) else { return };
+            m = w;
+        }
         let (cmd, msg_id, ok) = (m.cmd, m.msg_id, m.errno().is_none());
         if m.dir == Dir::ToServer && m.is_request() {
             Self::count(inner, cmd);
@@ -268,8 +287,8 @@ impl Write for Tap {
         inner.partial.extend_from_slice(buf);
         while let Some(nl) = inner.partial.iter().position(|&b| b == b'\n') {
             let line: Vec<u8> = inner.partial.drain(..=nl).collect();
-            Self::line(&mut inner, &line);
             let short = shorten(&line);
+            Self::line(&mut inner, &line, &short);
             inner.lines.extend_from_slice(&short);
         }
         Ok(buf.len())

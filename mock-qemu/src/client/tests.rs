@@ -494,3 +494,29 @@ fn trace_without_timestamps_is_byte_identical_across_runs() {
     assert_eq!(a, traced_session(false));
     assert_eq!(a.lines().count(), 4);
 }
+
+#[test]
+fn a_request_the_relay_says_is_unanswered_ends_as_a_timeout_without_waiting_for_it() {
+    // A timeout no test waits out: only the relay's word ends the first wait.
+    let timeout = Duration::from_secs(3600);
+    let (mut c, server) = fake(
+        ClientOptions::with_timeout(timeout),
+        vec![
+            Box::new(|_, _, _| {}),
+            Box::new(|m2: &Message, conn: &mut Connection, _: &mut Option<Connection>| {
+                let head = RegionAccess { offset: 8, region: 0, count: 4 };
+                conn.send(&m2.header.reply(16 + 4), &[head.as_bytes(), &[1, 2, 3, 4]], &[]).unwrap();
+            }),
+        ],
+    );
+    let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_NONBLOCK).unwrap();
+    c.set_unanswered(read);
+    // Another request's msg_id first: the client keeps waiting past it.
+    nix::unistd::write(&write, &[7, 0, 1, 0]).unwrap();
+    match c.region_read(0, 0, 4) {
+        Err(ClientError::Timeout { cmd: Command::RegionRead, after }) => assert_eq!(after, timeout),
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+    assert_eq!(c.region_read(0, 8, 4).unwrap(), [1, 2, 3, 4], "the next request is answered as usual");
+    server.join().unwrap();
+}

@@ -196,13 +196,25 @@ impl Server {
         &self.host.spec
     }
 
-    /// Accepts one client and serves it until it disconnects.
-    pub fn serve_one(&mut self) -> Result<SessionEnd, ServerError> {
-        let (stream, _) = self.listener.accept().map_err(ServerError::Accept)?;
+    /// The listening socket, for a caller that accepts its clients itself (and so holds each
+    /// client's stream, to end its session from outside).
+    pub fn listener(&self) -> &UnixListener {
+        &self.listener
+    }
+
+    /// Serves the client at the other end of `stream` until it disconnects, as
+    /// [`serve_one`](Self::serve_one) serves the one it accepts.
+    pub fn serve_stream(&mut self, stream: std::os::unix::net::UnixStream) -> SessionEnd {
         tracing::info!("client connected");
         let end = self.host.serve(stream);
         tracing::info!(?end, "client gone");
-        Ok(end)
+        end
+    }
+
+    /// Accepts one client and serves it until it disconnects.
+    pub fn serve_one(&mut self) -> Result<SessionEnd, ServerError> {
+        let (stream, _) = self.listener.accept().map_err(ServerError::Accept)?;
+        Ok(self.serve_stream(stream))
     }
 
     /// The device's migration state, if it is migratable.

@@ -83,8 +83,9 @@ pub enum ClientError {
         #[source]
         source: std::io::Error,
     },
-    /// The socket failed or the server closed it.
-    #[error("socket failed during {cmd}")]
+    /// The socket failed or the server closed it (the cause is part of the message: a
+    /// harness reports it as the reason a step failed, and a send that timed out is a hang).
+    #[error("socket failed during {cmd}: {source}")]
     Socket {
         /// The command under way.
         cmd: Command,

@@ -65,7 +65,7 @@ pub enum CodecError {
         reason: Malformed,
     },
     /// The socket failed, or closed mid-message.
-    #[error("socket I/O failed")]
+    #[error("socket I/O failed: {0}")]
     Io(#[from] io::Error),
 }
 

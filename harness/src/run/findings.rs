@@ -12,7 +12,47 @@ const MODEL_PREDICTS: &str = "the reply the specification's model predicts (see 
 /// What a client's strict-mode finding breaks.
 const CLIENT_RULES: &str = "the client's strict-mode rule of that name (mock-qemu's client::strict)";
 
+/// What a failed step's own reason breaks.
+const STEP_CHECK: &str = "the step's check (see the message): what the specification and the scenario promise";
+
+/// The severity and kind of a failed step that no finding of its own explains.
+fn classify(reason: &str, died: bool) -> (Severity, &'static str) {
+    let hang = ["no reply to", "timed out", "Resource temporarily unavailable"];
+    if died {
+        (Severity::Violation, "server-died")
+    } else if reason.contains("data loss") || reason.contains("differs") || reason.contains(" differ") {
+        (Severity::DataLoss, "data-loss")
+    } else if hang.iter().any(|h| reason.contains(h)) {
+        (Severity::Hang, "no-reply")
+    } else {
+        (Severity::Violation, "failed-check")
+    }
+}
+
 impl Run<'_> {
+    /// A failed step's reason, with the exit status and log of a server that died under it;
+    /// recorded as a finding unless one recorded during the step already explains it.
+    pub(super) fn failure_finding(&mut self, reason: String, side: Option<Side>) -> String {
+        let mut reason = reason;
+        let mut died = None;
+        // A server that closed the socket as it died may take a moment to be reaped.
+        let closed = reason.contains("socket failed") || reason.contains("closed");
+        let grace = std::time::Duration::from_millis(if closed { 200 } else { 0 });
+        for s in Side::BOTH {
+            if let Some(why) = self.sides[index(s)].server_died(grace) {
+                reason = format!("{reason}; {why}");
+                died.get_or_insert(s);
+            }
+        }
+        let explained = self.findings.iter().any(|f| f.step == self.step && f.severity != Severity::Deviation);
+        if !explained {
+            let (severity, kind) = classify(&reason, died.is_some());
+            let side = died.or(side).unwrap_or(Side::Source);
+            self.record(severity, kind, side, reason.clone(), STEP_CHECK);
+        }
+        reason
+    }
+
     /// Records a finding of the step under way.
     fn record(&mut self, severity: Severity, kind: &str, side: Side, message: String, specification: &str) {
         self.findings.push(Finding {
@@ -91,5 +131,22 @@ impl Run<'_> {
             }
             other => other,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_step_is_classified_by_what_its_reason_says() {
+        let lost = "data loss: 2 page(s) the device wrote are missing from the dirty report";
+        assert_eq!(classify(lost, false), (Severity::DataLoss, "data-loss"));
+        assert_eq!(classify("no reply to DEVICE_FEATURE within 10s", false), (Severity::Hang, "no-reply"));
+        let blocked = "socket failed during REGION_WRITE: Resource temporarily unavailable (os error 11)";
+        assert_eq!(classify(blocked, false), (Severity::Hang, "no-reply"));
+        assert_eq!(classify("socket failed during DEVICE_FEATURE", true), (Severity::Violation, "server-died"));
+        assert_eq!(classify("the destination's BAR1 differs", false).0, Severity::DataLoss);
+        assert_eq!(classify("expected RUNNING, found STOP", false), (Severity::Violation, "failed-check"));
     }
 }

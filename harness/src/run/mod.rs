@@ -359,6 +359,10 @@ impl Run<'_> {
             };
             results.push(StepResult { index: i, kind: spanned.value.kind().into(), description, ok, detail, micros });
             if let Err(reason) = outcome {
+                let reason = self.failure_finding(reason, step_side(&spanned.value));
+                if let Some(last) = results.last_mut() {
+                    last.detail = Some(reason.clone());
+                }
                 let at = format!("step {i} ({}, line {})", spanned.value.kind(), spanned.referenced.line());
                 return (results, Outcome::Failed { reason: format!("{at}: {reason}") });
             }

@@ -407,6 +407,23 @@ impl SideCtx {
     pub fn server_alive(&mut self) -> bool {
         self.server.as_mut().is_some_and(HostedServer::alive)
     }
+
+    /// Why the server is gone when it died on its own (not killed by a fault, not a server
+    /// that exits cleanly after its one client): its exit status and the end of its log.
+    /// `grace`: how long an exit under way may take to be seen (a socket just closed).
+    pub fn server_died(&mut self, grace: std::time::Duration) -> Option<String> {
+        if self.killed {
+            return None;
+        }
+        let server = self.server.as_mut()?;
+        let status = server.wait_exit(grace)?;
+        (!status.success()).then(|| {
+            let log = server.log_tail();
+            let last: Vec<&str> = log.lines().rev().take(3).collect();
+            let last: Vec<&str> = last.into_iter().rev().collect();
+            format!("the {} server exited ({status}); its log ends: {}", self.side.name(), last.join(" | "))
+        })
+    }
 }
 
 impl Dev {

@@ -76,6 +76,7 @@ pub(super) fn sample() -> RunReport {
                 micros: 3000,
                 remaining_estimate: 4096 * 10,
                 device_pending: false,
+                stream_bytes: 100_000,
             })
             .collect(),
         stop_copy_device_bytes: 512,
@@ -86,6 +87,8 @@ pub(super) fn sample() -> RunReport {
         downtime_micros: 1_500,
         total_micros: 11_500,
         stream_bytes: 400_000,
+        stop_copy_stream_bytes: 100_000,
+        stop_copy_micros: 1_000,
     };
     RunReport {
         scenario: "dirty-loss".into(),

@@ -86,9 +86,8 @@ impl Destination<'_> {
                 Section::DeviceConfig(config) => restore_config(client, &config)?,
                 Section::DeviceEnd | Section::DeviceInitDataSent => {}
                 Section::Ram { pages } => {
-                    for (addr, data) in &pages {
-                        self.guest.load(*addr, data).map_err(MigrationError::Guest)?;
-                    }
+                    let borrowed: Vec<(u64, &[u8])> = pages.iter().map(|(a, d)| (*a, d.as_slice())).collect();
+                    self.guest.load_pages(&borrowed).map_err(MigrationError::Guest)?;
                     done.pages += pages.len() as u64;
                 }
                 Section::RoundEnd { round } => done.rounds = round,

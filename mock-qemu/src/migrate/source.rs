@@ -307,9 +307,7 @@ impl Source<'_> {
     fn send_pages<W: Write>(&mut self, out: &mut StreamWriter<W>, pages: &[u64]) -> Result<u64, MigrationError> {
         let mut buf = vec![0u8; PAGES_PER_SECTION * PAGE_SIZE as usize];
         for chunk in pages.chunks(PAGES_PER_SECTION) {
-            for (&addr, page) in chunk.iter().zip(buf.chunks_mut(PAGE_SIZE as usize)) {
-                self.guest.read(addr, page).map_err(MigrationError::Guest)?;
-            }
+            self.guest.read_pages(chunk, &mut buf).map_err(MigrationError::Guest)?;
             let section: Vec<(u64, &[u8])> = chunk.iter().copied().zip(buf.chunks(PAGE_SIZE as usize)).collect();
             out.write_ram(&section)?;
         }

@@ -243,13 +243,16 @@ impl Source<'_> {
                     w.step(self.client, self.guest).map_err(MigrationError::Workload)?;
                 }
             }
-            let data = self.client.mig_data_read(size).map_err(MigrationError::Client)?;
+            // The chunk goes into the stream from where the reply arrived.
+            let written = self.client.mig_data_read_with(size, |data| {
+                let written = if data.is_empty() { Ok(()) } else { out.write_device_data(data) };
+                (data.len(), written)
+            });
+            let (n, written) = written.map_err(MigrationError::Client)?;
+            written?;
             reads = reads.saturating_add(1);
-            total += data.len() as u64;
-            let short = data.len() < size as usize;
-            if !data.is_empty() {
-                out.write(&Section::DeviceData(data))?;
-            }
+            total += n as u64;
+            let short = n < size as usize;
             if short {
                 break true;
             }

@@ -135,12 +135,30 @@ test:
 bench:
     cargo bench -p vfu-server --locked
 
+# The device memory is half primed with data; the stream goes over an in-process pipe. Extra
+# arguments go to `mock-qemu migrate`, e.g. `just bench-migrate --dma-commands 0`.
+# mock-qemu migrate of 1 GiB of guest RAM and a 256 MiB dma-engine: stream MB/s per round.
+bench-migrate *args="":
+    #!/usr/bin/env bash
+    set -euo pipefail
+    cargo build --release --locked -p vfu-server -p mock-qemu
+    dir=$(mktemp -d)
+    trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$dir"' EXIT
+    for side in source destination; do
+        target/release/vfu-server --socket "$dir/$side.sock" --device dma-engine --devmem-size 256M 2>"$dir/$side.log" &
+    done
+    for side in source destination; do
+        for _ in $(seq 200); do [ -S "$dir/$side.sock" ] && break; sleep 0.05; done
+        [ -S "$dir/$side.sock" ] || { cat "$dir/$side.log"; echo "vfu-server ($side) did not start" >&2; exit 1; }
+    done
+    target/release/mock-qemu migrate --from "$dir/source.sock" --to "$dir/destination.sock" --ram 1G {{args}}
+
 # LVU is a libvfio-user build directory (meson's; the headers are found through its meson-info)
 # or a checkout with one in build/, e.g. `just bench-reference ~/libvfio-user/build`. Nothing of
 # the library is in this repository: contrib/bench/refdev.c is a device of ours on it,
-# contrib/bench/vfubench.c a raw vfio-user client in C; both are built here with cc.
-# The same measures side by side in one run: vfu-server, a device on the reference C library
-# and a bare socketpair, each driven by one C client; ratios to the bare socketpair.
+# contrib/bench/vfubench.c a raw vfio-user client in C; both are built here with cc. Each line
+# is one run: a bare socketpair, vfu-server and the reference device, ratios to the first.
+# The same measures side by side with a device on the reference C library libvfio-user.
 bench-reference lvu:
     #!/usr/bin/env bash
     set -euo pipefail

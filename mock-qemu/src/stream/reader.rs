@@ -250,7 +250,7 @@ fn decode(kind: SectionKind, payload: &[u8], at: u64) -> Result<SectionRef<'_>, 
             if payload.len() < 4 {
                 return Err(malformed("RAM section shorter than its page count"));
             }
-            let count = be32(&payload, 0) as usize;
+            let count = be32(payload, 0) as usize;
             if count > MAX_RAM_PAGES {
                 return Err(malformed("RAM section length does not match its page count"));
             }
@@ -286,8 +286,8 @@ fn decode(kind: SectionKind, payload: &[u8], at: u64) -> Result<SectionRef<'_>, 
         SectionKind::DeviceConfig => Section::DeviceConfig(payload.to_vec()),
         SectionKind::DeviceEnd => Section::DeviceEnd,
         SectionKind::DeviceInitDataSent => Section::DeviceInitDataSent,
-        SectionKind::RoundEnd => Section::RoundEnd { round: be32(&payload, 0) },
-        SectionKind::Complete => Section::Complete { sections: be64(&payload, 0), digest: be64(&payload, 8) },
+        SectionKind::RoundEnd => Section::RoundEnd { round: be32(payload, 0) },
+        SectionKind::Complete => Section::Complete { sections: be64(payload, 0), digest: be64(payload, 8) },
         SectionKind::Abort => Section::Abort {
             reason: String::from_utf8(payload.to_vec()).map_err(|_| malformed("abort reason is not UTF-8"))?,
         },

@@ -183,7 +183,7 @@ bench-reference lvu:
     # A fresh reference device for each client: the library serves one, then refdev exits.
     ref() { "$w/refdev" "$w/$1" "$2" >"$w/$1.log" 2>&1 & wait_for "$w/$1"; }
     x() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2fx", a / b }'; }
-    echo "libvfio-user: $lvu; $(nproc) CPUs; load $(cut -d' ' -f1-3 /proc/loadavg)"
+    echo "$(nproc) CPUs; load average $(cut -d' ' -f1-3 /proc/loadavg)"
     echo "== 8-byte REGION_READ round trip, 20000 of them (ns, lower is better)"
     "$vfu" --socket "$w/rtt" --device dma-engine >"$w/rtt.log" 2>&1 & wait_for "$w/rtt"
     for i in 1 2 3; do

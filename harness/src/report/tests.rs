@@ -193,6 +193,7 @@ fn summary_has_what_a_person_needs() {
     assert!(md.contains("### Page at 0x32000"));
     assert!(md.contains("registers.status: source 0x1, destination 0x0"));
     assert!(md.contains("| stop-copy | | 512 | | | 3 |"));
+    assert!(md.contains("| stream MB/s |") && md.contains(" | 33 |\n"), "each round's stream throughput:\n{md}");
     assert!(md.contains("| pre-copy with faults &lt;drop & delay&gt; |"));
 }
 

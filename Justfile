@@ -138,6 +138,82 @@ test:
 bench:
     cargo bench -p vfu-server --locked
 
+# The device memory is half primed with data; the stream goes over an in-process pipe. Extra
+# arguments go to `mock-qemu migrate`, e.g. `just bench-migrate --dma-commands 0`.
+# mock-qemu migrate of 1 GiB of guest RAM and a 256 MiB dma-engine: stream MB/s per round.
+bench-migrate *args="":
+    #!/usr/bin/env bash
+    set -euo pipefail
+    cargo build --release --locked -p vfu-server -p mock-qemu
+    dir=$(mktemp -d)
+    trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$dir"' EXIT
+    for side in source destination; do
+        target/release/vfu-server --socket "$dir/$side.sock" --device dma-engine --devmem-size 256M 2>"$dir/$side.log" &
+    done
+    for side in source destination; do
+        for _ in $(seq 200); do [ -S "$dir/$side.sock" ] && break; sleep 0.05; done
+        [ -S "$dir/$side.sock" ] || { cat "$dir/$side.log"; echo "vfu-server ($side) did not start" >&2; exit 1; }
+    done
+    target/release/mock-qemu migrate --from "$dir/source.sock" --to "$dir/destination.sock" --ram 1G {{args}}
+
+# LVU is a libvfio-user build directory (meson's; the headers are found through its meson-info)
+# or a checkout with one in build/, e.g. `just bench-reference ~/libvfio-user/build`. Nothing of
+# the library is in this repository: contrib/bench/refdev.c is a device of ours on it,
+# contrib/bench/vfubench.c a raw vfio-user client in C; both are built here with cc. Each line
+# is one run: a bare socketpair, vfu-server and the reference device, ratios to the first.
+# The same measures side by side with a device on the reference C library libvfio-user.
+bench-reference lvu:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    lvu=$(realpath "{{lvu}}")
+    if [ -e "$lvu/lib/libvfio-user.so" ]; then
+        lib=$lvu/lib
+        src=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["directories"]["source"])' \
+            "$lvu/meson-info/meson-info.json" 2>/dev/null || dirname "$lvu")
+    elif [ -e "$lvu/build/lib/libvfio-user.so" ]; then
+        lib=$lvu/build/lib src=$lvu
+    else
+        echo "no libvfio-user.so in $lvu/lib or $lvu/build/lib" >&2; exit 2
+    fi
+    [ -e "$src/include/libvfio-user.h" ] || { echo "no libvfio-user.h in $src/include" >&2; exit 2; }
+    cargo build --release --locked -p vfu-server
+    vfu=$PWD/target/release/vfu-server w=$(mktemp -d)
+    trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$w"' EXIT
+    cc -O2 -Wall -o "$w/vfubench" contrib/bench/vfubench.c
+    cc -O2 -Wall -o "$w/refdev" contrib/bench/refdev.c -I"$src/include" -L"$lib" -lvfio-user -Wl,-rpath,"$lib"
+    b=$w/vfubench
+    wait_for() { for _ in $(seq 200); do [ -S "$1" ] && return 0; sleep 0.05; done; echo "no socket $1" >&2; exit 1; }
+    # A fresh reference device for each client: the library serves one, then refdev exits.
+    ref() { "$w/refdev" "$w/$1" "$2" >"$w/$1.log" 2>&1 & wait_for "$w/$1"; }
+    x() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2fx", a / b }'; }
+    echo "$(nproc) CPUs; load average $(cut -d' ' -f1-3 /proc/loadavg)"
+    echo "== 8-byte REGION_READ round trip, 20000 of them (ns, lower is better)"
+    "$vfu" --socket "$w/rtt" --device dma-engine >"$w/rtt.log" 2>&1 & wait_for "$w/rtt"
+    for i in 1 2 3; do
+        ref "rtt-ref$i" 1
+        bare=$("$b" bare-rtt 20000) ours=$("$b" rtt "$w/rtt" 20000) theirs=$("$b" rtt "$w/rtt-ref$i" 20000)
+        echo "bare $bare | vfu-server $ours ($(x "$ours" "$bare")) | libvfio-user $theirs ($(x "$theirs" "$bare"))"
+    done
+    echo "== MIG_DATA_READ of a 256 MiB STOP_COPY stream (state written first), 1 MiB reads, median of 5 (MiB/s, higher is better)"
+    "$vfu" --socket "$w/mig" --device dma-engine --devmem-size 256M >"$w/mig.log" 2>&1 & wait_for "$w/mig"
+    "$b" fill "$w/mig" 2 268435456 >/dev/null
+    for i in 1 2 3; do
+        ref "mig-ref$i" 256
+        bare=$("$b" bare-mig 268435456 1048576 5) ours=$("$b" mig "$w/mig" 1048576 5)
+        theirs=$("$b" mig "$w/mig-ref$i" 1048576 5)
+        echo "bare $bare | vfu-server $ours ($(x "$ours" "$bare")) | libvfio-user $theirs ($(x "$theirs" "$bare"))"
+    done
+    echo "== DMA_LOGGING_REPORT of 16 GiB logged at 4 KiB, 20 of them (us, lower is better; floor: a 4 KiB report's bitmap copied and sent over a bare socketpair)"
+    "$vfu" --socket "$w/log" --device dma-engine >"$w/log.log" 2>&1 & wait_for "$w/log"
+    for i in 1 2 3; do
+        floor=$("$b" bare-report 16 20)
+        for page in 4096 2097152; do
+            ref "log-ref$i-$page" 1
+            ours=$("$b" report "$w/log" 16 "$page" 20) theirs=$("$b" report "$w/log-ref$i-$page" 16 "$page" 20)
+            echo "at $page: floor $floor | vfu-server $ours ($(x "$ours" "$floor")) | libvfio-user $theirs ($(x "$theirs" "$floor"))"
+        done
+    done
+
 # Serve a device on a UNIX socket; Ctrl-C stops it and removes the socket.
 serve socket="/tmp/miglab.sock" device="dma-engine" *args="":
     cargo run --release -p vfu-server --locked -- --socket {{socket}} --device {{device}} {{args}}

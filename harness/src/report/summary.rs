@@ -241,8 +241,8 @@ fn rounds_section(md: &mut String, report: &RunReport) {
         return;
     }
     md.push_str("## Rounds\n\n");
-    md.push_str("| round | time | device bytes | device dirty | vCPU dirty | pages sent | remaining est. | written (truth) | reported | lost | over-reported |\n");
-    md.push_str("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    md.push_str("| round | time | device bytes | device dirty | vCPU dirty | pages sent | remaining est. | written (truth) | reported | lost | over-reported | stream MB/s |\n");
+    md.push_str("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     let dash = || "–".to_owned();
     for n in &numbers {
         let r = stats.and_then(|s| s.rounds.iter().find(|r| r.round == *n));
@@ -255,7 +255,7 @@ fn rounds_section(md: &mut String, report: &RunReport) {
         };
         let _ = writeln!(
             md,
-            "| {n} | {} | {} | {} | {} | {} | {} | {} | {} | {lost_cell} | {} |",
+            "| {n} | {} | {} | {} | {} | {} | {} | {} | {} | {lost_cell} | {} | {} |",
             r.map_or_else(dash, |r| human_micros(r.micros)),
             r.map_or_else(dash, |r| r.device_bytes.to_string()),
             r.map_or_else(dash, |r| r.device_dirty_pages.to_string()),
@@ -265,19 +265,21 @@ fn rounds_section(md: &mut String, report: &RunReport) {
             d.map_or_else(dash, |d| d.written.len().to_string()),
             d.map_or_else(dash, |d| d.reported.len().to_string()),
             d.map_or_else(dash, |d| d.over_reported().len().to_string()),
+            r.map_or_else(dash, |r| format!("{:.0}", r.stream_mb_per_s())),
         );
     }
     if let Some(s) = stats {
         let d = report.dirty.iter().find(|d| d.stop_copy);
         let _ = writeln!(
             md,
-            "| stop-copy | | {} | | | {} | | {} | {} | {} | {} |",
+            "| stop-copy | | {} | | | {} | | {} | {} | {} | {} | {:.0} |",
             s.stop_copy_device_bytes,
             s.stop_copy_pages,
             d.map_or_else(dash, |d| d.written.len().to_string()),
             d.map_or_else(dash, |d| d.reported.len().to_string()),
             d.map_or_else(dash, |d| d.lost().len().to_string()),
             d.map_or_else(dash, |d| d.over_reported().len().to_string()),
+            s.stop_copy_stream_mb_per_s(),
         );
         let _ = writeln!(
             md,

@@ -76,6 +76,7 @@ pub(super) fn sample() -> RunReport {
                 micros: 3000,
                 remaining_estimate: 4096 * 10,
                 device_pending: false,
+                stream_bytes: 100_000,
             })
             .collect(),
         stop_copy_device_bytes: 512,
@@ -86,6 +87,8 @@ pub(super) fn sample() -> RunReport {
         downtime_micros: 1_500,
         total_micros: 11_500,
         stream_bytes: 400_000,
+        stop_copy_stream_bytes: 100_000,
+        stop_copy_micros: 1_000,
     };
     RunReport {
         scenario: "dirty-loss".into(),
@@ -190,6 +193,7 @@ fn summary_has_what_a_person_needs() {
     assert!(md.contains("### Page at 0x32000"));
     assert!(md.contains("registers.status: source 0x1, destination 0x0"));
     assert!(md.contains("| stop-copy | | 512 | | | 3 |"));
+    assert!(md.contains("| stream MB/s |") && md.contains(" | 33 |\n"), "each round's stream throughput:\n{md}");
     assert!(md.contains("| pre-copy with faults &lt;drop & delay&gt; |"));
 }
 

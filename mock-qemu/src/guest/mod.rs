@@ -363,6 +363,52 @@ impl Guest {
         self.store(iova, data, None)
     }
 
+    /// Loads `pages`, (guest address, bytes) each, without marking anything: the pages of a
+    /// run that follows on in one region go in one `pwritev` on its memfd, which allocates
+    /// them without a page fault each (see [`RamRegion`]). Each page is checked to be RAM
+    /// before it is written; pages before a failing one are loaded.
+    pub fn load_pages(&self, pages: &[(u64, &[u8])]) -> Result<(), GuestError> {
+        let regions = self.regions();
+        let mut at = 0;
+        while let Some(&(iova, first)) = pages.get(at) {
+            let len = first.len() as u64;
+            let i = regions.partition_point(|r| r.end() <= iova);
+            let r = regions.get(i).filter(|r| r.contains(iova) && iova.saturating_add(len) <= r.end());
+            let r = r.ok_or(GuestError::OutOfRange { iova, len })?;
+            // The run: pages that follow each other in this region.
+            let (mut end, mut n) = (iova + len, 1);
+            while let Some(&(next, data)) = pages.get(at + n) {
+                if next != end || next.saturating_add(data.len() as u64) > r.end() {
+                    break;
+                }
+                end += data.len() as u64;
+                n += 1;
+            }
+            let parts: Vec<&[u8]> = pages.get(at..at + n).unwrap_or_default().iter().map(|(_, d)| *d).collect();
+            r.write_file_at(iova - r.iova, &parts)?;
+            at += n;
+        }
+        Ok(())
+    }
+
+    /// Reads the pages at `addrs` (page-aligned guest addresses) into consecutive pages of
+    /// `buf`: a run of addresses that follow each other is read in one go.
+    pub fn read_pages(&self, addrs: &[u64], buf: &mut [u8]) -> Result<(), GuestError> {
+        let page = PAGE_SIZE as usize;
+        let mut at = 0;
+        while let Some(&first) = addrs.get(at) {
+            let mut n = 1;
+            while addrs.get(at + n) == Some(&(first + n as u64 * PAGE_SIZE)) {
+                n += 1;
+            }
+            let len = (n * page) as u64;
+            let dst = buf.get_mut(at * page..(at + n) * page).ok_or(GuestError::OutOfRange { iova: first, len })?;
+            self.read(first, dst)?;
+            at += n;
+        }
+        Ok(())
+    }
+
     /// A write on the device's behalf (what the DMA service does for a DMA_WRITE): stores and
     /// marks the pages in the message DMA log.
     pub fn message_write(&self, iova: u64, data: &[u8]) -> Result<(), GuestError> {

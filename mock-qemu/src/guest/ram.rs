@@ -4,13 +4,18 @@
 //! Stores go through the mapping (a vCPU store is a store into the memfd's pages). Loads go
 //! through `pread` on the memfd instead: reading a hole of a shared memfd mapping would
 //! allocate a page for it, while `pread` of a hole returns zeros and allocates nothing, so
-//! comparing two untouched multi-GiB guests stays free. Both views are the same page cache.
+//! comparing two untouched multi-GiB guests stays free. The destination of a migration fills
+//! its RAM with `pwritev`, a run of pages at a time: the write allocates each page, where a
+//! store through the mapping would take a page fault (and zero the page) first. All views are
+//! the same page cache.
 
 use std::fs::File;
+use std::io::IoSlice;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::FileExt;
 
 use nix::errno::Errno;
+use nix::sys::uio::pwritev;
 use nix::unistd::{Whence, lseek};
 use vfu_server::mmap::MappedRegion;
 
@@ -67,6 +72,28 @@ impl RamRegion {
     /// Reads `buf.len()` bytes at region offset `offset` (in bounds: checked by the caller).
     pub(super) fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), GuestError> {
         self.file.read_exact_at(buf, offset).map_err(|e| self.io_error(self.iova + offset, buf.len() as u64, e))
+    }
+
+    /// Writes `parts`, one after the other, at region offset `offset` through the memfd (in
+    /// bounds: checked by the caller).
+    pub(super) fn write_file_at(&self, offset: u64, parts: &[&[u8]]) -> Result<(), GuestError> {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        let error = |e: std::io::Error| self.io_error(self.iova + offset, len as u64, e);
+        let mut iov: Vec<IoSlice<'_>> = parts.iter().map(|p| IoSlice::new(p)).collect();
+        let mut rest = &mut iov[..];
+        let mut at = offset;
+        while !rest.is_empty() {
+            let pos = i64::try_from(at).map_err(|_| error(std::io::ErrorKind::InvalidInput.into()))?;
+            let n = match pwritev(&self.file, rest, pos) {
+                Err(Errno::EINTR) => continue,
+                Err(e) => return Err(error(e.into())),
+                Ok(0) => return Err(error(std::io::ErrorKind::WriteZero.into())),
+                Ok(n) => n,
+            };
+            at += n as u64;
+            IoSlice::advance_slices(&mut rest, n);
+        }
+        Ok(())
     }
 
     /// Stores `data` at region offset `offset` through the mapping.

@@ -177,3 +177,31 @@ fn workload_is_deterministic_and_stays_in_its_window() {
     let mut empty = VcpuWorkload::new(1, (3 * GIB, GIB), 4);
     assert!(matches!(empty.step(&g1), Err(GuestError::EmptyWindow { .. })));
 }
+
+#[test]
+fn loaded_page_runs_land_in_their_regions_and_read_back_by_runs() {
+    let g = Guest::with_layout(&[(0, 3 * PAGE_SIZE), (0x10000, 2 * PAGE_SIZE)]).unwrap();
+    let p = |b: u8| vec![b; PAGE_SIZE as usize];
+    let (a, b, c, d) = (p(1), p(2), p(3), p(4));
+    // A run of two, a lone page, and a run that continues across the end of a region.
+    let pages: Vec<(u64, &[u8])> = vec![(0, &a), (PAGE_SIZE, &b), (0x10000, &c), (0x11000, &d)];
+    g.load_pages(&pages).unwrap();
+    let addrs = [0, PAGE_SIZE, 0x10000, 0x11000, 2 * PAGE_SIZE];
+    let mut buf = vec![9u8; addrs.len() * PAGE_SIZE as usize];
+    g.read_pages(&addrs, &mut buf).unwrap();
+    let want: Vec<u8> = [&a, &b, &c, &d, &p(0)].iter().flat_map(|v| v.iter().copied()).collect();
+    assert_eq!(buf, want);
+    assert_eq!(g.take_vcpu_dirty(), Vec::<u64>::new(), "loading marks nothing");
+}
+
+#[test]
+fn page_loads_and_reads_outside_ram_are_refused() {
+    let g = Guest::with_layout(&[(0, 2 * PAGE_SIZE)]).unwrap();
+    let page = vec![1u8; PAGE_SIZE as usize];
+    for iova in [2 * PAGE_SIZE, PAGE_SIZE + 1, u64::MAX - 10] {
+        assert!(matches!(g.load_pages(&[(iova, &page)]), Err(GuestError::OutOfRange { .. })), "{iova:#x}");
+    }
+    let mut buf = vec![0u8; PAGE_SIZE as usize];
+    assert!(g.read_pages(&[2 * PAGE_SIZE], &mut buf).is_err());
+    assert!(g.read_pages(&[0, PAGE_SIZE], &mut buf).is_err(), "more pages than the buffer holds");
+}

@@ -20,7 +20,7 @@ use super::MigrationError;
 use super::device::set_state;
 use crate::client::Client;
 use crate::guest::Guest;
-use crate::stream::{Section, StreamError, StreamReader};
+use crate::stream::{Section, SectionRef, StreamError, StreamReader};
 
 /// The destination of a migration.
 pub struct Destination<'a> {
@@ -67,8 +67,21 @@ impl Destination<'_> {
         let client = &mut *self.client;
         let max = client.server_caps().max_data_xfer_size_or_default() as usize;
         loop {
-            let section = match input.read_section() {
-                Ok(s) => s,
+            // Device data and RAM pages are taken where the reader verified them.
+            let section = match input.read_section_ref() {
+                Ok(SectionRef::DeviceData(data)) => {
+                    for chunk in data.chunks(max.max(1)) {
+                        client.mig_data_write(chunk).map_err(MigrationError::Client)?;
+                    }
+                    done.device_bytes += data.len() as u64;
+                    continue;
+                }
+                Ok(SectionRef::Ram(pages)) => {
+                    self.guest.load_pages(&pages).map_err(MigrationError::Guest)?;
+                    done.pages += pages.len() as u64;
+                    continue;
+                }
+                Ok(SectionRef::Other(s)) => s,
                 Err(StreamError::Aborted { reason }) => return Err(MigrationError::SourceAborted { reason }),
                 Err(e) => return Err(e.into()),
             };
@@ -86,9 +99,8 @@ impl Destination<'_> {
                 Section::DeviceConfig(config) => restore_config(client, &config)?,
                 Section::DeviceEnd | Section::DeviceInitDataSent => {}
                 Section::Ram { pages } => {
-                    for (addr, data) in &pages {
-                        self.guest.load(*addr, data).map_err(MigrationError::Guest)?;
-                    }
+                    let borrowed: Vec<(u64, &[u8])> = pages.iter().map(|(a, d)| (*a, d.as_slice())).collect();
+                    self.guest.load_pages(&borrowed).map_err(MigrationError::Guest)?;
                     done.pages += pages.len() as u64;
                 }
                 Section::RoundEnd { round } => done.rounds = round,

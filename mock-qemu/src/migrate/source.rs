@@ -122,15 +122,17 @@ impl Source<'_> {
         // Round 0: every populated page of guest RAM.
         self.phase(Phase::RoundStart(0));
         let t0 = Instant::now();
+        let bytes0 = out.bytes();
         let all: Vec<u64> = self.guest.populated_pages().map_err(MigrationError::Guest)?;
         let sent = self.send_pages(out, &all)?;
+        out.write(&Section::RoundEnd { round: 0 })?;
         stats.rounds.push(RoundStats {
             round: 0,
             pages_sent: sent,
             micros: t0.elapsed().as_micros() as u64,
+            stream_bytes: out.bytes() - bytes0,
             ..Default::default()
         });
-        out.write(&Section::RoundEnd { round: 0 })?;
         self.phase(Phase::RoundEnd(0));
 
         // Pre-copy rounds.
@@ -139,6 +141,7 @@ impl Source<'_> {
             self.check_cancel()?;
             self.phase(Phase::RoundStart(round));
             let t = Instant::now();
+            let bytes0 = out.bytes();
             let mut r = RoundStats { round, ..Default::default() };
             if pre_copy {
                 let (bytes, ended) = self.read_device(out, true)?;
@@ -153,6 +156,7 @@ impl Source<'_> {
             out.write(&Section::RoundEnd { round })?;
             self.phase(Phase::RoundEnd(round));
             r.micros = t.elapsed().as_micros() as u64;
+            r.stream_bytes = out.bytes() - bytes0;
             // vfio-user has no pre-copy size query: the device's part of what remains is taken
             // to be what its last round returned.
             r.remaining_estimate = r.device_bytes + r.pages_sent * PAGE_SIZE;
@@ -179,6 +183,7 @@ impl Source<'_> {
         // Switchover: the vCPUs stop; the device stops and its state is read to the end.
         self.phase(Phase::Switchover);
         let stopped_at = Instant::now();
+        let bytes0 = out.bytes();
         // Config space is taken as the guest left it, before the device stops: QEMU saves its
         // own copy and never reads the device in STOP_COPY, where libvfio-user refuses region
         // access.
@@ -199,6 +204,8 @@ impl Source<'_> {
         out.write(&Section::DeviceEnd)?;
         let complete = Section::Complete { sections: out.sections(), digest: out.digest() };
         out.write(&complete)?;
+        stats.stop_copy_stream_bytes = out.bytes() - bytes0;
+        stats.stop_copy_micros = stopped_at.elapsed().as_micros() as u64;
 
         // Cleanup after switchover, off the downtime path. The migration has completed (the
         // destination may already run the guest): a failure here is reported, not fatal.
@@ -236,13 +243,16 @@ impl Source<'_> {
                     w.step(self.client, self.guest).map_err(MigrationError::Workload)?;
                 }
             }
-            let data = self.client.mig_data_read(size).map_err(MigrationError::Client)?;
+            // The chunk goes into the stream from where the reply arrived.
+            let written = self.client.mig_data_read_with(size, |data| {
+                let written = if data.is_empty() { Ok(()) } else { out.write_device_data(data) };
+                (data.len(), written)
+            });
+            let (n, written) = written.map_err(MigrationError::Client)?;
+            written?;
             reads = reads.saturating_add(1);
-            total += data.len() as u64;
-            let short = data.len() < size as usize;
-            if !data.is_empty() {
-                out.write(&Section::DeviceData(data))?;
-            }
+            total += n as u64;
+            let short = n < size as usize;
             if short {
                 break true;
             }
@@ -300,9 +310,7 @@ impl Source<'_> {
     fn send_pages<W: Write>(&mut self, out: &mut StreamWriter<W>, pages: &[u64]) -> Result<u64, MigrationError> {
         let mut buf = vec![0u8; PAGES_PER_SECTION * PAGE_SIZE as usize];
         for chunk in pages.chunks(PAGES_PER_SECTION) {
-            for (&addr, page) in chunk.iter().zip(buf.chunks_mut(PAGE_SIZE as usize)) {
-                self.guest.read(addr, page).map_err(MigrationError::Guest)?;
-            }
+            self.guest.read_pages(chunk, &mut buf).map_err(MigrationError::Guest)?;
             let section: Vec<(u64, &[u8])> = chunk.iter().copied().zip(buf.chunks(PAGE_SIZE as usize)).collect();
             out.write_ram(&section)?;
         }

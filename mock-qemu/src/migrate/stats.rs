@@ -24,6 +24,10 @@ pub struct RoundStats {
     /// may hold more pre-copy data, which a later round or STOP_COPY carries.
     #[serde(default)]
     pub device_pending: bool,
+    /// Bytes of the migration stream the round wrote: device data, RAM sections (zero pages
+    /// as their address alone) and framing.
+    #[serde(default)]
+    pub stream_bytes: u64,
 }
 
 /// A whole migration.
@@ -54,6 +58,13 @@ pub struct MigrationStats {
     pub total_micros: u64,
     /// Bytes of the migration stream.
     pub stream_bytes: u64,
+    /// Bytes of the stream written from the vCPUs' stop to its end (device data, the last
+    /// pages, config space, Complete).
+    #[serde(default)]
+    pub stop_copy_stream_bytes: u64,
+    /// From the vCPUs' stop to the end of the stream on the source, in microseconds.
+    #[serde(default)]
+    pub stop_copy_micros: u64,
 }
 
 impl MigrationStats {
@@ -87,19 +98,37 @@ impl RoundStats {
     pub fn data_mb_per_s(&self) -> f64 {
         mb_per_s(self.device_bytes + self.pages_sent * PAGE_BYTES, self.micros)
     }
+
+    /// The round's stream throughput in MB/s: the stream bytes it wrote over its time (the
+    /// workload between reads included).
+    pub fn stream_mb_per_s(&self) -> f64 {
+        mb_per_s(self.stream_bytes, self.micros)
+    }
+}
+
+impl MigrationStats {
+    /// The whole stream's throughput in MB/s: its bytes over the whole migration's time.
+    pub fn stream_mb_per_s(&self) -> f64 {
+        mb_per_s(self.stream_bytes, self.total_micros)
+    }
+
+    /// The stop-and-copy phase's stream throughput in MB/s.
+    pub fn stop_copy_stream_mb_per_s(&self) -> f64 {
+        mb_per_s(self.stop_copy_stream_bytes, self.stop_copy_micros)
+    }
 }
 
 impl fmt::Display for MigrationStats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "round  device bytes  dev dirty  vcpu dirty  pages sent  dirty rate (pages/s)  remaining est.  data MB/s"
+            "round  device bytes  dev dirty  vcpu dirty  pages sent  dirty rate (pages/s)  remaining est.  data MB/s  stream bytes  stream MB/s"
         )?;
         for r in &self.rounds {
             let rate = ((r.device_dirty_pages + r.vcpu_dirty_pages) * 1_000_000).checked_div(r.micros).unwrap_or(0);
             writeln!(
                 f,
-                "{:>5}  {:>12}  {:>9}  {:>10}  {:>10}  {:>20}  {:>14}  {:>9.0}",
+                "{:>5}  {:>12}  {:>9}  {:>10}  {:>10}  {:>20}  {:>14}  {:>9.0}  {:>12}  {:>11.0}",
                 r.round,
                 r.device_bytes,
                 r.device_dirty_pages,
@@ -107,13 +136,27 @@ impl fmt::Display for MigrationStats {
                 r.pages_sent,
                 rate,
                 r.remaining_estimate,
-                r.data_mb_per_s()
+                r.data_mb_per_s(),
+                r.stream_bytes,
+                r.stream_mb_per_s()
             )?;
         }
-        writeln!(f, " stop  {:>12}  {:>9}  {:>10}  {:>10}", self.stop_copy_device_bytes, "", "", self.stop_copy_pages)?;
+        writeln!(
+            f,
+            " stop  {:>12}  {:>9}  {:>10}  {:>10}  {:>20}  {:>14}  {:>9}  {:>12}  {:>11.0}",
+            self.stop_copy_device_bytes,
+            "",
+            "",
+            self.stop_copy_pages,
+            "",
+            "",
+            "",
+            self.stop_copy_stream_bytes,
+            self.stop_copy_stream_mb_per_s()
+        )?;
         write!(
             f,
-            "switchover: {}{}; downtime {:.3} ms; total {:.3} ms; {} device bytes, {} pages, {} stream bytes; data {:.0} MB/s",
+            "switchover: {}{}; downtime {:.3} ms; total {:.3} ms; {} device bytes, {} pages, {} stream bytes; data {:.0} MB/s; stream {:.0} MB/s",
             self.switchover,
             if self.pending_at_switchover { " with pre-copy data unread" } else { "" },
             self.downtime_micros as f64 / 1000.0,
@@ -121,7 +164,30 @@ impl fmt::Display for MigrationStats {
             self.device_bytes(),
             self.pages_sent(),
             self.stream_bytes,
-            mb_per_s(self.device_bytes() + self.pages_sent() * PAGE_BYTES, self.total_micros)
+            mb_per_s(self.device_bytes() + self.pages_sent() * PAGE_BYTES, self.total_micros),
+            self.stream_mb_per_s()
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_throughput_is_stream_bytes_over_time_per_round_and_whole() {
+        let round = RoundStats { round: 1, stream_bytes: 3_000_000, micros: 2_000, ..Default::default() };
+        let stats = MigrationStats {
+            rounds: vec![round.clone()],
+            stream_bytes: 5_000_000,
+            total_micros: 4_000,
+            stop_copy_stream_bytes: 1_000,
+            stop_copy_micros: 0,
+            ..Default::default()
+        };
+        assert_eq!((round.stream_mb_per_s(), stats.stream_mb_per_s()), (1500.0, 1250.0));
+        assert_eq!(stats.stop_copy_stream_mb_per_s(), 0.0, "no time, no rate");
+        let text = stats.to_string();
+        assert!(text.contains("stream MB/s") && text.ends_with("stream 1250 MB/s"), "{text}");
     }
 }

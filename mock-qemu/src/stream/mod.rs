@@ -114,6 +114,6 @@ pub use format::{
     TAG_ABORT, TAG_COMPLETE, TAG_RAM, TAG_ROUND_END, VFIO_MIG_FLAG_DEV_CONFIG_STATE, VFIO_MIG_FLAG_DEV_DATA_STATE,
     VFIO_MIG_FLAG_DEV_INIT_DATA_SENT, VFIO_MIG_FLAG_DEV_SETUP_STATE, VFIO_MIG_FLAG_END_OF_STATE, is_zero_page,
 };
-pub use reader::StreamReader;
+pub use reader::{SectionRef, StreamReader};
 pub use transport::{BoxedRead, BoxedWrite, Transport, connected_pair};
 pub use writer::StreamWriter;

@@ -18,6 +18,33 @@ const READ_BUFFER: usize = 64 * 1024;
 /// reallocations and copies.
 const INITIAL_PAYLOAD_RESERVE: usize = MAX_PAYLOAD;
 
+/// The bytes of a zero page, which a RAM section names without carrying them.
+static ZERO_PAGE: [u8; PAGE_SIZE] = [0; PAGE_SIZE];
+
+/// A verified section as [`StreamReader::read_section_ref`] returns it: the bulk kinds borrow
+/// their bytes from the reader's payload buffer, which the next section reuses, so a stream
+/// is loaded without allocating or copying per section.
+#[derive(Debug)]
+pub enum SectionRef<'a> {
+    /// [`Section::Ram`]'s pages, (guest address, bytes) each; a zero page's bytes are zeros.
+    Ram(Vec<(u64, &'a [u8])>),
+    /// [`Section::DeviceData`]'s chunk.
+    DeviceData(&'a [u8]),
+    /// Any other section, owned (they are small).
+    Other(Section),
+}
+
+impl SectionRef<'_> {
+    /// The owned section.
+    pub fn into_owned(self) -> Section {
+        match self {
+            Self::Ram(pages) => Section::Ram { pages: pages.into_iter().map(|(a, d)| (a, d.to_vec())).collect() },
+            Self::DeviceData(data) => Section::DeviceData(data.to_vec()),
+            Self::Other(section) => section,
+        }
+    }
+}
+
 /// Reads and verifies a migration stream from any byte stream.
 ///
 /// [`new`](Self::new) checks the header; [`read_section`](Self::read_section) (or the
@@ -39,6 +66,8 @@ pub struct StreamReader<R: Read> {
     phase: DevicePhase,
     done: bool,
     complete: bool,
+    /// The payload of the last section read, kept for the next one.
+    payload: Vec<u8>,
 }
 
 impl<R: Read> StreamReader<R> {
@@ -53,6 +82,7 @@ impl<R: Read> StreamReader<R> {
             phase: DevicePhase::Idle,
             done: false,
             complete: false,
+            payload: Vec::new(),
         };
         let mut header = [0u8; HEADER_LEN];
         reader.fill(&mut header)?;
@@ -73,19 +103,24 @@ impl<R: Read> StreamReader<R> {
 
     /// Reads the next section and verifies it. See the type's documentation for what is checked.
     pub fn read_section(&mut self) -> Result<Section, StreamError> {
+        let owned = match self.read_section_ref()? {
+            // Handed over without a copy; the next section gets a fresh buffer.
+            SectionRef::DeviceData(_) => None,
+            other => Some(other.into_owned()),
+        };
+        Ok(owned.unwrap_or_else(|| Section::DeviceData(std::mem::take(&mut self.payload))))
+    }
+
+    /// [`read_section`](Self::read_section), the bulk sections borrowed from the reader's
+    /// payload buffer ([`SectionRef`]): what a destination loading a long stream uses.
+    pub fn read_section_ref(&mut self) -> Result<SectionRef<'_>, StreamError> {
         if self.done {
             return Err(StreamError::Closed);
         }
-        let result = self.read_verified();
-        match &result {
-            Ok(Section::Complete { .. }) => {
-                self.done = true;
-                self.complete = true;
-            }
-            Ok(_) => {}
-            Err(_) => self.done = true,
-        }
-        result
+        // Marked done first: a section that fails, Complete, and an Abort all end the stream
+        // (`read_verified` reopens it after any other section).
+        self.done = true;
+        self.read_verified()
     }
 
     /// Sections read and verified so far.
@@ -109,7 +144,7 @@ impl<R: Read> StreamReader<R> {
         self.input.get_ref()
     }
 
-    fn read_verified(&mut self) -> Result<Section, StreamError> {
+    fn read_verified(&mut self) -> Result<SectionRef<'_>, StreamError> {
         let start = self.offset;
         let damaged = StreamError::Checksum { section: self.sections, offset: start };
 
@@ -139,24 +174,29 @@ impl<R: Read> StreamReader<R> {
 
         // `len` is at most `max` here, and memory beyond a first reserve grows only as bytes come.
         let len = len as usize;
-        let mut payload = Vec::with_capacity(len.min(INITIAL_PAYLOAD_RESERVE));
+        let mut payload = std::mem::take(&mut self.payload);
+        payload.clear();
+        payload.reserve(len.min(INITIAL_PAYLOAD_RESERVE));
         let got = (&mut self.input).take(len as u64).read_to_end(&mut payload).map_err(StreamError::Io)?;
         self.offset += got as u64;
+        self.payload = payload;
         if got < len {
             return Err(self.truncated());
         }
         let mut sum = [0u8; 8];
         self.fill(&mut sum)?;
         let sum = u64::from_be_bytes(sum);
-        if xxh3_64_with_seed(&payload, head_sum) != sum {
+        if xxh3_64_with_seed(&self.payload, head_sum) != sum {
             return Err(damaged);
         }
 
         let payload_at = start + SECTION_HEAD_LEN as u64;
-        let section = decode(kind, payload, payload_at)?;
+        let section = decode(kind, &self.payload, payload_at)?;
         self.phase = self.phase.advance(kind).map_err(|what| StreamError::Malformed { what, offset: start })?;
         match section {
-            Section::Complete { sections, digest } if (sections, digest) != (self.sections, self.digest) => {
+            SectionRef::Other(Section::Complete { sections, digest })
+                if (sections, digest) != (self.sections, self.digest) =>
+            {
                 Err(StreamError::Integrity {
                     sections_sent: sections,
                     digest_sent: digest,
@@ -164,10 +204,12 @@ impl<R: Read> StreamReader<R> {
                     digest_read: self.digest,
                 })
             }
-            Section::Abort { reason } => Err(StreamError::Aborted { reason }),
+            SectionRef::Other(Section::Abort { reason }) => Err(StreamError::Aborted { reason }),
             section => {
                 self.sections += 1;
                 self.digest = chain_digest(self.digest, sum);
+                self.complete = matches!(section, SectionRef::Other(Section::Complete { .. }));
+                self.done = self.complete;
                 Ok(section)
             }
         }
@@ -201,14 +243,14 @@ impl<R: Read> Iterator for StreamReader<R> {
 
 /// The section of `kind` with checksummed `payload` (already within the kind's length bounds),
 /// which starts at stream offset `at`.
-fn decode(kind: SectionKind, payload: Vec<u8>, at: u64) -> Result<Section, StreamError> {
+fn decode(kind: SectionKind, payload: &[u8], at: u64) -> Result<SectionRef<'_>, StreamError> {
     let malformed = |what| StreamError::Malformed { what, offset: at };
-    Ok(match kind {
+    Ok(SectionRef::Other(match kind {
         SectionKind::Ram => {
             if payload.len() < 4 {
                 return Err(malformed("RAM section shorter than its page count"));
             }
-            let count = be32(&payload, 0) as usize;
+            let count = be32(payload, 0) as usize;
             if count > MAX_RAM_PAGES {
                 return Err(malformed("RAM section length does not match its page count"));
             }
@@ -225,29 +267,29 @@ fn decode(kind: SectionKind, payload: Vec<u8>, at: u64) -> Result<Section, Strea
                 }
                 at += 8;
                 if word & RAM_PAGE_ZERO != 0 {
-                    pages.push((addr, vec![0; PAGE_SIZE]));
+                    pages.push((addr, &ZERO_PAGE[..]));
                     continue;
                 }
                 let Some(data) = payload.get(at..at + PAGE_SIZE) else {
                     return Err(malformed("RAM section length does not match its page count"));
                 };
-                pages.push((addr, data.to_vec()));
+                pages.push((addr, data));
                 at += PAGE_SIZE;
             }
             if at != payload.len() {
                 return Err(malformed("RAM section length does not match its page count"));
             }
-            Section::Ram { pages }
+            return Ok(SectionRef::Ram(pages));
         }
         SectionKind::DeviceSetup => Section::DeviceSetup,
-        SectionKind::DeviceData => Section::DeviceData(payload),
-        SectionKind::DeviceConfig => Section::DeviceConfig(payload),
+        SectionKind::DeviceData => return Ok(SectionRef::DeviceData(payload)),
+        SectionKind::DeviceConfig => Section::DeviceConfig(payload.to_vec()),
         SectionKind::DeviceEnd => Section::DeviceEnd,
         SectionKind::DeviceInitDataSent => Section::DeviceInitDataSent,
-        SectionKind::RoundEnd => Section::RoundEnd { round: be32(&payload, 0) },
-        SectionKind::Complete => Section::Complete { sections: be64(&payload, 0), digest: be64(&payload, 8) },
-        SectionKind::Abort => {
-            Section::Abort { reason: String::from_utf8(payload).map_err(|_| malformed("abort reason is not UTF-8"))? }
-        }
-    })
+        SectionKind::RoundEnd => Section::RoundEnd { round: be32(payload, 0) },
+        SectionKind::Complete => Section::Complete { sections: be64(payload, 0), digest: be64(payload, 8) },
+        SectionKind::Abort => Section::Abort {
+            reason: String::from_utf8(payload.to_vec()).map_err(|_| malformed("abort reason is not UTF-8"))?,
+        },
+    }))
 }

@@ -668,3 +668,59 @@ proptest! {
         prop_assert_eq!(&read[..sections.len()], &sections[..]);
     }
 }
+
+#[test]
+fn borrowed_sections_are_the_owned_ones_and_the_buffer_is_reused() {
+    let sections = every_kind(true);
+    let bytes = encode(&sections);
+    let mut reader = StreamReader::new(&bytes[..]).unwrap();
+    let mut got = Vec::new();
+    loop {
+        let section = reader.read_section_ref().unwrap().into_owned();
+        let complete = matches!(section, Section::Complete { .. });
+        got.push(section);
+        if complete {
+            break;
+        }
+    }
+    assert!(reader.is_complete());
+    assert_eq!(got[..sections.len()], sections[..]);
+    assert!(matches!(reader.read_section_ref(), Err(StreamError::Closed)));
+}
+
+#[test]
+fn a_borrowed_zero_page_reads_as_zeros() {
+    let bytes = encode(&[Section::Ram { pages: vec![(0x3000, page(0)), (0x4000, page(9))] }]);
+    let mut reader = StreamReader::new(&bytes[..]).unwrap();
+    match reader.read_section_ref().unwrap() {
+        SectionRef::Ram(pages) => assert_eq!(pages, vec![(0x3000, &page(0)[..]), (0x4000, &page(9)[..])]),
+        other => panic!("expected RAM, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_borrowed_section_that_fails_ends_the_stream() {
+    let mut bytes = encode(&small_stream());
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1; // Complete's sum
+    let mut reader = StreamReader::new(&bytes[..]).unwrap();
+    let err = loop {
+        if let Err(e) = reader.read_section_ref() {
+            break e;
+        }
+    };
+    assert!(matches!(err, StreamError::Checksum { .. }), "{err:?}");
+    assert!(!reader.is_complete());
+    assert!(matches!(reader.read_section_ref(), Err(StreamError::Closed)));
+}
+
+#[test]
+fn the_writer_counts_every_byte_it_writes() {
+    let mut writer = StreamWriter::new(Vec::new()).unwrap();
+    for section in every_kind(true) {
+        writer.write(&section).unwrap();
+    }
+    let counted = writer.bytes();
+    let bytes = writer.finish().unwrap();
+    assert_eq!(counted + (SECTION_HEAD_LEN + 16 + SECTION_TRAILER_LEN) as u64, bytes.len() as u64);
+}

@@ -7,8 +7,8 @@ use xxhash_rust::xxh3::Xxh3;
 use super::error::StreamError;
 use super::format::{
     DevicePhase, HEADER_LEN, MAX_DEVICE_CHUNK, MAX_PAYLOAD, MAX_RAM_PAGES, PAGE_SIZE, RAM_PAGE_RECORD_LEN,
-    RAM_PAGE_ZERO, STREAM_MAGIC, STREAM_VERSION, Section, SectionKind, chain_digest, clip_reason, head_checksum,
-    head_fields, is_zero_page,
+    RAM_PAGE_ZERO, SECTION_HEAD_LEN, SECTION_TRAILER_LEN, STREAM_MAGIC, STREAM_VERSION, Section, SectionKind,
+    chain_digest, clip_reason, head_checksum, head_fields, is_zero_page,
 };
 
 /// Capacity of the writer's buffer: a RAM page or a device chunk larger than this bypasses it.
@@ -34,6 +34,8 @@ pub struct StreamWriter<W: Write> {
     digest: u64,
     phase: DevicePhase,
     closed: bool,
+    /// Bytes of the stream written so far, header included.
+    bytes: u64,
 }
 
 /// Where a section's payload goes: the output and the running payload checksum.
@@ -59,7 +61,7 @@ impl<W: Write> StreamWriter<W> {
         header[12..16].copy_from_slice(&(PAGE_SIZE as u32).to_be_bytes());
         out.write_all(&header)?;
         out.flush()?;
-        Ok(Self { out, sections: 0, digest: 0, phase: DevicePhase::Idle, closed: false })
+        Ok(Self { out, sections: 0, digest: 0, phase: DevicePhase::Idle, closed: false, bytes: HEADER_LEN as u64 })
     }
 
     /// Appends `section`.
@@ -149,6 +151,12 @@ impl<W: Write> StreamWriter<W> {
     /// The digest over the sections written so far.
     pub fn digest(&self) -> u64 {
         self.digest
+    }
+
+    /// Bytes of the stream written so far (handed to the buffer, not necessarily flushed),
+    /// header included.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
     }
 
     /// Whether the stream has ended (Complete, Abort, or an I/O error).
@@ -247,6 +255,7 @@ impl<W: Write> StreamWriter<W> {
         self.phase = phase;
         self.digest = chain_digest(self.digest, sum);
         self.sections += 1;
+        self.bytes += (SECTION_HEAD_LEN + len + SECTION_TRAILER_LEN) as u64;
         if matches!(kind, SectionKind::Complete | SectionKind::Abort) {
             self.closed = true;
         }

@@ -53,22 +53,33 @@ impl Session<'_> {
         Ok(Reply::bytes(out))
     }
 
-    /// A reply of `size` bytes the device said it has ready: the header goes first, then the
-    /// device hands its bytes over in parts sent straight from where they lie.
+    /// A reply of `size` bytes the device said it has ready: the device hands its bytes over
+    /// in parts sent straight from where they lie, the message header and the reply's head
+    /// going out with the first of them (one `sendmsg`, one wake-up of the client fewer).
     fn mig_data_read_in_pieces(&mut self, size: usize) -> Result<Reply, Errno> {
         let Some(request) = self.request else { return Err(Errno::EINVAL) };
         let total = size_of::<MigData>() + size;
+        let header = request.reply(total);
         let head = MigData { argsz: total as u32, size: size as u32 };
         let mut scratch = std::mem::take(&mut self.reply_spare);
         let Session { device, peer, .. } = self;
         let dev = device.migration().ok_or(Errno::EINVAL)?;
-        if let Err(e) = peer.reply(&request.reply(total), &[head.as_bytes()], &[]) {
+        let conn = &peer.conn;
+        let mut header_sent = false;
+        let handed = dev.read_data_to(size, &mut scratch, &mut |parts| {
+            if header_sent {
+                return conn.send_rest(parts);
+            }
+            header_sent = true;
+            let with_head: Vec<&[u8]> = std::iter::once(head.as_bytes()).chain(parts.iter().copied()).collect();
+            conn.send(&header, &with_head, &[])
+        });
+        if !header_sent && let Err(e) = conn.send(&header, &[head.as_bytes()], &[]) {
             tracing::warn!(error = %e, "sending migration data failed");
             peer.broken = true;
+            self.reply_spare = scratch;
             return Ok(Reply::sent());
         }
-        let conn = &peer.conn;
-        let handed = dev.read_data_to(size, &mut scratch, &mut |parts| conn.send_rest(parts));
         let mut missing = size.saturating_sub(*handed.as_ref().unwrap_or(&0));
         if missing > 0 {
             // The header promised these bytes: zeros keep the framing, and the device's stream

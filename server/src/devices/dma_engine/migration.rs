@@ -86,8 +86,8 @@ use super::pci_config::{PciConfigState, SCRATCH_SIZE};
 use super::regs::Registers;
 use super::state::DmaEngineState;
 use super::stream::{
-    Decoder, FORMAT_VERSION, MAX_RECORD_LEN, RECORD_HEADER_LEN, Record, RecordType, StreamWriter, header_payload,
-    pci_config_payload, registers_payload,
+    Decoder, FORMAT_VERSION, MAX_RECORD_LEN, PAGE_RECORD_HEAD, RECORD_HEADER_LEN, Record, RecordType, StreamWriter,
+    header_payload, pci_config_payload, registers_payload,
 };
 use crate::device::DeviceContext;
 use crate::migration::{ArcError, MigState, Migratable};
@@ -215,7 +215,11 @@ impl Outgoing {
                     }
                     self.cursor = page + 1;
                     let data = state.devmem_range(offset, PAGE_SIZE as usize)?;
-                    return w.record_into(RecordType::DevmemPage, &[&offset.to_le_bytes(), data], out);
+                    let head = w.page_record_head(RecordType::DevmemPage, offset, state.page_sum(page)?);
+                    let (h, rest) = out.get_mut(..MAX_RECORD_LEN)?.split_at_mut(PAGE_RECORD_HEAD);
+                    h.copy_from_slice(&head);
+                    rest.copy_from_slice(data);
+                    return Some(MAX_RECORD_LEN);
                 }
                 Step::Trailer => {
                     self.step = Step::End;
@@ -240,8 +244,8 @@ impl Outgoing {
 
     /// Hands the next `len` bytes of the stream (fewer at its short read) to `send`, a batch of
     /// parts at a time, and returns how many it handed over. A device memory page with data
-    /// goes as its 24-byte head and the page itself where it lies in device memory: it is
-    /// hashed there and never copied before the socket. Other records, and a page record cut
+    /// goes as its 24-byte head, with the checksum the device kept for it, and the page itself
+    /// where it lies in device memory: it is neither hashed nor copied before the socket. Other records, and a page record cut
     /// by the end of `len`, are encoded into the record buffer and delivered from there.
     fn fill_to(
         &mut self,
@@ -264,8 +268,9 @@ impl Outgoing {
                 if self.pos >= self.record.len() {
                     if let Some(page) = (len - at >= MAX_RECORD_LEN).then(|| self.next_written_page(state)).flatten() {
                         let offset = page as u64 * PAGE_SIZE;
-                        let data = state.devmem_range(offset, PAGE_SIZE as usize).ok_or(Errno::EIO)?;
-                        let head = self.writer.page_record_head(RecordType::DevmemPage, offset, data);
+                        state.devmem_range(offset, PAGE_SIZE as usize).ok_or(Errno::EIO)?;
+                        let sum = state.page_sum(page).ok_or(Errno::EIO)?;
+                        let head = self.writer.page_record_head(RecordType::DevmemPage, offset, sum);
                         plan[planned] = (heads.len(), heads.len() + head.len(), Some(page));
                         heads.extend_from_slice(&head);
                         planned += 1;
@@ -401,8 +406,8 @@ impl Incoming {
             match record {
                 Record::Registers(r) => regs.replace(r).map_or(Ok(()), |_| Err(Errno::EBADMSG))?,
                 Record::PciConfig(c) => pci.replace(c).map_or(Ok(()), |_| Err(Errno::EBADMSG))?,
-                Record::DevmemPage { offset, data } => {
-                    state.write_devmem(offset, data).ok_or(Errno::EBADMSG)?;
+                Record::DevmemPage { offset, data, checksum } => {
+                    state.write_devmem_page(offset, data, checksum).ok_or(Errno::EBADMSG)?;
                     devmem_seen.insert_bytes(offset, 1);
                 }
                 Record::ZeroPages { offset, count } => {

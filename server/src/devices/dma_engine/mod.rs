@@ -136,6 +136,7 @@ pub mod background;
 pub mod config;
 pub mod engine;
 pub mod migration;
+pub mod page_sums;
 pub mod pages;
 pub mod pattern;
 pub mod pci_config;

@@ -10,16 +10,18 @@
 //! shared memory does), and [`DmaEngineState::differences`] names what differs.
 //!
 //! Device memory changes only through [`DmaEngineState::write_devmem`],
-//! [`DmaEngineState::zero_devmem`] and [`DmaEngineState::clear_devmem`], which is where the
+//! [`DmaEngineState::write_devmem_page`], [`DmaEngineState::zero_devmem`] and [`DmaEngineState::clear_devmem`], which is where the
 //! device's own dirty tracking for migration hooks in: while a [`PageSet`] is attached
 //! (PRE_COPY and STOP_COPY, see [`migration`](super::migration)), every page they change is
 //! put in it. They also keep the set of pages that may hold non-zero bytes: the others were
 //! never written since power-on or the last clear, so a migration sends them as zero runs
-//! without reading (and faulting in) their memory. Both are bookkeeping, not state: equality
-//! ignores them.
+//! without reading (and faulting in) their memory. And they keep the stream checksum of every
+//! page they change ([`PageSums`]), so a migration never hashes device memory as it sends it.
+//! All three are bookkeeping, not state: equality ignores them.
 
 use std::fmt;
 
+use super::page_sums::PageSums;
 use super::pages::{PAGE_SIZE, PageSet};
 use super::pattern::fnv1a64;
 use super::pci_config::PciConfigState;
@@ -37,6 +39,8 @@ pub struct DmaEngineState {
     written: PageSet,
     /// The device memory pages changed since they were last sent, while tracking.
     dirty: Option<PageSet>,
+    /// The stream checksum of every written page.
+    sums: PageSums,
 }
 
 impl PartialEq for DmaEngineState {
@@ -56,6 +60,7 @@ impl DmaEngineState {
             devmem: vec![0; devmem_size],
             written: PageSet::for_bytes(devmem_size as u64, false),
             dirty: None,
+            sums: PageSums::for_bytes(devmem_size),
         }
     }
 
@@ -76,15 +81,39 @@ impl DmaEngineState {
     }
 
     /// Writes `data` to device memory at `offset`; `None` (and nothing written) if it does not
-    /// fit. The only way device memory changes apart from [`clear_devmem`](Self::clear_devmem).
+    /// fit. Every page it touches is hashed again (see [`PageSums`]).
     pub fn write_devmem(&mut self, offset: u64, data: &[u8]) -> Option<()> {
         let start = usize::try_from(offset).ok()?;
         self.devmem.get_mut(start..start.checked_add(data.len())?)?.copy_from_slice(data);
+        self.sums.rehash(&self.devmem, start, data.len());
         self.written.insert_bytes(offset, data.len() as u64);
         if let Some(dirty) = &mut self.dirty {
             dirty.insert_bytes(offset, data.len() as u64);
         }
         Some(())
+    }
+
+    /// Writes the page `page` at the page-aligned `offset`, whose stream checksum `sum` is
+    /// known (an incoming record's, checked against its bytes), so it is not hashed again; a
+    /// write that is not one whole page at a page boundary is hashed as any.
+    pub fn write_devmem_page(&mut self, offset: u64, page: &[u8], sum: u64) -> Option<()> {
+        if !offset.is_multiple_of(PAGE_SIZE) || page.len() != PAGE_SIZE as usize {
+            return self.write_devmem(offset, page);
+        }
+        let start = usize::try_from(offset).ok()?;
+        self.devmem.get_mut(start..start.checked_add(page.len())?)?.copy_from_slice(page);
+        self.sums.set(start / PAGE_SIZE as usize, sum);
+        self.written.insert_bytes(offset, PAGE_SIZE);
+        if let Some(dirty) = &mut self.dirty {
+            dirty.insert_bytes(offset, PAGE_SIZE);
+        }
+        Some(())
+    }
+
+    /// The stream checksum of device memory page `page`, if it is written (an unwritten page
+    /// travels in a zero run and has none).
+    pub fn page_sum(&self, page: usize) -> Option<u64> {
+        if page < self.written.len() && self.written.contains(page) { self.sums.get(page) } else { None }
     }
 
     /// Zeroes `count` pages of device memory from page `first`; `None` (and nothing changed)
@@ -246,6 +275,34 @@ mod tests {
         assert_eq!(s.dirty_pages().map(|d| d.count()), Some(1));
         s.clear_devmem();
         assert!(!s.page_is_written(0));
+    }
+
+    #[test]
+    fn every_written_page_keeps_the_checksum_of_its_bytes() {
+        use super::super::stream::{RecordType, page_checksum};
+        let page = PAGE_SIZE as usize;
+        let mut s = DmaEngineState::power_on(8 * page);
+        let bytes = |s: &DmaEngineState, p: usize| s.devmem_range((p * page) as u64, page).unwrap().to_vec();
+        let check = |s: &DmaEngineState| {
+            for p in (0..8).filter(|&p| s.page_is_written(p)) {
+                let want = page_checksum(RecordType::DevmemPage as u32, (p * page) as u64, &bytes(s, p));
+                assert_eq!(s.page_sum(p), Some(want), "page {p}");
+            }
+        };
+        s.write_devmem(page as u64 - 3, &[5; 8]).unwrap();
+        s.write_devmem(3 * page as u64, &vec![7; 2 * page + 1]).unwrap();
+        check(&s);
+        let incoming = vec![9u8; page];
+        let sum = page_checksum(RecordType::DevmemPage as u32, 6 * page as u64, &incoming);
+        s.write_devmem_page(6 * page as u64, &incoming, sum).unwrap();
+        s.write_devmem_page(7 * page as u64 + 1, &[1; 3], 0).unwrap();
+        check(&s);
+        s.zero_devmem(3, 1).unwrap();
+        assert_eq!((s.page_sum(3), s.page_sum(2)), (None, None), "zeroed and never written pages have none");
+        s.write_devmem(3 * page as u64, &[0]).unwrap();
+        check(&s);
+        s.clear_devmem();
+        assert!((0..8).all(|p| s.page_sum(p).is_none()));
     }
 
     #[test]

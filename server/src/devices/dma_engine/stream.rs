@@ -10,7 +10,7 @@
 //! |---|---|---|
 //! | 0..4 | type | [`RecordType`] |
 //! | 4..8 | length | payload length; each type has one fixed length, any other is corruption |
-//! | 8..16 | checksum | XXH3-64 of the payload, seeded with `type << 32 \| length`; for DEVMEM_PAGE and SCRATCH_PAGE, of the page's 4096 bytes alone, seeded with that XOR the page's offset (so a page is hashed where it lies in device memory, and sent from there) |
+//! | 8..16 | checksum | XXH3-64 of the payload, seeded with `type << 32 \| length`; for DEVMEM_PAGE and SCRATCH_PAGE, of the page's 4096 bytes alone, seeded with that XOR the page's offset (so it depends on the page's offset and bytes alone: the device keeps it per page as the page is written, and sends the page from where it lies) |
 //! | 16.. | payload | below |
 //!
 //! | type | record | length | payload | sent |
@@ -229,11 +229,10 @@ impl StreamWriter {
         Some(total)
     }
 
-    /// The record header and offset of the next record, a DEVMEM_PAGE or SCRATCH_PAGE of
-    /// `page` at `offset`: the record is those 24 bytes followed by `page`, which the caller
-    /// sends from where it lies.
-    pub fn page_record_head(&mut self, ty: RecordType, offset: u64, page: &[u8]) -> [u8; PAGE_RECORD_HEAD] {
-        let sum = page_checksum(ty as u32, offset, page);
+    /// The record header and offset of the next record, a DEVMEM_PAGE or SCRATCH_PAGE at
+    /// `offset` whose page has the checksum `sum` ([`page_checksum`], kept by the caller): the
+    /// record is those 24 bytes followed by the page, which the caller sends from where it lies.
+    pub fn page_record_head(&mut self, ty: RecordType, offset: u64, sum: u64) -> [u8; PAGE_RECORD_HEAD] {
         let mut head = [0u8; PAGE_RECORD_HEAD];
         head[..4].copy_from_slice(&(ty as u32).to_le_bytes());
         head[4..8].copy_from_slice(&(PAGE_PAYLOAD_LEN as u32).to_le_bytes());
@@ -279,6 +278,8 @@ pub enum Record<'a> {
         offset: u64,
         /// The page's bytes.
         data: &'a [u8],
+        /// The record's checksum, checked against `data`: its [`page_checksum`].
+        checksum: u64,
     },
     /// A shared scratch memory page at `offset` (page-aligned, inside BAR4).
     ScratchPage {
@@ -510,8 +511,9 @@ impl Decoder {
                 if offset % PAGE_SIZE != 0 || offset >= size {
                     return Err(Errno::EBADMSG);
                 }
+                let checksum = le_u64(rec, 8).ok_or(Errno::EBADMSG)?;
                 apply(if ty == RecordType::DevmemPage {
-                    Record::DevmemPage { offset, data }
+                    Record::DevmemPage { offset, data, checksum }
                 } else {
                     Record::ScratchPage { offset, data }
                 })?;
@@ -556,7 +558,8 @@ mod tests {
         let page: Vec<u8> = (0..PAGE_SIZE).map(|i| (i * 7) as u8).collect();
         let (mut a, mut b) = (StreamWriter::default(), StreamWriter::default());
         let whole = a.record(RecordType::DevmemPage, &page_payload(3 * PAGE_SIZE, &page));
-        let mut split = b.page_record_head(RecordType::DevmemPage, 3 * PAGE_SIZE, &page).to_vec();
+        let sum = page_checksum(RecordType::DevmemPage as u32, 3 * PAGE_SIZE, &page);
+        let mut split = b.page_record_head(RecordType::DevmemPage, 3 * PAGE_SIZE, sum).to_vec();
         split.extend_from_slice(&page);
         assert_eq!((whole, a.trailer()), (split, b.trailer()));
     }

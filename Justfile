@@ -51,13 +51,14 @@ mock-migrate *args="--max-rounds 5 --downtime-ms 1":
 # Both directions against the reference C library's samples, built beforehand by hand (this
 # recipe only runs them; see README, "Against the reference C library"): its sample client
 # against `vfu-server --device libvfio-user-sample`, migration included, then mock-qemu's
-# `info` and a migration against its sample server. E.g. `just reference-check $LVU/build/samples`.
+# `info` and a migration against its sample server, then each scenario of scenarios/reference/,
+# which must still reproduce its finding. E.g. `just reference-check $LVU/build/samples`.
 reference-check samples:
     #!/usr/bin/env bash
     set -euo pipefail
     samples=$(realpath "{{samples}}")
     [ -x "$samples/client" ] && [ -x "$samples/server" ] || { echo "no client and server in $samples" >&2; exit 2; }
-    cargo build --release --locked -p vfu-server -p mock-qemu
+    cargo build --release --locked -p vfu-server -p mock-qemu -p harness
     vfu=$PWD/target/release/vfu-server mq=$PWD/target/release/mock-qemu
     w=$(mktemp -d)
     trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true' EXIT
@@ -95,6 +96,20 @@ reference-check samples:
     "$mq" migrate --from "$w/lvu-src.sock" --to "$w/lvu-dst.sock" --ram 64M --dma-commands 0 --no-pre-copy \
         --device-write 0:0:$t --device-write 1:0:$b --compare-region 1:0:0x3000 --strict \
         --trace "$w/migrate.jsonl" || [ $? -eq 3 ]
+    echo "== scenarios/reference/ against the reference sample server: each must still reproduce its finding"
+    miss=0
+    for f in scenarios/reference/*.yaml; do
+        name=$(basename "$f" .yaml)
+        want=$(sed -n 's/^# reproduces: exit \([0-9]*\).*/\1/p' "$f")
+        got=0
+        "$PWD/target/release/miglab" scenario "$f" --server "$samples/server -v {socket}" --reports "$w/reports" \
+            >"$w/$name.out" 2>&1 || got=$?
+        verdict="reproduced"
+        [ "$got" = "$want" ] || { verdict="NOT reproduced (exit $got, expected $want; see $w/$name.out)"; miss=1; }
+        printf '%-46s exit %s  %s\n' "$name" "$got" "$verdict"
+        grep -m1 -E '^ +(violation|hang|data-loss|deviation) ' "$w/$name.out" | cut -c1-170 || true
+    done
+    exit $miss
 
 # Failures are shrunk into scenarios/regressions/; e.g. `just fuzz --time 60s`, `just fuzz --seeds 0..1000 --shard 1/4`.
 # A fuzz campaign of generated scenarios (default: 10 minutes from a fresh seed, printed).

@@ -217,6 +217,31 @@ fn report_json_round_trips() {
 }
 
 #[test]
+fn junit_types_a_failed_step_by_its_worst_finding_and_counts_findings_by_severity() {
+    let mut report = sample();
+    let finding = |severity, kind: &str, step| Finding {
+        severity,
+        kind: kind.into(),
+        side: "destination".into(),
+        step,
+        message: format!("{kind} seen"),
+        specification: String::new(),
+    };
+    report.findings = vec![
+        finding(Severity::Deviation, "other-errno", 2),
+        finding(Severity::DataLoss, "data-loss", 2),
+        finding(Severity::Deviation, "mig-data-read-padded", 1),
+    ];
+    let xml = junit_xml(&report).unwrap();
+    assert_balanced(&xml);
+    assert!(xml.contains(r#"type="data-loss""#), "{xml}");
+    assert!(xml.contains(r#"name="findings.data-loss" value="1""#), "{xml}");
+    assert!(xml.contains(r#"name="findings.deviation" value="2""#), "{xml}");
+    assert!(xml.contains("data-loss data-loss (destination): data-loss seen"), "{xml}");
+    assert_eq!(xml.matches("<system-err>").count(), 2, "{xml}");
+}
+
+#[test]
 fn junit_has_one_case_per_step_and_the_failure() {
     let report = sample();
     let xml = junit_xml(&report).unwrap();

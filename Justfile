@@ -15,7 +15,7 @@ scenarios *args="":
     set -uo pipefail
     cargo build --release --locked -p harness
     failed=0
-    for f in scenarios/*.yaml scenarios/regressions/*.yaml; do
+    for f in scenarios/*.yaml scenarios/regressions/*.yaml scenarios/reference/*.yaml; do
         [ -e "$f" ] || continue
         # Exit status 3: passed, with known deviations of another server reported.
         target/release/miglab scenario "$f" {{args}} || [ $? -eq 3 ] || failed=1

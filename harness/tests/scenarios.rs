@@ -27,5 +27,5 @@ fn run_file(path: &Path) -> datatest_stable::Result<()> {
 }
 
 datatest_stable::harness! {
-    { test = run_file, root = "../scenarios", pattern = r"^(regressions/)?[^/]+\.yaml$" },
+    { test = run_file, root = "../scenarios", pattern = r"^(regressions/|reference/)?[^/]+\.yaml$" },
 }

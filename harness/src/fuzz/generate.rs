@@ -268,13 +268,34 @@ impl Generated {
                 for _ in 0..rng.random_range(1..=4) {
                     let len = rng.random_range(1..=64usize);
                     let offset = rng.random_range(0..(GENERIC_COMPARED - len as u64));
-                    let data: String = (0..len).map(|_| format!("{:02x}", rng.random::<u8>())).collect();
+                    let data = hex(&(0..len).map(|_| rng.random::<u8>()).collect::<Vec<_>>());
                     let _ = writeln!(out, "    - {{region: 2, offset: {offset}, data: \"{data}\"}}");
+                }
+                if rng.random_bool(0.5) {
+                    // Half the seeds also start its background writer over 256 KiB of guest RAM
+                    // from 1 MiB: writes the harness cannot predict, which only the dirty
+                    // reports carry to the destination.
+                    let interval = rng.random_range(5..=100u32);
+                    let seed = rng.random::<u64>();
+                    for (offset, data) in [
+                        (0x88, hex(&seed.to_le_bytes())),
+                        (0x90, hex(&(1u64 << 20).to_le_bytes())),
+                        (0x98, hex(&(256u64 << 10).to_le_bytes())),
+                        (0xa8, hex(&interval.to_le_bytes())),
+                        (0x80, hex(&1u32.to_le_bytes())),
+                    ] {
+                        let _ = writeln!(out, "    - {{region: 0, offset: {offset}, data: \"{data}\"}}");
+                    }
                 }
                 let _ = writeln!(out, "  compare:\n    - {{region: 2, offset: 0, len: {GENERIC_COMPARED}}}");
             }
         }
     }
+}
+
+/// Bytes as hex, as a scenario's `data` takes them.
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Bytes of the dma-engine's device memory the generic profile writes into and compares.

@@ -13,8 +13,8 @@
 //! - `generic`: nothing known; the scenario lists the register writes a driver makes and the
 //!   regions a migration must carry.
 //!
-//! A profile drives the source after each connect (the destination is filled by the
-//! migration) and reads its [`Snapshot`] on both sides after a migration.
+//! A profile drives the source after each map of its whole guest RAM (the destination is
+//! filled by the migration) and reads its [`Snapshot`] on both sides after a migration.
 
 mod generic;
 mod lvu_sample;
@@ -43,8 +43,8 @@ pub trait Profile: fmt::Debug + Send + Sync {
         false
     }
 
-    /// What a driver does on the source after it connects, so that the device holds state a
-    /// migration must carry; `seed` is the run's.
+    /// What a driver does on the source once its guest RAM is mapped, so that the device holds
+    /// state a migration must carry; `seed` is the run's.
     fn drive(&self, client: &mut Client, seed: u64) -> Result<(), String>;
 
     /// The device state a migration must carry, read through the client.

@@ -134,6 +134,9 @@ impl Run<'_> {
             }),
             use_pre_copy: mg.pre_copy,
             max_device_bytes: b.max_device_bytes.bytes(),
+            // A device the harness does not shadow may write guest memory on its own as soon as
+            // it runs: the destination is compared in STOP, then started.
+            start_destination: self.profile.shadowed(),
         };
         let ends = Endpoints {
             source: &mut src_client,
@@ -187,6 +190,12 @@ impl Run<'_> {
                 let pending = done.stats.pending_at_switchover;
                 self.stats = Some(done.stats);
                 let mut ver = self.compare(fi, ti, &src_guest, &dst_guest, lost, &stopped_shadow, source_reset);
+                if !self.profile.shadowed() {
+                    // Compared while held in STOP; now the guest starts.
+                    if let Err(e) = self.set_state(mg.to, MigState::Running as u32) {
+                        ver.device_diff.push(format!("starting the destination after the comparison: {e}"));
+                    }
+                }
                 if let Some(e) = cleanup {
                     self.event(
                         Some(mg.from),
@@ -324,15 +333,32 @@ impl Run<'_> {
                 return;
             }
         };
-        let mut explained = 0;
-        ver.ram_diff.retain(|d| {
-            let (Ok(mut want), Ok(got)) = (src.read_vec(d.addr, 4096), dst.read_vec(d.addr, 4096)) else { return true };
-            params.apply(d.addr, &mut want, from..to);
-            let ok = want == got;
-            explained += usize::from(ok);
-            !ok
-        });
-        ver.ram_diff_count -= explained.min(ver.ram_diff_count);
+        // Every differing page is explained or not, not only those the report lists: a
+        // destination whose writer ran long before the comparison differs on many pages.
+        let all = match dst.diff_pages(src) {
+            Ok(pages) => pages,
+            Err(e) => {
+                ver.device_diff.push(format!("comparing guest RAM: {e}"));
+                return;
+            }
+        };
+        let unexplained: std::collections::BTreeSet<u64> = all
+            .into_iter()
+            .filter(|&addr| {
+                let (Ok(mut want), Ok(got)) = (src.read_vec(addr, 4096), dst.read_vec(addr, 4096)) else { return true };
+                params.apply(addr, &mut want, from..to);
+                want != got
+            })
+            .collect();
+        ver.ram_diff.retain(|d| unexplained.contains(&d.addr));
+        let listed: std::collections::BTreeSet<u64> = ver.ram_diff.iter().map(|d| d.addr).collect();
+        let room = PAGES_LISTED.saturating_sub(ver.ram_diff.len());
+        ver.ram_diff.extend(unexplained.iter().filter(|a| !listed.contains(a)).take(room).map(|&addr| PageDiff {
+            addr,
+            first_bytes_source: Vec::new(),
+            first_bytes_destination: Vec::new(),
+        }));
+        ver.ram_diff_count = unexplained.len();
         self.event(
             Some(Side::Destination),
             EventKind::Note { text: format!("background writer: {from} writes on the source, {} after", to - from) },

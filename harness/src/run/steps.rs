@@ -92,7 +92,14 @@ impl Run<'_> {
                     m::Backing::Message => Backing::Message,
                 };
                 let layout = self.layout.clone();
-                self.side(mp.side).map(&layout, backing, mp.regions.as_deref()).map(|()| None)
+                self.side(mp.side).map(&layout, backing, mp.regions.as_deref())?;
+                if mp.side == Side::Source && mp.regions.is_none() {
+                    // A driver sets the device up once guest memory is there for it to use.
+                    let seed = self.seed;
+                    let client = self.sides[index(Side::Source)].client()?;
+                    self.profile.drive(client, seed).map_err(|e| format!("the {} driver: {e}", self.profile.name()))?;
+                }
+                Ok(None)
             }
             Step::Unmap(u) => self.side(u.side).unmap(u.regions.as_deref()).map(|()| None),
             Step::Program(p) => {
@@ -205,11 +212,6 @@ impl Run<'_> {
             }
             self.ensure_server(c.side, ONE_CLIENT_EXIT)?;
             self.sides[i].connect(c.strict, c.twin_socket, timeout)?;
-        }
-        if c.side == Side::Source {
-            let seed = self.seed;
-            let client = self.sides[i].client()?;
-            self.profile.drive(client, seed).map_err(|e| format!("the {} driver: {e}", self.profile.name()))?;
         }
         self.event(Some(c.side), EventKind::Note { text: "connected".into() });
         Ok(None)

@@ -120,8 +120,8 @@ pub struct DeviceSpec {
     /// (`dma-engine` when absent), the harness knowing nothing of it.
     #[serde(default)]
     pub builtin: Option<String>,
-    /// `generic`: the register writes a driver makes on the source after each connect, in
-    /// order.
+    /// `generic`: the register writes a driver makes on the source after each map of all its
+    /// guest RAM, in order.
     #[serde(default)]
     pub writes: Vec<RegionWriteSpec>,
     /// `generic`: the parts of regions a migration must carry, compared on both sides after

@@ -28,6 +28,8 @@ pub struct Destination<'a> {
     pub client: &'a mut Client,
     /// The destination's guest.
     pub guest: &'a Guest,
+    /// Start the guest (RUNNING) once loaded; false leaves the device in STOP.
+    pub start: bool,
 }
 
 /// What the destination saw.
@@ -55,8 +57,10 @@ impl Destination<'_> {
             }
             return Err(e);
         }
-        // The guest starts: RESUMING -> RUNNING (the server walks RESUMING -> STOP -> RUNNING).
-        if let Err(e) = set_state(self.client, MigState::Running, MigState::Error) {
+        // The guest starts: RESUMING -> RUNNING (the server walks RESUMING -> STOP -> RUNNING),
+        // or the device is held in STOP for the client to start.
+        let target = if self.start { MigState::Running } else { MigState::Stop };
+        if let Err(e) = set_state(self.client, target, MigState::Error) {
             return Err(MigrationError::DestinationRefused(e));
         }
         done.started_at = Some(Instant::now());

@@ -106,6 +106,9 @@ pub struct MigrationParams {
     pub use_pre_copy: bool,
     /// Bound on device data in one phase, so a device that never ends a round fails.
     pub max_device_bytes: u64,
+    /// Start the destination's guest once the stream is in (RESUMING→RUNNING); false holds
+    /// the device in STOP instead (QEMU's `-S`), for a client that looks before it starts it.
+    pub start_destination: bool,
 }
 
 impl Default for MigrationParams {
@@ -118,6 +121,7 @@ impl Default for MigrationParams {
             iteration: Iteration::default(),
             use_pre_copy: true,
             max_device_bytes: 64 << 30,
+            start_destination: true,
         }
     }
 }
@@ -259,11 +263,12 @@ where
     R: std::io::Read + Send + 'static,
 {
     let Endpoints { source, source_guest, destination, destination_guest } = ends;
+    let start = params.start_destination;
     let dest = std::thread::spawn(move || {
         let mut client = destination;
-        let result = StreamReader::new(reader)
-            .map_err(MigrationError::from)
-            .and_then(|mut input| Destination { client: &mut client, guest: &destination_guest }.run(&mut input));
+        let result = StreamReader::new(reader).map_err(MigrationError::from).and_then(|mut input| {
+            Destination { client: &mut client, guest: &destination_guest, start }.run(&mut input)
+        });
         (result, client)
     });
     let counted = Counting { inner: writer, bytes: 0 };

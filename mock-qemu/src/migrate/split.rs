@@ -157,7 +157,8 @@ pub fn incoming(destination: &Path, listen: &StreamAddr, options: &PairOptions) 
         }
     };
     let mut reader = StreamReader::new(BufReader::new(input)).map_err(|e| setup("stream")(e.to_string()))?;
-    let loaded = Destination { client: &mut dst, guest: &guest }.run(&mut reader).map_err(PairError::Migration)?;
+    let loaded =
+        Destination { client: &mut dst, guest: &guest, start: true }.run(&mut reader).map_err(PairError::Migration)?;
     let dma_engine = DmaEngineDriver::snapshot(&mut dst).is_ok();
     let digests = digests(&mut dst, &guest, dma_engine).map_err(setup("digest"))?;
     Ok(IncomingReport { loaded, digests })

@@ -118,13 +118,13 @@ fuzz *args="--time 600s":
     target/release/miglab fuzz {{args}}
 
 # CI's campaign: a fixed seed range, then the same range in concurrent mode (the background
-# writer racing the dirty reports; about 35 s), then fixed ranges drawn for the
+# writer racing the dirty reports; about 75 s), then fixed ranges drawn for the
 # libvfio-user-sample and generic profiles, a failure of any failing CI; then 30 s from
 # a fresh seed whose findings are printed with their seed and shrunk file but do not fail the run.
 fuzz-ci:
     cargo build --release --locked -p harness
-    target/release/miglab fuzz --seeds 0..300 --no-shrink --require-coverage
-    target/release/miglab fuzz --concurrent --seeds 0..300 --no-shrink
+    target/release/miglab fuzz --seeds 0..1500 --no-shrink --require-coverage
+    target/release/miglab fuzz --concurrent --seeds 0..1500 --no-shrink
     target/release/miglab fuzz --device libvfio-user-sample --seeds 0..200 --no-shrink
     target/release/miglab fuzz --device generic --seeds 0..200 --no-shrink
     target/release/miglab fuzz --time 30s || echo "fuzz-ci: the fresh-seed campaign found the failures above (reported, not fatal)"

@@ -271,10 +271,15 @@ impl Run<'_> {
 
     /// After a step whose messages the scenario damaged: the device is read back now if its
     /// client still works, else at the next connect.
+    ///
+    /// A request the proxy held back (reorder) reaches the server only behind the client's
+    /// next one, so the first exchange here is a barrier: a state read whose answer may
+    /// precede the held request's effect. Only what is read after it is the device's state.
     pub(super) fn after_damage(&mut self, side: Side) {
         let ctx = self.side(side);
         ctx.dev.uncertain = true;
-        if ctx.client.is_some() && ctx.read_back().is_err() {
+        let Some(client) = ctx.client.as_mut() else { return };
+        if client.mig_state().is_err() || ctx.read_back().is_err() {
             ctx.disconnect();
         }
     }

@@ -107,7 +107,9 @@ reference-check samples:
         verdict="reproduced"
         [ "$got" = "$want" ] || { verdict="NOT reproduced (exit $got, expected $want; see $w/$name.out)"; miss=1; }
         printf '%-46s exit %s  %s\n' "$name" "$got" "$verdict"
-        grep -m1 -E '^ +(violation|hang|data-loss|deviation) ' "$w/$name.out" | cut -c1-170 || true
+        # The worst finding first: a deviation only where there is nothing else.
+        { grep -m1 -E '^ +(data-loss|hang|violation) ' "$w/$name.out" || grep -m1 -E '^ +deviation ' "$w/$name.out"; } \
+            | cut -c1-170 || true
     done
     exit $miss
 

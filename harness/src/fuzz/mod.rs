@@ -73,6 +73,19 @@ pub struct Finding {
     pub file: Option<PathBuf>,
     /// Other seeds that failed the same way.
     pub same: Vec<u64>,
+    /// The kind of the run's worst finding (`hang no-reply`, `violation server-died`): ways
+    /// of failing are grouped by it in the campaign's summary.
+    #[serde(default)]
+    pub kind: String,
+}
+
+/// The severity and kind of a run's worst finding, deviations last.
+fn worst_kind(report: &RunReport) -> String {
+    report
+        .findings
+        .iter()
+        .min_by_key(|f| f.severity)
+        .map_or_else(|| "failed".to_owned(), |f| format!("{} {}", f.severity.name(), f.kind))
 }
 
 /// What a campaign did.
@@ -196,6 +209,7 @@ pub fn campaign(options: &FuzzOptions, tick: &(dyn Fn(u64, usize) + Sync)) -> Su
                                     None => {
                                         failures.insert(sig.clone(), (seed, reason.clone(), g));
                                         summary.findings.push(Finding {
+                                            kind: worst_kind(&out.report),
                                             seed,
                                             signature: sig,
                                             reason,

@@ -16,7 +16,7 @@ use super::coverage::Coverage;
 use super::{Finding, FuzzOptions, Summary};
 
 /// What a campaign (or the merge of several) did, as `miglab fuzz --summary-json` writes it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct CampaignSummary {
     /// The seed ranges given, before sharding (one, unless campaigns of several were merged).
     pub seeds: Vec<Range<u64>>,
@@ -146,6 +146,34 @@ impl CampaignSummary {
         self.findings.is_empty() && self.generator_errors.is_empty() && (self.covered || !require_coverage)
     }
 
+    /// The ways of failing grouped by the kind of their worst finding: how many ways and
+    /// seeds, and the shrunk file with the fewest steps.
+    pub fn by_kind(&self) -> String {
+        let mut kinds: std::collections::BTreeMap<&str, (usize, usize, Option<&Finding>)> = Default::default();
+        for f in &self.findings {
+            let k = kinds.entry(f.kind.as_str()).or_default();
+            k.0 += 1;
+            k.1 += 1 + f.same.len();
+            if f.file.is_some() && k.2.is_none_or(|best| f.steps.1 < best.steps.1) {
+                k.2 = Some(f);
+            }
+        }
+        let mut out = String::new();
+        if !kinds.is_empty() {
+            let _ = writeln!(out, "\nfailing ways by kind:");
+        }
+        for (kind, (ways, seeds, smallest)) in kinds {
+            let kind = if kind.is_empty() { "failed" } else { kind };
+            let small = smallest
+                .and_then(|f| {
+                    f.file.as_ref().map(|file| format!("; smallest: {} ({} steps)", file.display(), f.steps.1))
+                })
+                .unwrap_or_default();
+            let _ = writeln!(out, "  {kind}: {ways} way(s), {seeds} seed(s){small}");
+        }
+        out
+    }
+
     /// What a campaign prints after its runs: coverage, generator errors, each way of failing
     /// with its seeds and the command that replays its shrunk file, and the coverage verdict
     /// when `require_coverage`.
@@ -165,6 +193,7 @@ impl CampaignSummary {
                 let _ = writeln!(out, "      replay: cargo run -p harness --bin miglab -- scenario {}", file.display());
             }
         }
+        out.push_str(&self.by_kind());
         if require_coverage && !self.covered {
             let _ = writeln!(
                 out,
@@ -201,6 +230,7 @@ mod tests {
 
     fn finding(seed: u64, signature: &str, same: &[u64]) -> Finding {
         Finding {
+            kind: "violation protocol-model".into(),
             seed,
             signature: signature.into(),
             reason: format!("seed {seed}: {signature}"),
@@ -227,6 +257,26 @@ mod tests {
             missing_events: Vec::new(),
             covered: false,
         }
+    }
+
+    #[test]
+    fn ways_of_failing_are_grouped_by_kind_with_their_smallest_file() {
+        let mut a = finding(1, "a", &[4, 5]);
+        a.file = Some("r/fuzz-1.yaml".into());
+        a.steps = (20, 9);
+        let mut b = finding(2, "b", &[]);
+        b.file = Some("r/fuzz-2.yaml".into());
+        b.steps = (12, 3);
+        let mut c = finding(3, "c", &[]);
+        c.kind = "hang no-reply".into();
+        c.file = None;
+        let s = CampaignSummary { findings: vec![a, b, c], ..CampaignSummary::default() };
+        let text = s.by_kind();
+        assert!(text.contains("hang no-reply: 1 way(s), 1 seed(s)\n"), "{text}");
+        assert!(
+            text.contains("violation protocol-model: 2 way(s), 4 seed(s); smallest: r/fuzz-2.yaml (3 steps)"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -9,6 +9,9 @@
 //! - **Message DMA** ([`Guest::dma_service`]): a [`DmaService`] answering the server's DMA_READ
 //!   / DMA_WRITE from guest RAM (for regions mapped without an fd); every DMA_WRITE is recorded
 //!   in a separate log ([`Guest::take_message_dirty`]), as QEMU marks the pages it writes itself.
+//! - **Client writes** ([`Guest::take_client_writes`]): every page the client side wrote (vCPU
+//!   stores and message DMA), always on, so that a harness can tell the pages the device wrote
+//!   through its mapping from the rest ([`Guest::page_fingerprints`]).
 //! - **Logging ranges** ([`Guest::logging_ranges`]): the DMA_LOGGING_START ranges QEMU computes.
 //! - **Workload** ([`VcpuWorkload`]): seeded, reproducible vCPU stores.
 //! - **Driver** ([`dmae::DmaEngineDriver`]): programs the `dma-engine` device through its
@@ -19,6 +22,7 @@
 
 pub mod dirty;
 pub mod dmae;
+mod fingerprint;
 mod ram;
 mod workload;
 
@@ -32,6 +36,7 @@ use vfu_server::wire::{DMA_MAP_READ, DMA_MAP_WRITE};
 
 use crate::client::{Client, ClientError, DmaService};
 pub use dirty::DirtyBitmap;
+pub use fingerprint::{Fingerprint, changed_pages};
 pub use ram::RamRegion;
 pub use workload::VcpuWorkload;
 
@@ -141,6 +146,7 @@ struct Inner {
     regions: Vec<RamRegion>,
     vcpu_log: DirtyBitmap,
     message_log: DirtyBitmap,
+    client_log: DirtyBitmap,
     vcpu_logging: AtomicBool,
 }
 
@@ -209,6 +215,7 @@ impl Guest {
                 regions: ram,
                 vcpu_log: DirtyBitmap::new(first_page),
                 message_log: DirtyBitmap::new(first_page),
+                client_log: DirtyBitmap::new(first_page),
                 vcpu_logging: AtomicBool::new(false),
             }),
         })
@@ -328,9 +335,9 @@ impl Guest {
     }
 
     /// Stores `data` at `iova` (all checked before anything is written), then marks its pages
-    /// in `log` if given. Marking after the store means a concurrent take never sees the mark
-    /// without the data.
-    fn store(&self, iova: u64, data: &[u8], log: Option<&DirtyBitmap>) -> Result<(), GuestError> {
+    /// in `logs`. Marking after the store means a concurrent take never sees the mark without
+    /// the data.
+    fn store(&self, iova: u64, data: &[u8], logs: &[&DirtyBitmap]) -> Result<(), GuestError> {
         let pieces = self.pieces(iova, data.len() as u64)?;
         let mut done = 0usize;
         for &(i, off, n) in &pieces {
@@ -339,11 +346,11 @@ impl Guest {
             self.region(i)?.write_at(off, src)?;
             done += n;
         }
-        if let Some(log) = log {
-            for (i, off, n) in pieces {
-                let r = self.region(i)?;
-                let first = off / PAGE_SIZE;
-                let last = (off + n - 1) / PAGE_SIZE;
+        for (i, off, n) in pieces {
+            let r = self.region(i)?;
+            let first = off / PAGE_SIZE;
+            let last = (off + n - 1) / PAGE_SIZE;
+            for log in logs {
                 log.mark(r.first_page + first, last - first + 1);
             }
         }
@@ -353,14 +360,17 @@ impl Guest {
     /// A vCPU store: writes `data` at `iova` and, while vCPU logging is on, marks its pages in
     /// the vCPU dirty log.
     pub fn vcpu_write(&self, iova: u64, data: &[u8]) -> Result<(), GuestError> {
-        let log = self.vcpu_logging().then_some(&self.inner.vcpu_log);
-        self.store(iova, data, log)
+        if self.vcpu_logging() {
+            self.store(iova, data, &[&self.inner.vcpu_log, &self.inner.client_log])
+        } else {
+            self.store(iova, data, &[&self.inner.client_log])
+        }
     }
 
     /// Writes without marking anything (the destination loading pages from the migration
     /// stream).
     pub fn load(&self, iova: u64, data: &[u8]) -> Result<(), GuestError> {
-        self.store(iova, data, None)
+        self.store(iova, data, &[])
     }
 
     /// Loads `pages`, (guest address, bytes) each, without marking anything: the pages of a
@@ -412,7 +422,7 @@ impl Guest {
     /// A write on the device's behalf (what the DMA service does for a DMA_WRITE): stores and
     /// marks the pages in the message DMA log.
     pub fn message_write(&self, iova: u64, data: &[u8]) -> Result<(), GuestError> {
-        self.store(iova, data, Some(&self.inner.message_log))
+        self.store(iova, data, &[&self.inner.message_log, &self.inner.client_log])
     }
 
     /// Takes (and clears) the vCPU dirty log: sorted page-aligned guest addresses.
@@ -425,6 +435,13 @@ impl Guest {
     /// always on.
     pub fn take_message_dirty(&self) -> Vec<u64> {
         self.page_addresses(self.inner.message_log.take())
+    }
+
+    /// Takes (and clears) the pages the client side wrote since the last take, whether or not
+    /// any log was on: vCPU stores and message DMA writes (not the destination's loads). What
+    /// changed in guest RAM and is not among them, the device wrote through its mapping.
+    pub fn take_client_writes(&self) -> Vec<u64> {
+        self.page_addresses(self.inner.client_log.take())
     }
 
     /// Starts or stops vCPU dirty logging. While off nothing is recorded; turning it on clears

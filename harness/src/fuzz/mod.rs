@@ -81,11 +81,13 @@ pub struct Finding {
 
 /// The severity and kind of a run's worst finding, deviations last.
 fn worst_kind(report: &RunReport) -> String {
-    report
-        .findings
-        .iter()
-        .min_by_key(|f| f.severity)
-        .map_or_else(|| "failed".to_owned(), |f| format!("{} {}", f.severity.name(), f.kind))
+    report.findings.iter().min_by_key(|f| f.severity).map_or_else(
+        || "failed".to_owned(),
+        |f| match f.severity.name() {
+            name if name == f.kind => name.to_owned(),
+            name => format!("{name} {}", f.kind),
+        },
+    )
 }
 
 /// What a campaign did.

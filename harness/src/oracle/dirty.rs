@@ -9,9 +9,20 @@
 //! page sizes over-report by design; they never excuse a lost page. A report clears only the
 //! logging pages it covers whole; a written page in one it covers in part must be reported
 //! again by the next report that reaches it.
+//!
+//! Where no shadow knows what the device wrote, guest memory tells
+//! ([`DirtyModel::watch_guest`]): the client owns guest RAM, so a page whose bytes changed
+//! between two fingerprints taken before reports, that the client side did not write, was
+//! written by the device and joins the truth. Seen from outside, a write and its dirty bit are
+//! not one event: a device may store first and mark after (libvfio-user marks at
+//! `vfu_sgl_put`), so the bit of a page seen changed may come with the next report instead,
+//! and a bit set by a report after the fingerprint may be the change's own. Such a page is
+//! lost only when a second report covering it still lacks it, and a change over a page a
+//! report set since the last fingerprint is taken as reported.
 
 use std::collections::BTreeSet;
 
+use mock_qemu::guest::{Fingerprint, changed_pages};
 use nix::errno::Errno;
 
 use super::protocol::Expected;
@@ -34,12 +45,24 @@ struct Log {
     orphans: Vec<(u64, u64)>,
 }
 
+/// Guest memory watched for the device's writes.
+#[derive(Debug, Clone, Default)]
+struct Watch {
+    /// The fingerprint of the logged ranges when last looked at.
+    last: Fingerprint,
+    /// 4 KiB pages under bits a report set since then.
+    reported: BTreeSet<u64>,
+}
+
 /// The dirty-page model of one server.
 #[derive(Debug, Clone, Default)]
 pub struct DirtyModel {
     mapped: Vec<(u64, u64)>,
     log: Option<Log>,
     truth: BTreeSet<u64>,
+    /// Truth pages seen changed in guest memory, whose bit may come one covering report late.
+    late: BTreeSet<u64>,
+    watch: Option<Watch>,
 }
 
 /// What a report was found to hold.
@@ -111,8 +134,7 @@ impl DirtyModel {
     /// Every mapping is gone (a disconnect, a restarted server): logging stops with it.
     pub fn forget_all(&mut self) {
         self.mapped.clear();
-        self.log = None;
-        self.truth.clear();
+        self.stopped();
     }
 
     /// What DMA_LOGGING_START with `hint` and `ranges` (empty: everything mapped) gets.
@@ -148,6 +170,7 @@ impl DirtyModel {
     pub fn started(&mut self, hint: u64, page_size: u64, ranges: &[(u64, u64)]) {
         if self.log.is_none() {
             self.truth.clear();
+            self.late.clear();
             let explicit = (!ranges.is_empty()).then(|| {
                 let mut r = ranges.to_vec();
                 r.sort_unstable();
@@ -161,6 +184,48 @@ impl DirtyModel {
     pub fn stopped(&mut self) {
         self.log = None;
         self.truth.clear();
+        self.late.clear();
+        self.watch = None;
+    }
+
+    /// Starts watching guest memory for the device's writes while logging runs: `now` is the
+    /// fingerprint of the logged ranges just after the START. Until logging stops, each
+    /// [`guest_seen`](Self::guest_seen) before a report adds what changed to the truth.
+    pub fn watch_guest(&mut self, now: Fingerprint) {
+        if self.log.is_some() {
+            self.watch = Some(Watch { last: now, reported: BTreeSet::new() });
+        }
+    }
+
+    /// Whether guest memory is watched.
+    pub fn watching(&self) -> bool {
+        self.watch.is_some()
+    }
+
+    /// The device is stopped (STOP, STOP_COPY): it marked every page it wrote before it
+    /// answered the SET that stopped it, so no bit may come late any more.
+    pub fn device_stopped(&mut self) {
+        self.late.clear();
+    }
+
+    /// Guest memory just before a report: `now` is the fingerprint of the logged ranges,
+    /// `client` the pages the client side wrote since the last look. Pages that changed, that
+    /// the client did not write and that no report set since, join the truth. Returns them.
+    pub fn guest_seen(&mut self, now: Fingerprint, client: &BTreeSet<u64>) -> Vec<u64> {
+        let Some(watch) = self.watch.as_mut() else {
+            return Vec::new();
+        };
+        let mut seen = changed_pages(&watch.last, &now);
+        seen.retain(|p| !client.contains(p) && !watch.reported.contains(p));
+        watch.last = now;
+        watch.reported.clear();
+        let ranges = self.logged_ranges();
+        seen.retain(|&p| ranges.iter().any(|&r| overlaps((p, PAGE), r)));
+        for &p in &seen {
+            self.truth.insert(p);
+            self.late.insert(p);
+        }
+        seen
     }
 
     /// The device wrote guest memory at these 4 KiB page addresses.
@@ -219,14 +284,19 @@ impl DirtyModel {
                 continue;
             }
             let all = ((from - iova) / page_size..=(to - 1 - iova) / page_size).all(bit);
+            let tracked = p / log_page * log_page;
+            let whole = tracked >= iova && tracked.saturating_add(log_page) <= end;
             if all {
                 check.matched.push(p)
+            } else if self.late.remove(&p) {
+                // Seen changed in guest memory: its bit may come with the next report.
+                continue;
             } else {
                 check.lost.push(p)
             }
-            let tracked = p / log_page * log_page;
-            if tracked >= iova && tracked.saturating_add(log_page) <= end {
+            if whole {
                 self.truth.remove(&p);
+                self.late.remove(&p);
             }
         }
         // Every set bit needs a truth page under it.
@@ -239,6 +309,9 @@ impl DirtyModel {
             let hi = (lo + page_size).min(end);
             let first = lo / PAGE * PAGE;
             let pages: Vec<u64> = (first..hi).step_by(PAGE as usize).collect();
+            if let Some(watch) = self.watch.as_mut() {
+                watch.reported.extend(&pages);
+            }
             if !pages.iter().any(|p| truth.contains(p)) {
                 check.over.extend(pages);
             }
@@ -339,6 +412,68 @@ mod tests {
             DirtyModel::default().predict_start(PAGE, &[(0, 8192), (4096, 8192)]),
             Expected::Errno(Errno::EINVAL)
         );
+    }
+
+    fn fingerprint(pages: &[(u64, u64)]) -> Fingerprint {
+        pages.iter().copied().collect()
+    }
+
+    #[test]
+    fn a_page_seen_changed_in_guest_memory_may_come_one_report_late_but_not_two() {
+        let mut m = logging_everything();
+        m.watch_guest(fingerprint(&[(0x1000, 1)]));
+        // 0x1000 changed, 0x2000 got data: both the device's.
+        let seen = m.guest_seen(fingerprint(&[(0x1000, 2), (0x2000, 5)]), &BTreeSet::new());
+        assert_eq!(seen, vec![0x1000, 0x2000]);
+        let first = m.take_report(0, 1 << 20, PAGE, &[0b10]);
+        assert_eq!((first.matched, first.lost), (vec![0x1000], vec![]));
+        assert_eq!(m.pending().iter().copied().collect::<Vec<_>>(), vec![0x2000]);
+        assert!(m.guest_seen(fingerprint(&[(0x1000, 2), (0x2000, 5)]), &BTreeSet::new()).is_empty());
+        assert_eq!(m.take_report(0, 1 << 20, PAGE, &[0]).lost, vec![0x2000]);
+    }
+
+    #[test]
+    fn a_stopped_device_owes_every_bit_in_its_next_report() {
+        let mut m = logging_everything();
+        m.watch_guest(Fingerprint::new());
+        m.guest_seen(fingerprint(&[(0x2000, 5)]), &BTreeSet::new());
+        m.device_stopped();
+        assert_eq!(m.take_report(0, 1 << 20, PAGE, &[0]).lost, vec![0x2000]);
+    }
+
+    #[test]
+    fn a_change_under_a_bit_set_since_the_last_look_is_taken_as_reported() {
+        let mut m = logging_everything();
+        m.watch_guest(Fingerprint::new());
+        // The device wrote 0x3000 after the look and before the report, which has it.
+        assert!(m.guest_seen(Fingerprint::new(), &BTreeSet::new()).is_empty());
+        assert_eq!(m.take_report(0, 1 << 20, PAGE, &[0b1000]).over, vec![0x3000]);
+        assert!(m.guest_seen(fingerprint(&[(0x3000, 1)]), &BTreeSet::new()).is_empty());
+        assert!(m.pending().is_empty());
+    }
+
+    #[test]
+    fn client_writes_and_changes_outside_the_logged_ranges_are_not_the_devices() {
+        let mut m = DirtyModel::default();
+        m.mapped(0, 1 << 20);
+        m.started(PAGE, PAGE, &[(0, 0x4000)]);
+        m.watch_guest(Fingerprint::new());
+        let client = BTreeSet::from([0x1000]);
+        let seen = m.guest_seen(fingerprint(&[(0x1000, 1), (0x2000, 1), (0x8000, 1)]), &client);
+        assert_eq!(seen, vec![0x2000]);
+    }
+
+    #[test]
+    fn watching_ends_with_logging() {
+        let mut m = DirtyModel::default();
+        m.watch_guest(Fingerprint::new());
+        assert!(!m.watching(), "nothing is watched without logging");
+        let mut m = logging_everything();
+        m.watch_guest(Fingerprint::new());
+        assert!(m.watching());
+        m.stopped();
+        assert!(!m.watching());
+        assert!(m.guest_seen(fingerprint(&[(0x1000, 1)]), &BTreeSet::new()).is_empty());
     }
 
     #[test]

@@ -21,6 +21,7 @@ mod faults;
 mod findings;
 pub mod hosted;
 mod interleave;
+mod memory;
 mod migrate;
 pub mod server;
 mod side;
@@ -243,6 +244,7 @@ pub fn run_scenario(scenario: &Scenario, file: &Path, options: &RunOptions) -> R
     let mut sides = sides;
     for side in &mut sides {
         side.shadowed = profile.shadowed();
+        side.dev.watch_memory = !profile.shadowed();
         // SIGKILL needs a process; every other server of this project may run on a thread.
         side.threaded = !scenario
             .steps

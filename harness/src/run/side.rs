@@ -54,6 +54,9 @@ pub struct Dev {
     /// Damaged messages left the device in a state the model cannot know: it is read back
     /// (state and shadow) as soon as a client can.
     pub uncertain: bool,
+    /// No shadow knows what the device writes: guest memory is watched while logging runs
+    /// (see [`super::memory`]).
+    pub watch_memory: bool,
 }
 
 impl OutStream {

@@ -131,6 +131,7 @@ impl Run<'_> {
                             return Err(format!("DMA_LOGGING_START chose page size {chosen} for a hint of {hint}"));
                         }
                         ctx.dev.dirty.started(hint, chosen, &ranges);
+                        ctx.dev.watch_memory()?;
                         judge("DMA_LOGGING_START", &want, None)
                     }
                     Err(e) => judge("DMA_LOGGING_START", &want, refused_err(&e)?).map_err(|m| format!("{m} ({e})")),
@@ -366,6 +367,8 @@ impl Run<'_> {
             }
         };
         let (mut out, mut lost, mut over, mut problem) = (None, 0, 0, None);
+        let state = ctx.tap.with_model(|m| m.state());
+        ctx.dev.look_at_memory(state)?;
         for (iova, length) in ranges {
             let want = ctx.dev.dirty.predict_report(iova, length, ps);
             match ctx.client()?.dma_logging_report(iova, length, ps) {

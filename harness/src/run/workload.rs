@@ -215,6 +215,9 @@ impl HarnessWorkload {
 
 impl Workload for HarnessWorkload {
     fn logging_started(&mut self, client: &mut Client) {
+        if let Err(e) = self.dev.watch_memory() {
+            self.findings.push(e);
+        }
         if let Some(start) = self.background_start.take() {
             match Background::start(client, start) {
                 Ok(b) => self.background = Some(b),
@@ -224,6 +227,10 @@ impl Workload for HarnessWorkload {
     }
 
     fn sync_starting(&mut self, client: &mut Client) {
+        let state = self.tap.as_ref().and_then(Tap::last_state);
+        if let Err(e) = self.dev.look_at_memory(state) {
+            self.findings.push(e);
+        }
         if let Some(b) = self.background.as_mut() {
             match b.owed(client) {
                 Ok(owed) => self.dev.dirty.device_wrote(owed),

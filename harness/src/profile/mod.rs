@@ -94,6 +94,25 @@ impl Profile for DmaEngine {
     }
 }
 
+/// Offset of the command register in PCI config space.
+const PCI_COMMAND: u64 = 0x04;
+/// Offset of BAR0 in PCI config space; BAR1-5 follow.
+const PCI_BAR0: u64 = 0x10;
+
+/// What a PCI driver does first (`pci_enable_device`, `pci_set_master`): memory space and bus
+/// master on in the command register, so that the register a migration must carry holds more
+/// than its reset value.
+pub fn enable_device(client: &mut Client) -> Result<(), String> {
+    const MEMORY_AND_MASTER: u16 = 0x0006;
+    let region = vfu_server::wire::PCI_CONFIG_REGION_INDEX;
+    let command =
+        client.region_read(region, PCI_COMMAND, 2).map_err(|e| format!("reading the command register: {e}"))?;
+    let value = u16::from_le_bytes([command.first().copied().unwrap_or(0), command.get(1).copied().unwrap_or(0)]);
+    client
+        .region_write(region, PCI_COMMAND, &(value | MEMORY_AND_MASTER).to_le_bytes())
+        .map_err(|e| format!("enabling memory space and bus master: {e}"))
+}
+
 /// Named pieces of device state.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Snapshot {
@@ -122,6 +141,23 @@ impl Snapshot {
             at += u64::from(n);
         }
         self.pieces.insert(format!("region {region} [{offset:#x}, {:#x})", offset + len), bytes);
+        Ok(())
+    }
+
+    /// Reads the fields of PCI config space that QEMU carries to the destination (it writes them
+    /// back while the device is RESUMING, as `vfio_pci_load_config` does): the command register
+    /// and the six BARs. Every profile's device must keep them.
+    pub fn read_config_fields(&mut self, client: &mut Client) -> Result<(), String> {
+        let region = vfu_server::wire::PCI_CONFIG_REGION_INDEX;
+        let read = |client: &mut Client, at: u64, len: u32| {
+            client
+                .region_read(region, at, len)
+                .map_err(|e| format!("REGION_READ of config space at {at:#x}+{len:#x}: {e}"))
+        };
+        let command = read(client, PCI_COMMAND, 2)?;
+        let bars = read(client, PCI_BAR0, 24)?;
+        self.pieces.insert("config space: command register".into(), command);
+        self.pieces.insert("config space: BAR0-5".into(), bars);
         Ok(())
     }
 

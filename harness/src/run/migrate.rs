@@ -471,7 +471,12 @@ impl Run<'_> {
             }
             return;
         };
-        match (profile.snapshot(a), profile.snapshot(b)) {
+        let snapshot = |client: &mut mock_qemu::Client| {
+            let mut s = profile.snapshot(client)?;
+            s.read_config_fields(client)?;
+            Ok::<_, String>(s)
+        };
+        match (snapshot(a), snapshot(b)) {
             (Ok(a), Ok(b)) => {
                 ver.compared = true;
                 if !source_reset {

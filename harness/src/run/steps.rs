@@ -97,6 +97,9 @@ impl Run<'_> {
                     // A driver sets the device up once guest memory is there for it to use.
                     let seed = self.seed;
                     let client = self.sides[index(Side::Source)].client()?;
+                    if !self.profile.shadowed() {
+                        crate::profile::enable_device(client)?;
+                    }
                     self.profile.drive(client, seed).map_err(|e| format!("the {} driver: {e}", self.profile.name()))?;
                 }
                 Ok(None)

@@ -163,15 +163,21 @@ impl Snapshot {
 
     /// Where `other` (the destination's) differs from this (the source's), a line per piece.
     pub fn differences(&self, other: &Snapshot) -> Vec<String> {
+        self.differences_as(other, ["source", "destination"])
+    }
+
+    /// Where `other` differs from this, a line per piece, the two named by `names`.
+    pub fn differences_as(&self, other: &Snapshot, names: [&str; 2]) -> Vec<String> {
+        let [ours, theirs] = names;
         let mut out = Vec::new();
         for (name, want) in &self.pieces {
             match other.pieces.get(name) {
-                None => out.push(format!("{name}: not read on the destination")),
+                None => out.push(format!("{name}: not read on the {theirs}")),
                 Some(got) if got != want => {
                     let first = want.iter().zip(got).position(|(a, b)| a != b).unwrap_or(want.len().min(got.len()));
                     let count = want.iter().zip(got).filter(|(a, b)| a != b).count() + want.len().abs_diff(got.len());
                     out.push(format!(
-                        "{name}: {count} byte(s) differ, the first at +{first:#x} (source {:02x?}, destination {:02x?})",
+                        "{name}: {count} byte(s) differ, the first at +{first:#x} ({ours} {:02x?}, {theirs} {:02x?})",
                         want.get(first),
                         got.get(first)
                     ));

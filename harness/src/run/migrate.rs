@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use mock_qemu::Client;
 use mock_qemu::guest::Guest;
 use mock_qemu::guest::dmae::DmaEngineDriver;
 use mock_qemu::migrate::{CancelToken, Endpoints, Iteration, MigrationError, MigrationParams, Phase, migrate};
@@ -13,6 +14,7 @@ use vfu_server::wire::MigState;
 use super::background::Start;
 use super::workload::{HarnessWorkload, Mark};
 use super::{Run, StepOutcome, Verification, index, rng_for};
+use crate::profile::{Profile, Snapshot};
 use crate::report::{EventKind, PageDiff};
 use crate::scenario::model::{self as m, MigrateOutcome, MigrationErrorKind, Side, TransportKind};
 
@@ -71,6 +73,10 @@ impl Run<'_> {
             self.sides[fi].client = Some(src_client);
             return Err("the destination has no client".into());
         };
+        // A device the harness does not shadow: what the guest can see of it now, which a
+        // failed migration must leave as it was (nothing to hold it to if it cannot be read).
+        let before =
+            (!self.profile.shadowed()).then(|| device_snapshot(&*self.profile, &mut src_client).ok()).flatten();
         let background = match self.sides[fi].dev.shadow.writer {
             Some(carried) => Some(Start::Carried(carried)),
             None if self.options.concurrent => self
@@ -257,7 +263,8 @@ impl Run<'_> {
                         Err(format!("the migration failed with {}, not {}: {why}", kebab(kind), kebab(k)))
                     }
                 };
-                expected.and_then(|()| self.source_runs_on(mg.from)).map(|()| None)
+                let before = before.filter(|_| !source_reset);
+                expected.and_then(|()| self.source_runs_on(mg.from, before.as_ref())).map(|()| None)
             }
         };
         fired?;
@@ -366,9 +373,11 @@ impl Run<'_> {
     }
 
     /// After a failed migration: the source device runs, logging stopped, its state what the
-    /// model says (the failed migration changed nothing the guest can see).
-    fn source_runs_on(&mut self, side: Side) -> Result<(), String> {
-        let ctx = self.side(side);
+    /// model says, or for a device without a shadow what it was `before` the migration (the
+    /// failed migration changed nothing the guest can see).
+    fn source_runs_on(&mut self, side: Side, before: Option<&Snapshot>) -> Result<(), String> {
+        let profile = &*self.profile;
+        let ctx = &mut self.sides[index(side)];
         if !ctx.server_alive() {
             return Ok(());
         }
@@ -380,6 +389,12 @@ impl Run<'_> {
         ctx.dev.model.state = MigState::Running;
         ctx.dev.model.resume = Default::default();
         if !ctx.shadowed {
+            let Some(before) = before else { return Ok(()) };
+            let now = device_snapshot(profile, client).map_err(|e| format!("reading the source device: {e}"))?;
+            let diff = before.differences_as(&now, ["before", "after"]);
+            if !diff.is_empty() {
+                return Err(format!("the source device changed in the failed migration: {}", diff.join("; ")));
+            }
             return Ok(());
         }
         let snap = DmaEngineDriver::snapshot(client).map_err(|e| format!("reading the source device: {e}"))?;
@@ -471,12 +486,7 @@ impl Run<'_> {
             }
             return;
         };
-        let snapshot = |client: &mut mock_qemu::Client| {
-            let mut s = profile.snapshot(client)?;
-            s.read_config_fields(client)?;
-            Ok::<_, String>(s)
-        };
-        match (snapshot(a), snapshot(b)) {
+        match (device_snapshot(&**profile, a), device_snapshot(&**profile, b)) {
             (Ok(a), Ok(b)) => {
                 ver.compared = true;
                 if !source_reset {
@@ -502,4 +512,12 @@ impl Run<'_> {
             self.timeline.push(crate::report::TimelineEvent { t_micros, side: super::report_side(side), kind });
         }
     }
+}
+
+/// What the harness compares of a device it does not shadow: the profile's pieces and the
+/// config space fields QEMU carries.
+fn device_snapshot(profile: &dyn Profile, client: &mut Client) -> Result<Snapshot, String> {
+    let mut s = profile.snapshot(client)?;
+    s.read_config_fields(client)?;
+    Ok(s)
 }

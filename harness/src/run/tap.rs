@@ -167,7 +167,8 @@ impl Tap {
         std::mem::take(&mut self.inner().fired)
     }
 
-    /// The state the last successful SET (or reset) on the wire put the device in.
+    /// The state the last successful SET (or reset) on the wire put the device in; `None`
+    /// after a refused SET, which may have stopped part of the way.
     pub fn last_state(&self) -> Option<MigState> {
         self.inner().last_state
     }
@@ -247,9 +248,15 @@ impl Tap {
             } else {
                 None
             };
-            if let Some(to) = to.filter(|_| ok) {
-                inner.last_state = Some(to);
-                inner.changes.push(SeenChange { at: Instant::now(), to });
+            match to {
+                Some(to) if ok => {
+                    inner.last_state = Some(to);
+                    inner.changes.push(SeenChange { at: Instant::now(), to });
+                }
+                // A refused SET may have walked some of its arcs: where it left the device is
+                // not known from the wire.
+                Some(_) if cmd == Command::DeviceFeature as u16 => inner.last_state = None,
+                _ => {}
             }
         }
         inner.model.message(m);

@@ -62,14 +62,14 @@ mod migration;
 pub mod strict;
 #[cfg(test)]
 mod tests;
-mod trace;
+pub mod trace;
 
 pub use info::{DeviceInfo, IrqInfo, RegionInfo};
 pub use migration::report_bitmap_words;
 pub use strict::Finding;
 pub use trace::TraceOptions;
 
-use trace::{Dir, Tracer};
+use trace::{Dir, JsonLines, TraceSink, Traced};
 
 /// Why a request failed.
 #[derive(Debug, thiserror::Error)]
@@ -195,7 +195,7 @@ pub struct Client {
     stale_replies: u64,
     server_caps: Capabilities,
     dma: Option<Box<dyn DmaService>>,
-    trace: Option<Tracer>,
+    trace: Option<Box<dyn TraceSink>>,
     started: Instant,
     /// See [`Client::set_unanswered`].
     unanswered: Option<std::fs::File>,
@@ -292,10 +292,15 @@ impl Client {
 
     /// Traces every message from now on to `out`, as `options` say.
     pub fn set_trace_with(&mut self, out: Box<dyn Write + Send>, options: TraceOptions) {
-        self.trace = Some(Tracer::new(out, options));
+        self.set_trace_sink(Box::new(JsonLines::new(out, &options)));
     }
 
-    /// Stops tracing (dropping the writer, which flushes a buffered one).
+    /// Hands every message from now on to `sink` (instead of any trace set before).
+    pub fn set_trace_sink(&mut self, sink: Box<dyn TraceSink>) {
+        self.trace = Some(sink);
+    }
+
+    /// Stops tracing (dropping the sink, and a writer's flushing a buffered one).
     pub fn stop_trace(&mut self) {
         self.trace = None;
     }
@@ -374,10 +379,10 @@ impl Client {
     }
 
     fn trace(&mut self, dir: Dir, header: &Header, payload: &[&[u8]], nfds: usize) {
-        if let Some(t) = self.trace.as_mut()
-            && !t.record(self.started, dir, header, payload, nfds)
-        {
-            tracing::warn!("writing the trace failed; tracing stops");
+        let Some(sink) = self.trace.as_mut() else { return };
+        let msg = Traced { dir, header, payload, nfds, elapsed: self.started.elapsed() };
+        if let Err(e) = sink.message(&msg) {
+            tracing::warn!(error = %e, "tracing a message failed; tracing stops");
             self.trace = None;
         }
     }

@@ -19,6 +19,7 @@ use vfu_server::wire::{
 };
 use zerocopy::IntoBytes;
 
+use super::trace::{Dir, LineEncoder, TraceSink, Traced};
 use super::{Client, ClientError, ClientOptions, DmaService, TraceOptions, strict};
 
 /// One scripted step of a fake server: gets the request and the connection (and the twin
@@ -493,6 +494,36 @@ fn trace_without_timestamps_is_byte_identical_across_runs() {
     assert!(!a.contains("\"t\""));
     assert_eq!(a, traced_session(false));
     assert_eq!(a.lines().count(), 4);
+}
+
+/// A sink that keeps each message's direction, command and payload, and its line.
+#[derive(Default)]
+struct Seen(Arc<Mutex<Vec<(Dir, u16, Vec<u8>)>>>, Shared);
+
+impl TraceSink for Seen {
+    fn message(&mut self, msg: &Traced<'_>) -> std::io::Result<()> {
+        self.0.lock().unwrap().push((msg.dir, msg.header.cmd, msg.payload.concat()));
+        let options = TraceOptions { session: "source".into(), timestamps: false };
+        let mut line = Vec::new();
+        LineEncoder::new(&options).encode(&mut line, msg, None);
+        self.1.write_all(&line)
+    }
+}
+
+#[test]
+fn a_trace_sink_sees_the_messages_as_bytes_and_can_write_the_same_lines() {
+    let (mut c, server) =
+        fake(opts(false), vec![reply(version_reply(1, r#"{"capabilities":{}}"#)), refuse(Errno::EINVAL)]);
+    let (seen, lines) = (Arc::default(), Shared::default());
+    c.set_trace_sink(Box::new(Seen(Arc::clone(&seen), lines.clone())));
+    c.negotiate(&Default::default()).unwrap();
+    let _ = c.region_read(0xdeadbeef, 0, 4);
+    server.join().unwrap();
+    let seen = seen.lock().unwrap();
+    let dirs: Vec<_> = seen.iter().map(|s| (s.0, s.1)).collect();
+    assert_eq!(dirs, [(Dir::C2s, 1), (Dir::S2c, 1), (Dir::C2s, 9), (Dir::S2c, 9)]);
+    assert_eq!(seen[2].2, [0, 0, 0, 0, 0, 0, 0, 0, 0xef, 0xbe, 0xad, 0xde, 4, 0, 0, 0]);
+    assert_eq!(String::from_utf8(lines.0.lock().unwrap().clone()).unwrap(), traced_session(false));
 }
 
 #[test]

@@ -1,10 +1,10 @@
-//! One message as the model sees it, read off a line of the message trace.
+//! One message as the model sees it, handed over by the tap that saw it whole.
 //!
-//! The trace is what the client sent and received, so the model judges exactly the
+//! The tap sees what the client sent and received, so the model judges exactly the
 //! conversation the server took part in. Data payloads can be megabytes; only the bytes a
-//! prediction needs are decoded (the whole payload for DEVICE_FEATURE, whose report bitmaps
-//! are judged bit by bit, and VERSION, whose capabilities bound later requests; the fixed part
-//! for the rest), and the length is kept.
+//! prediction needs are kept (the whole payload for DEVICE_FEATURE, whose report bitmaps are
+//! judged bit by bit, and VERSION, whose capabilities bound later requests; the fixed part for
+//! the rest), and the length.
 
 use vfu_server::wire::{
     Command, FEATURE_DMA_LOGGING_REPORT, FEATURE_DMA_LOGGING_START, FEATURE_DMA_LOGGING_STOP, FEATURE_GET,
@@ -47,19 +47,18 @@ pub struct Msg {
     pub payload_len: usize,
 }
 
-fn hex_bytes(hex: &str, limit: usize) -> Vec<u8> {
-    hex.as_bytes()
-        .chunks_exact(2)
-        .take(limit)
-        .filter_map(|p| std::str::from_utf8(p).ok().and_then(|p| u8::from_str_radix(p, 16).ok()))
-        .collect()
-}
-
 impl Msg {
-    /// A message seen whole (by a tap): the payload is kept as [`Msg::parse_line`] keeps it.
-    pub fn new(dir: Dir, header: &vfu_server::wire::Header, payload: &[u8], nfds: usize) -> Msg {
+    /// A message seen whole, its payload in the pieces it travelled in: the whole payload is
+    /// kept for DEVICE_FEATURE and VERSION, the first [`HEAD_BYTES`] for the rest.
+    pub fn new(dir: Dir, header: &vfu_server::wire::Header, payload: &[&[u8]], nfds: usize) -> Msg {
         let whole = [Command::DeviceFeature as u16, Command::Version as u16];
-        let kept = if whole.contains(&header.cmd) { payload } else { payload.get(..HEAD_BYTES).unwrap_or(payload) };
+        let payload_len: usize = payload.iter().map(|p| p.len()).sum();
+        let limit = if whole.contains(&header.cmd) { payload_len } else { payload_len.min(HEAD_BYTES) };
+        let mut kept = Vec::with_capacity(limit);
+        for piece in payload {
+            let room = limit - kept.len();
+            kept.extend_from_slice(piece.get(..room).unwrap_or(piece));
+        }
         Msg {
             dir,
             msg_id: header.msg_id,
@@ -68,47 +67,9 @@ impl Msg {
             flags: header.flags,
             error_no: header.error_no,
             nfds: u32::try_from(nfds).unwrap_or(u32::MAX),
-            payload: kept.to_vec(),
-            payload_len: payload.len(),
-        }
-    }
-
-    /// Reads one trace line; `None` for an event line or a line of another shape.
-    pub fn parse_line(text: &str) -> Option<Msg> {
-        let field = |key: &str| -> Option<&str> {
-            let at = text.find(key)? + key.len();
-            let rest = &text[at..];
-            let end = rest.find([',', '}']).unwrap_or(rest.len());
-            Some(rest[..end].trim().trim_matches('"'))
-        };
-        let num = |key: &str| field(key).and_then(|v| v.parse::<u64>().ok());
-        let dir = match field("\"dir\": ")? {
-            "c2s" => Dir::ToServer,
-            "s2c" => Dir::ToClient,
-            _ => return None,
-        };
-        let cmd = u16::try_from(num("\"cmd\": ")?).ok()?;
-        let hex = text.find("\"payload\": \"").map_or("", |i| {
-            let rest = &text[i + 12..];
-            &rest[..rest.find('"').unwrap_or(rest.len())]
-        });
-        let payload_len = match num("\"payload_len\": ") {
-            Some(n) => usize::try_from(n).ok()?,
-            None => hex.len() / 2,
-        };
-        let whole = [Command::DeviceFeature as u16, Command::Version as u16];
-        let limit = if whole.contains(&cmd) { usize::MAX } else { HEAD_BYTES };
-        Some(Msg {
-            dir,
-            msg_id: u16::try_from(num("\"msg_id\": ")?).ok()?,
-            cmd,
-            size: u32::try_from(num("\"size\": ")?).ok()?,
-            flags: u32::try_from(num("\"flags\": ")?).ok()?,
-            error_no: u32::try_from(num("\"error_no\": ").unwrap_or(0)).ok()?,
-            nfds: u32::try_from(num("\"nfds\": ").unwrap_or(0)).ok()?,
-            payload: hex_bytes(hex, limit),
+            payload: kept,
             payload_len,
-        })
+        }
     }
 
     /// A request (of either side).
@@ -177,25 +138,28 @@ pub fn takes_fds(cmd: u16) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use vfu_server::wire::Header;
+
     use super::*;
 
+    fn header(cmd: u16, flags: u32) -> Header {
+        Header { msg_id: 7, cmd, msg_size: 0, flags, error_no: 0 }
+    }
+
     #[test]
-    fn a_trace_line_is_read_with_its_payload_and_fds() {
-        let line = r#"{"session": "source", "dir": "c2s", "msg_id": 7, "cmd": 16, "size": 32, "flags": 0, "error_no": 0, "nfds": 1, "payload": "1000000002000200", "cmd_name": "DEVICE_FEATURE"}"#;
-        let m = Msg::parse_line(line).unwrap();
+    fn a_feature_payload_is_kept_whole_across_its_pieces() {
+        let m = Msg::new(Dir::ToServer, &header(16, 0), &[&[0x10, 0, 0, 0], &[2, 0, 2, 0], &[]], 1);
         assert_eq!((m.dir, m.msg_id, m.cmd, m.nfds, m.payload_len), (Dir::ToServer, 7, 16, 1, 8));
         assert_eq!(m.u32_at(4), Some(0x20002));
         assert_eq!(op_name(m.cmd, m.u32_at(4)), "FEATURE SET MIG_DEVICE_STATE");
-        assert!(Msg::parse_line(r#"{"event": "step", "index": 0}"#).is_none());
+        let bitmap = vec![0xff; 5000];
+        assert_eq!(Msg::new(Dir::ToClient, &header(16, 1), &[&bitmap[..10], &bitmap[10..]], 0).payload, bitmap);
     }
 
     #[test]
     fn a_long_data_payload_keeps_its_head_and_its_length() {
-        let hex = "ab".repeat(5000);
-        let line = format!(
-            r#"{{"dir": "s2c", "msg_id": 1, "cmd": 17, "size": 5016, "flags": 1, "error_no": 0, "nfds": 0, "payload": "{hex}"}}"#
-        );
-        let m = Msg::parse_line(&line).unwrap();
+        let data = vec![0xab; 5000];
+        let m = Msg::new(Dir::ToClient, &header(17, 1), &[&data[..16], &data[16..]], 0);
         assert_eq!((m.payload.len(), m.payload_len), (HEAD_BYTES, 5000));
         assert!(m.is_reply());
     }

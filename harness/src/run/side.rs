@@ -200,10 +200,9 @@ impl SideCtx {
         if let Some(pipe) = self.proxy.as_ref().and_then(|p| p.unanswered().ok()) {
             client.set_unanswered(pipe);
         }
-        client.set_trace_with(
-            Box::new(self.tap.clone()),
-            TraceOptions { session: self.side.name().into(), timestamps: false },
-        );
+        client.set_trace_sink(Box::new(
+            self.tap.sink(&TraceOptions { session: self.side.name().into(), timestamps: false }),
+        ));
         client.negotiate(&options.capabilities).map_err(|e| format!("VERSION: {e}"))?;
         self.served = true;
         // What QEMU asks when it realizes a device: its regions and IRQ indexes, which the

@@ -1,8 +1,9 @@
-//! The trace tap: where a side's client writes its message trace.
+//! The trace tap: the sink of a side's client's message trace.
 //!
-//! It keeps the lines until the runner moves them into the run's trace file (so the lines of
-//! the two sides, whose clients run on two threads during a migration, never interleave by
-//! chance), reads the migration state changes off them for the timeline, and fires the
+//! It gets every message as the client sent or received it and writes its trace line, keeping
+//! the lines until the runner moves them into the run's trace file (so the lines of the two
+//! sides, whose clients run on two threads during a migration, never interleave by chance);
+//! it reads the migration state changes off the messages for the timeline, and fires the
 //! triggers armed on the Nth message of a command: the client traces each request before it
 //! sends it, so a trigger fires just before that message leaves.
 //!
@@ -10,19 +11,23 @@
 //! each reply from the conversation so far and keeps what it finds for the runner.
 //!
 //! A payload longer than [`PAYLOAD_KEPT`] bytes (migration data, large DMA) keeps its first
-//! bytes only, followed by `"payload_len"` and `"payload_xxh3"` of the whole payload: a
-//! trace stays small enough to keep with every report, and two traces still differ wherever
-//! a payload byte does.
+//! bytes only in the line, followed by `"payload_len"` and `"payload_xxh3"` of the whole
+//! payload: a trace stays small enough to keep with every report, and two traces still differ
+//! wherever a payload byte does. The model and the line are made from the message's bytes:
+//! megabytes of migration data are hashed, never written out as hex.
 
 use std::collections::BTreeMap;
-use std::io::{self, Write};
+use std::io;
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
+use mock_qemu::client::TraceOptions;
+use mock_qemu::client::trace::{self, Cut, LineEncoder, TraceSink, Traced};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use vfu_server::wire::{Command, FEATURE_MIG_DEVICE_STATE, FEATURE_SET, MigState};
+use xxhash_rust::xxh3::Xxh3Default;
 
 use crate::model::{Dir, Event, Matrix, Msg, ServerModel};
 
@@ -71,49 +76,59 @@ pub struct Fired {
 /// Payload bytes a trace line keeps.
 pub const PAYLOAD_KEPT: usize = 4096;
 
-/// `line` with its payload cut to [`PAYLOAD_KEPT`] bytes and the length and XXH3 of the
-/// whole appended; unchanged when the payload is short or the line is not of the expected
-/// shape.
-fn shorten(line: &[u8]) -> Vec<u8> {
-    const KEY: &[u8] = b"\"payload\": \"";
-    if line.len() <= 2 * PAYLOAD_KEPT + 512 {
-        return line.to_vec();
+/// Lines up to this long (newline included) keep their payload whole even past
+/// [`PAYLOAD_KEPT`] bytes: traces have always been cut so, and a trace must not change with the
+/// way it is made.
+const LINE_KEPT: usize = 2 * PAYLOAD_KEPT + 512;
+
+/// Appends the line of `msg` as a trace keeps it: whole, or with its payload cut to
+/// [`PAYLOAD_KEPT`] bytes and the length and XXH3 of the whole payload added.
+fn keep_line(encoder: &LineEncoder, msg: &Traced<'_>, out: &mut Vec<u8>) {
+    let len = msg.payload_len();
+    if len > PAYLOAD_KEPT {
+        let mut hash = Xxh3Default::new();
+        for piece in msg.payload {
+            hash.update(piece);
+        }
+        let suffix = crate::trace::cut_keys(len as u64, hash.digest());
+        let start = out.len();
+        encoder.encode(out, msg, Some(Cut { keep: PAYLOAD_KEPT, suffix: &suffix }));
+        let whole = out.len() - start - suffix.len() + 2 * (len - PAYLOAD_KEPT);
+        if whole > LINE_KEPT {
+            return;
+        }
+        out.truncate(start);
     }
-    let Some(start) = line.windows(KEY.len()).position(|w| w == KEY).map(|p| p + KEY.len()) else {
-        return line.to_vec();
-    };
-    let Some(len) = line[start..].iter().position(|&b| b == b'"') else { return line.to_vec() };
-    if len <= 2 * PAYLOAD_KEPT {
-        return line.to_vec();
+    encoder.encode(out, msg, None);
+}
+
+/// What a side's client traces into: its messages go to the tap's model and lines.
+#[derive(Debug)]
+pub struct TapSink {
+    tap: Tap,
+    encoder: LineEncoder,
+    line: Vec<u8>,
+}
+
+impl TraceSink for TapSink {
+    fn message(&mut self, msg: &Traced<'_>) -> io::Result<()> {
+        let dir = match msg.dir {
+            trace::Dir::C2s => Dir::ToServer,
+            trace::Dir::S2c => Dir::ToClient,
+        };
+        let m = Msg::new(dir, msg.header, msg.payload, msg.nfds);
+        self.line.clear();
+        keep_line(&self.encoder, msg, &mut self.line);
+        let mut inner = self.tap.inner();
+        Tap::message(&mut inner, m);
+        inner.lines.extend_from_slice(&self.line);
+        Ok(())
     }
-    let hex = &line[start..start + len];
-    // Megabytes of migration data pass here: nibbles decoded by table, not by parsing.
-    let nibble = |c: u8| match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        b'A'..=b'F' => Some(c - b'A' + 10),
-        _ => None,
-    };
-    let bytes: Vec<u8> = hex
-        .chunks(2)
-        .filter_map(|p| match *p {
-            [h, l] => Some(nibble(h)? << 4 | nibble(l)?),
-            [c] => nibble(c),
-            _ => None,
-        })
-        .collect();
-    let mut out = Vec::with_capacity(2 * PAYLOAD_KEPT + 256);
-    out.extend_from_slice(&line[..start + 2 * PAYLOAD_KEPT]);
-    out.push(b'"');
-    out.extend_from_slice(crate::trace::cut_keys(bytes.len() as u64, xxhash_rust::xxh3::xxh3_64(&bytes)).as_bytes());
-    out.extend_from_slice(&line[start + len + 1..]);
-    out
 }
 
 #[derive(Debug, Default)]
 struct Inner {
     lines: Vec<u8>,
-    partial: Vec<u8>,
     pending_sets: BTreeMap<u16, MigState>,
     pending_reset: Option<u16>,
     changes: Vec<SeenChange>,
@@ -132,6 +147,11 @@ pub struct Tap(Arc<Mutex<Inner>>);
 impl Tap {
     fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The sink of a client of this side, whose lines are written as `options` say.
+    pub fn sink(&self, options: &TraceOptions) -> TapSink {
+        TapSink { tap: self.clone(), encoder: LineEncoder::new(options), line: Vec::new() }
     }
 
     /// Arms a trigger.
@@ -213,19 +233,9 @@ impl Tap {
         f(&mut self.inner().model)
     }
 
-    /// One message's line, whole and as kept ([`shorten`]).
-    fn line(inner: &mut Inner, whole: &[u8], kept: &[u8]) {
+    /// One message: the state changes and triggers it makes, then the model's judgement.
+    fn message(inner: &mut Inner, m: Msg) {
         inner.messages += 1;
-        // The message is read once, for the state changes and triggers here and for the
-        // model, from the line as kept: the head of a long payload and its length are all the
-        // model decodes of most commands, and a line of megabytes is not searched again. A
-        // feature's or VERSION's payload is judged whole (a dirty bitmap), from the whole line.
-        let parse = |l: &[u8]| std::str::from_utf8(l).ok().and_then(Msg::parse_line);
-        let Some(mut m) = parse(kept) else { return };
-        if kept.len() != whole.len() && [Command::DeviceFeature as u16, Command::Version as u16].contains(&m.cmd) {
-            let Some(w) = parse(whole) else { return };
-            m = w;
-        }
         let (cmd, msg_id, ok) = (m.cmd, m.msg_id, m.errno().is_none());
         if m.dir == Dir::ToServer && m.is_request() {
             Self::count(inner, cmd);
@@ -288,44 +298,49 @@ impl Tap {
     }
 }
 
-impl Write for Tap {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let mut inner = self.inner();
-        inner.partial.extend_from_slice(buf);
-        while let Some(nl) = inner.partial.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = inner.partial.drain(..=nl).collect();
-            let short = shorten(&line);
-            Self::line(&mut inner, &line, &short);
-            inner.lines.extend_from_slice(&short);
-        }
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    use mock_qemu::client::trace::JsonLines;
+    use vfu_server::wire::Header;
+
     use super::*;
 
-    fn line(dir: &str, id: u16, cmd: u16, flags: u32, payload: &str) -> String {
-        format!(
-            "{{\"session\": \"source\", \"dir\": \"{dir}\", \"msg_id\": {id}, \"cmd\": {cmd}, \"size\": 0, \
-             \"flags\": {flags}, \"error_no\": 0, \"nfds\": 0, \"payload\": \"{payload}\", \"cmd_name\": \"X\"}}\n"
-        )
+    fn options() -> TraceOptions {
+        TraceOptions { session: "source".into(), timestamps: false }
+    }
+
+    fn traced<'a>(dir: trace::Dir, header: &'a Header, payload: &'a [&'a [u8]]) -> Traced<'a> {
+        Traced { dir, header, payload, nfds: 0, elapsed: Duration::ZERO }
+    }
+
+    fn send(sink: &mut TapSink, dir: trace::Dir, msg_id: u16, cmd: u16, flags: u32, payload: &[u8]) {
+        let header = Header { msg_id, cmd, msg_size: 16 + payload.len() as u32, flags, error_no: 0 };
+        sink.message(&traced(dir, &header, &[payload])).unwrap();
+    }
+
+    /// The line the tap kept before it got messages as bytes: the client's whole line, cut as
+    /// text when longer than [`LINE_KEPT`] with a payload past [`PAYLOAD_KEPT`].
+    fn cut_as_text(whole: &str, payload: &[u8]) -> String {
+        if whole.len() <= LINE_KEPT || payload.len() <= PAYLOAD_KEPT {
+            return whole.into();
+        }
+        let start = whole.find("\"payload\": \"").unwrap() + 12;
+        let keys = crate::trace::cut_keys(payload.len() as u64, xxhash_rust::xxh3::xxh3_64(payload));
+        format!("{}\"{keys}{}", &whole[..start + 2 * PAYLOAD_KEPT], &whole[start + 2 * payload.len() + 1..])
     }
 
     #[test]
     fn a_successful_set_reply_is_a_state_change_and_a_refused_one_is_not() {
-        let mut tap = Tap::default();
+        let tap = Tap::default();
+        let mut sink = tap.sink(&options());
         // argsz 16, flags SET | MIG_DEVICE_STATE (0x20002), state 6 (PRE_COPY).
-        let set = "1000000002000200060000000000000000";
-        tap.write_all(line("c2s", 7, 16, 0, set).as_bytes()).unwrap();
-        tap.write_all(line("s2c", 7, 16, 1, "").as_bytes()).unwrap();
-        tap.write_all(line("c2s", 8, 16, 0, set).as_bytes()).unwrap();
-        tap.write_all(line("s2c", 8, 16, 0x21, "").as_bytes()).unwrap();
+        let set = [0x10, 0, 0, 0, 2, 0, 2, 0, 6, 0, 0, 0, 0, 0, 0, 0];
+        send(&mut sink, trace::Dir::C2s, 7, 16, 0, &set);
+        send(&mut sink, trace::Dir::S2c, 7, 16, 1, &[]);
+        send(&mut sink, trace::Dir::C2s, 8, 16, 0, &set);
+        send(&mut sink, trace::Dir::S2c, 8, 16, 0x21, &[]);
         let changes = tap.take_changes();
         assert_eq!(changes.iter().map(|c| c.to).collect::<Vec<_>>(), vec![MigState::PreCopy]);
         assert_eq!(tap.messages(), 4);
@@ -333,27 +348,59 @@ mod tests {
 
     #[test]
     fn a_long_payload_keeps_its_head_its_length_and_its_hash() {
-        let payload = "ab".repeat(3 * PAYLOAD_KEPT);
-        let long = line("c2s", 1, 18, 0, &payload);
-        let short = String::from_utf8(shorten(long.as_bytes())).unwrap();
-        let v: serde_json::Value = serde_json::from_str(&short).unwrap();
+        let tap = Tap::default();
+        let payload = vec![0xab; 3 * PAYLOAD_KEPT];
+        send(&mut tap.sink(&options()), trace::Dir::C2s, 1, 18, 0, &payload);
+        let v: serde_json::Value = serde_json::from_slice(&tap.take_lines()).unwrap();
         assert_eq!(v["payload"].as_str().unwrap().len(), 2 * PAYLOAD_KEPT);
         assert_eq!(v["payload_len"], 3 * PAYLOAD_KEPT);
-        assert_eq!(v["payload_xxh3"], format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&vec![0xab; 3 * PAYLOAD_KEPT])));
-        assert_eq!(v["cmd_name"], "X");
-        let small = line("c2s", 1, 18, 0, "abcd");
-        assert_eq!(shorten(small.as_bytes()), small.as_bytes());
+        assert_eq!(v["payload_xxh3"], format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&payload)));
+        assert_eq!(v["cmd_name"], "MIG_DATA_WRITE");
+    }
+
+    #[test]
+    fn a_kept_line_is_the_whole_line_cut_as_the_trace_always_cut_it() {
+        let bytes: Vec<u8> = (0..70_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
+        // Around the cut, where a line barely past it stays whole, and far past it.
+        for len in (0..8).chain(PAYLOAD_KEPT - 4..PAYLOAD_KEPT + 400).chain([9000, 70_000]) {
+            let payload = &bytes[..len];
+            for pieces in [vec![payload], vec![&payload[..len / 3], &payload[len / 3..]]] {
+                let header = Header { msg_id: 300, cmd: 17, msg_size: 16 + len as u32, flags: 1, error_no: 0 };
+                let msg = traced(trace::Dir::S2c, &header, &pieces);
+                let whole = Arc::new(Mutex::new(Vec::new()));
+                JsonLines::new(Box::new(Shared(Arc::clone(&whole))), &options()).message(&msg).unwrap();
+                let whole = String::from_utf8(whole.lock().unwrap().clone()).unwrap();
+                let tap = Tap::default();
+                tap.sink(&options()).message(&msg).unwrap();
+                assert!(tap.take_lines() == cut_as_text(&whole, payload).as_bytes(), "a payload of {len} bytes");
+            }
+        }
+    }
+
+    /// A writer into shared memory.
+    struct Shared(Arc<Mutex<Vec<u8>>>);
+
+    impl io::Write for Shared {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
     }
 
     #[test]
     fn a_trigger_fires_on_its_nth_request_of_the_command() {
-        let mut tap = Tap::default();
+        let tap = Tap::default();
+        let mut sink = tap.sink(&options());
         let (a, b) = UnixStream::pair().unwrap();
         tap.arm(Armed { cmd: Some(9), nth: 2, seen: 0, action: TriggerAction::Disconnect(a), label: "x".into() });
-        tap.write_all(line("c2s", 1, 9, 0, "").as_bytes()).unwrap();
-        tap.write_all(line("c2s", 2, 10, 0, "").as_bytes()).unwrap();
+        send(&mut sink, trace::Dir::C2s, 1, 9, 0, &[]);
+        send(&mut sink, trace::Dir::C2s, 2, 10, 0, &[]);
         assert!(tap.take_fired().is_empty());
-        tap.write_all(line("c2s", 3, 9, 0, "").as_bytes()).unwrap();
+        send(&mut sink, trace::Dir::C2s, 3, 9, 0, &[]);
         assert_eq!(tap.take_fired().len(), 1);
         let mut buf = [0u8; 1];
         assert_eq!(std::io::Read::read(&mut &b, &mut buf).unwrap(), 0, "the peer sees the shutdown");

@@ -195,7 +195,7 @@ mod tests {
         let payload = b"\0\0\x02\0{}\0";
         let h =
             Header { msg_id, cmd: Command::Version as u16, msg_size: 16 + payload.len() as u32, flags, error_no: 0 };
-        Msg::new(dir, &h, payload, 0)
+        Msg::new(dir, &h, &[payload], 0)
     }
 
     fn reset_refused(msg_id: u16) -> [Msg; 2] {

@@ -204,7 +204,7 @@ impl Observer for Recorder {
         r.t = Some(u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX));
         let line = r.to_line();
         let model_dir = if dir == Direction::ToServer { ModelDir::ToServer } else { ModelDir::ToClient };
-        let msg = Msg::new(model_dir, header, payload, nfds);
+        let msg = Msg::new(model_dir, header, &[payload], nfds);
         let mut s = self.state();
         match dir {
             Direction::ToServer => s.stats.to_server += 1,

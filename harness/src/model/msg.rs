@@ -49,7 +49,7 @@ pub struct Msg {
 
 impl Msg {
     /// A message seen whole, its payload in the pieces it travelled in: the whole payload is
-    /// kept for DEVICE_FEATURE and VERSION, the first [`HEAD_BYTES`] for the rest.
+    /// kept for DEVICE_FEATURE and VERSION, its first 64 bytes for the rest.
     pub fn new(dir: Dir, header: &vfu_server::wire::Header, payload: &[&[u8]], nfds: usize) -> Msg {
         let whole = [Command::DeviceFeature as u16, Command::Version as u16];
         let payload_len: usize = payload.iter().map(|p| p.len()).sum();

@@ -496,9 +496,11 @@ fn trace_without_timestamps_is_byte_identical_across_runs() {
     assert_eq!(a.lines().count(), 4);
 }
 
-/// A sink that keeps each message's direction, command and payload, and its line.
-#[derive(Default)]
-struct Seen(Arc<Mutex<Vec<(Dir, u16, Vec<u8>)>>>, Shared);
+/// Each message's direction, command and payload.
+type Messages = Arc<Mutex<Vec<(Dir, u16, Vec<u8>)>>>;
+
+/// A sink that keeps each message, and its line.
+struct Seen(Messages, Shared);
 
 impl TraceSink for Seen {
     fn message(&mut self, msg: &Traced<'_>) -> std::io::Result<()> {

@@ -257,7 +257,7 @@ impl Guest {
     pub fn map_region(&self, client: &mut Client, index: usize, backing: Backing) -> Result<(), ClientError> {
         let Some(r) = self.regions().get(index) else { return Ok(()) };
         let fd = match backing {
-            Backing::Fd => Some((r.fd(), 0)),
+            Backing::Fd => Some((r.fd(), r.file_offset())),
             Backing::Message => None,
         };
         client.dma_map(r.iova, r.len, DMA_MAP_READ | DMA_MAP_WRITE, fd)

@@ -8,6 +8,10 @@
 //! its RAM with `pwritev`, a run of pages at a time: the write allocates each page, where a
 //! store through the mapping would take a page fault (and zero the page) first. All views are
 //! the same page cache.
+//!
+//! The region starts [`FILE_OFFSET`] bytes into its memfd, as QEMU's RAM regions start at an
+//! offset into their memory backend's file: DMA_MAP sends that offset, so a server must map
+//! from it.
 
 use std::fs::File;
 use std::io::IoSlice;
@@ -19,7 +23,10 @@ use nix::sys::uio::pwritev;
 use nix::unistd::{Whence, lseek};
 use vfu_server::mmap::MappedRegion;
 
-use super::GuestError;
+use super::{GuestError, PAGE_SIZE};
+
+/// Where a region's bytes start in its memfd: one page in (a hole: it costs nothing).
+pub const FILE_OFFSET: u64 = PAGE_SIZE;
 
 /// One contiguous range of guest RAM, backed by its own memfd.
 #[derive(Debug)]
@@ -35,17 +42,23 @@ pub struct RamRegion {
 }
 
 impl RamRegion {
-    /// A zero-filled region of `len` bytes at `iova`: a memfd of that size (sparse, so it costs
-    /// nothing until touched) mapped read-write.
+    /// A zero-filled region of `len` bytes at `iova`: a memfd of [`FILE_OFFSET`] + `len` bytes
+    /// (sparse, so it costs nothing until touched) mapped read-write.
     pub(super) fn new(iova: u64, len: u64, first_page: u64) -> Result<Self, GuestError> {
+        let size = len.checked_add(FILE_OFFSET).ok_or(GuestError::BadRegion { iova, len })?;
         let (map, fd) =
-            MappedRegion::memfd(c"miglab-guest-ram", len).map_err(|source| GuestError::Memfd { iova, len, source })?;
+            MappedRegion::memfd(c"miglab-guest-ram", size).map_err(|source| GuestError::Memfd { iova, len, source })?;
         Ok(Self { iova, len, first_page, file: File::from(fd), map })
     }
 
-    /// The memfd (what DMA_MAP sends the server, at file offset 0).
+    /// The memfd (what DMA_MAP sends the server, at [`file_offset`](Self::file_offset)).
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.file.as_fd()
+    }
+
+    /// Where the region's bytes start in its memfd.
+    pub fn file_offset(&self) -> u64 {
+        FILE_OFFSET
     }
 
     /// The end address (exclusive).
@@ -71,7 +84,9 @@ impl RamRegion {
 
     /// Reads `buf.len()` bytes at region offset `offset` (in bounds: checked by the caller).
     pub(super) fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), GuestError> {
-        self.file.read_exact_at(buf, offset).map_err(|e| self.io_error(self.iova + offset, buf.len() as u64, e))
+        self.file
+            .read_exact_at(buf, FILE_OFFSET + offset)
+            .map_err(|e| self.io_error(self.iova + offset, buf.len() as u64, e))
     }
 
     /// Writes `parts`, one after the other, at region offset `offset` through the memfd (in
@@ -81,7 +96,7 @@ impl RamRegion {
         let error = |e: std::io::Error| self.io_error(self.iova + offset, len as u64, e);
         let mut iov: Vec<IoSlice<'_>> = parts.iter().map(|p| IoSlice::new(p)).collect();
         let mut rest = &mut iov[..];
-        let mut at = offset;
+        let mut at = FILE_OFFSET + offset;
         while !rest.is_empty() {
             let pos = i64::try_from(at).map_err(|_| error(std::io::ErrorKind::InvalidInput.into()))?;
             let n = match pwritev(&self.file, rest, pos) {
@@ -99,28 +114,32 @@ impl RamRegion {
     /// Stores `data` at region offset `offset` through the mapping.
     pub(super) fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), GuestError> {
         self.map
-            .write_at(offset, data)
+            .write_at(FILE_OFFSET + offset, data)
             .ok_or(GuestError::OutOfRange { iova: self.iova.saturating_add(offset), len: data.len() as u64 })
     }
 
     /// The ranges of region offsets `[start, end)` that hold data (everything else is a hole,
     /// reading zero), from the memfd's SEEK_DATA / SEEK_HOLE.
     pub(super) fn data_extents(&self) -> Result<Vec<(u64, u64)>, GuestError> {
+        // lseek speaks file offsets; the region's offsets are FILE_OFFSET less.
+        let seek = |at: u64, whence: Whence| {
+            let pos = i64::try_from(FILE_OFFSET + at).unwrap_or(i64::MAX);
+            lseek(self.file.as_fd(), pos, whence)
+                .map(|o| u64::try_from(o).map_or(self.len, |o| o.saturating_sub(FILE_OFFSET)))
+        };
         let mut out = Vec::new();
         let mut at: u64 = 0;
         while at < self.len {
-            let pos = i64::try_from(at).unwrap_or(i64::MAX);
-            let start = match lseek(self.file.as_fd(), pos, Whence::SeekData) {
-                Ok(s) => u64::try_from(s).unwrap_or(self.len),
+            let start = match seek(at, Whence::SeekData) {
+                Ok(s) => s,
                 Err(Errno::ENXIO) => break, // no data past `at`
                 Err(e) => return Err(self.io_error(self.iova + at, 0, e.into())),
             };
             if start >= self.len {
                 break;
             }
-            let spos = i64::try_from(start).unwrap_or(i64::MAX);
-            let end = match lseek(self.file.as_fd(), spos, Whence::SeekHole) {
-                Ok(e) => u64::try_from(e).unwrap_or(self.len).min(self.len),
+            let end = match seek(start, Whence::SeekHole) {
+                Ok(e) => e.min(self.len),
                 Err(e) => return Err(self.io_error(self.iova + start, 0, e.into())),
             };
             if end <= start {

@@ -205,3 +205,22 @@ fn page_loads_and_reads_outside_ram_are_refused() {
     assert!(g.read_pages(&[2 * PAGE_SIZE], &mut buf).is_err());
     assert!(g.read_pages(&[0, PAGE_SIZE], &mut buf).is_err(), "more pages than the buffer holds");
 }
+
+#[test]
+fn a_region_lies_at_its_file_offset_in_the_memfd_it_hands_the_server() {
+    use std::os::unix::fs::FileExt;
+    let g = Guest::with_layout(&[(0, 4 * PAGE_SIZE)]).unwrap();
+    g.vcpu_write(PAGE_SIZE + 3, &[7, 8]).unwrap();
+    g.load(3 * PAGE_SIZE, &[9]).unwrap();
+    let r = &g.regions()[0];
+    assert_eq!(r.file_offset(), ram::FILE_OFFSET);
+    assert!(r.file_offset() > 0 && r.file_offset() % PAGE_SIZE == 0, "a page-aligned offset past 0, as QEMU's");
+    // What a server maps from (fd, offset) is what the guest wrote.
+    let file = std::fs::File::from(r.fd().try_clone_to_owned().unwrap());
+    let mut seen = [0u8; 2];
+    file.read_exact_at(&mut seen, r.file_offset() + PAGE_SIZE + 3).unwrap();
+    assert_eq!(seen, [7, 8]);
+    // Holes and data are told apart in the region's own offsets.
+    assert_eq!(g.populated_pages().unwrap(), vec![PAGE_SIZE, 3 * PAGE_SIZE]);
+    assert_eq!(g.read_vec(3 * PAGE_SIZE, 1).unwrap(), vec![9]);
+}

@@ -214,7 +214,10 @@ fn a_region_lies_at_its_file_offset_in_the_memfd_it_hands_the_server() {
     g.load(3 * PAGE_SIZE, &[9]).unwrap();
     let r = &g.regions()[0];
     assert_eq!(r.file_offset(), ram::FILE_OFFSET);
-    assert!(r.file_offset() > 0 && r.file_offset() % PAGE_SIZE == 0, "a page-aligned offset past 0, as QEMU's");
+    assert!(
+        r.file_offset() > 0 && r.file_offset().is_multiple_of(PAGE_SIZE),
+        "a page-aligned offset past 0, as QEMU's"
+    );
     // What a server maps from (fd, offset) is what the guest wrote.
     let file = std::fs::File::from(r.fd().try_clone_to_owned().unwrap());
     let mut seen = [0u8; 2];

@@ -103,7 +103,7 @@ impl Run<'_> {
         }
         let ctx = &mut self.sides[index(w.side)];
         queries(ctx, &mut rng)?;
-        mappings(ctx)?;
+        mappings(ctx, w.impossible_maps)?;
         region_access(ctx, &mut rng, w.oversized)?;
         features(ctx)?;
         data(ctx, &mut rng)?;
@@ -140,7 +140,7 @@ fn queries(ctx: &mut SideCtx, rng: &mut ChaCha8Rng) -> Result<(), String> {
 
 /// Each mapping the model holds must still be there (an identical or overlapping map is
 /// EEXIST); a spare range maps and unmaps; unmapping what is not mapped is ENOENT.
-fn mappings(ctx: &mut SideCtx) -> Result<(), String> {
+fn mappings(ctx: &mut SideCtx, impossible: bool) -> Result<(), String> {
     let held = ctx.tap.with_model(|m| m.mappings().to_vec());
     let client = ctx.client()?;
     let map = |addr, size| DmaMap { argsz: 32, flags: 3, offset: 0, addr, size };
@@ -151,6 +151,11 @@ fn mappings(ctx: &mut SideCtx) -> Result<(), String> {
         && size > 4096
     {
         ask(client, Command::DmaMap, map(addr + 4096, 4096).as_bytes())?;
+    }
+    if impossible {
+        // Ranges no mapping can have: empty, and past the end of the address space.
+        ask(client, Command::DmaMap, map(SPARE_IOVA, 0).as_bytes())?;
+        ask(client, Command::DmaMap, map(u64::MAX - 4095, 8192).as_bytes())?;
     }
     let mapped = ask(client, Command::DmaMap, map(SPARE_IOVA, 4096).as_bytes())?.is_some();
     let unmap = DmaUnmap { argsz: 24, flags: 0, addr: SPARE_IOVA, size: 4096 };

@@ -518,7 +518,7 @@ pub enum Step {
 }
 
 /// `sweep`.
-#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SweepStep {
     /// The side it acts on.
@@ -527,6 +527,10 @@ pub struct SweepStep {
     /// Also send a message above the server's size bound (a megabyte of payload).
     #[serde(default)]
     pub oversized: bool,
+    /// Also ask for mappings no server may make: an empty one, and one past the end of the
+    /// address space (off: to look past a server known to accept them).
+    #[serde(default = "yes")]
+    pub impossible_maps: bool,
 }
 
 impl Step {

@@ -11,7 +11,7 @@ use super::side::Dev;
 impl Dev {
     /// Logging has just started: starts watching guest memory, if the device has no shadow.
     pub fn watch_memory(&mut self) -> Result<(), String> {
-        let Some(guest) = self.guest.as_ref().filter(|_| self.watch_memory) else {
+        let Some(guest) = self.guest.as_ref().filter(|_| self.watch_memory && self.dirty.logging()) else {
             return Ok(());
         };
         let now = guest.page_fingerprints(&self.dirty.logged_ranges()).map_err(|e| format!("guest RAM: {e}"))?;

@@ -53,12 +53,13 @@ use std::time::{Duration, Instant};
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use vfu_server::codec::{CodecError, Connection, Message};
-use vfu_server::wire::{Capabilities, Command, DmaAccess, Header, TwinSocket, Version, WireError, parse_prefix};
+use vfu_server::wire::{Capabilities, Command, Header, TwinSocket, Version, WireError, parse_prefix};
 use zerocopy::IntoBytes;
 
 mod commands;
 mod info;
 mod migration;
+mod served;
 pub mod strict;
 #[cfg(test)]
 mod tests;
@@ -66,6 +67,7 @@ pub mod trace;
 
 pub use info::{DeviceInfo, IrqInfo, RegionInfo};
 pub use migration::report_bitmap_words;
+pub use served::Served;
 pub use strict::Finding;
 pub use trace::TraceOptions;
 
@@ -475,6 +477,26 @@ impl Client {
         }
     }
 
+    /// Receives and traces one message from `sock`; `None` when that was the twin socket and
+    /// the server closed it (the main socket carries everything from then on).
+    fn recv_on(&mut self, sock: Sock) -> Result<Option<Message>, CodecError> {
+        let received = match (sock, self.twin.as_mut()) {
+            (Sock::Twin, Some(t)) => t.recv(),
+            _ => self.conn.recv(),
+        };
+        let m = match received {
+            Ok(m) => m,
+            Err(CodecError::Closed) if sock == Sock::Twin => {
+                tracing::warn!("the server closed the twin socket");
+                self.twin = None;
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        };
+        self.trace(Dir::S2c, &m.header, &[&m.payload], m.fds.len());
+        Ok(Some(m))
+    }
+
     /// Waits for the reply to `request`, answering server-initiated requests meanwhile.
     pub fn wait_reply(&mut self, request: &Header) -> Result<Message, ClientError> {
         let cmd = request.command().unwrap_or(Command::Version);
@@ -501,22 +523,9 @@ impl Client {
                     return Err(ClientError::Timeout { cmd, after: timeout });
                 }
             };
-            let received = match (sock, self.twin.as_mut()) {
-                (Sock::Twin, Some(t)) => t.recv(),
-                _ => self.conn.recv(),
-            };
-            let m = match received {
-                Ok(m) => m,
-                Err(CodecError::Closed) if sock == Sock::Twin => {
-                    tracing::warn!("the server closed the twin socket");
-                    self.twin = None;
-                    continue;
-                }
-                Err(e) => return Err(socket_err(e)),
-            };
-            self.trace(Dir::S2c, &m.header, &[&m.payload], m.fds.len());
+            let Some(m) = self.recv_on(sock).map_err(socket_err)? else { continue };
             if m.header.is_request() {
-                self.serve_server_request(sock, m).map_err(|e| socket_err(CodecError::Io(e)))?;
+                self.answer_server_request(sock, m).map_err(|e| socket_err(CodecError::Io(e)))?;
                 continue;
             }
             if m.header.msg_id != request.msg_id || m.header.cmd != request.cmd || sock != Sock::Main {
@@ -537,38 +546,6 @@ impl Client {
                 return Err(ClientError::Refused { cmd, errno });
             }
             return Ok(m);
-        }
-    }
-
-    /// Answers one DMA_READ / DMA_WRITE from the server on the socket it came from.
-    fn serve_server_request(&mut self, sock: Sock, m: Message) -> std::io::Result<()> {
-        let h = m.header;
-        let result: Result<Vec<u8>, Errno> = (|| {
-            let (acc, data) = parse_prefix::<DmaAccess>(&m.payload).map_err(|_| Errno::EINVAL)?;
-            let dma = self.dma.as_mut().ok_or(Errno::EFAULT)?;
-            match h.command() {
-                Some(Command::DmaRead) => {
-                    let bytes = dma.dma_read(acc.addr, acc.count)?;
-                    let mut out = acc.as_bytes().to_vec();
-                    out.extend_from_slice(&bytes);
-                    Ok(out)
-                }
-                Some(Command::DmaWrite) => {
-                    if data.len() as u64 != acc.count {
-                        return Err(Errno::EINVAL);
-                    }
-                    dma.dma_write(acc.addr, data)?;
-                    Ok(acc.as_bytes().to_vec())
-                }
-                _ => Err(Errno::ENOSYS),
-            }
-        })();
-        if h.no_reply() {
-            return Ok(());
-        }
-        match result {
-            Ok(payload) => self.send_on(sock, &h.reply(payload.len()), &[&payload], &[]),
-            Err(errno) => self.send_on(sock, &h.error_reply(errno as i32), &[], &[]),
         }
     }
 

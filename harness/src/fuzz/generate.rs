@@ -16,7 +16,7 @@
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 
-use rand::seq::IndexedRandom;
+use rand::seq::{IndexedRandom, SliceRandom};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -568,7 +568,36 @@ pub fn generate_for(seed: u64, device: DeviceKind) -> Generated {
     if b.g.swarm.actions.contains(&Action::Migrate) && !b.migrated {
         b.migrate();
     }
+    if device == DeviceKind::LibvfioUserSample {
+        draw_self_test(&mut g);
+    }
     g
+}
+
+/// Some of the libvfio-user-sample's scenarios with two or more guest RAM regions also make the
+/// device run its own DMA test, somewhere after both sides connected. Drawn from a stream of
+/// its own, so the rest of a seed's scenario is what it was without it. The test takes a
+/// second of the timer's, hence only some seeds; the runner skips it where the device cannot
+/// run it (not RUNNING, its DMA table not as the test needs).
+fn draw_self_test(g: &mut Generated) {
+    let mut rng = ChaCha8Rng::seed_from_u64(g.seed ^ 0x7365_6c66);
+    if g.regions.len() < 2 || !rng.random_bool(0.15) {
+        return;
+    }
+    // Not between a fault or an expectation and the request it is about.
+    let mut after: Vec<usize> = (4..=g.steps.len())
+        .filter(|&i| !matches!(&g.steps[i - 1], GenStep::Raw(r) if r.starts_with("fault:") || r.starts_with("expect:")))
+        .collect();
+    after.shuffle(&mut rng);
+    let side = side_name(usize::from(rng.random_bool(0.3)));
+    // The first place where the side's guest RAM is mapped, as the file's checks see it.
+    for at in after {
+        g.steps.insert(at, GenStep::Raw(format!("self-test: {{side: {side}, if_ready: true}}")));
+        if crate::scenario::load_str(&g.render(None), &format!("{}.yaml", g.name())).is_ok() {
+            return;
+        }
+        g.steps.remove(at);
+    }
 }
 
 #[cfg(test)]
@@ -584,6 +613,18 @@ mod tests {
             if let Err(e) = load_str(&text, &format!("{}.yaml", g.name())) {
                 panic!("seed {seed}: {e}\n{text}");
             }
+        }
+    }
+
+    #[test]
+    fn some_sample_scenarios_make_the_device_run_its_own_test_and_no_other_profile_does() {
+        let drawn: Vec<u64> = (0..300)
+            .filter(|&seed| generate_for(seed, DeviceKind::LibvfioUserSample).render(None).contains("self-test:"))
+            .collect();
+        println!("self-test drawn by seeds {drawn:?}");
+        assert!((10..=90).contains(&drawn.len()), "{} of 300 seeds draw a self-test: {drawn:?}", drawn.len());
+        for device in [DeviceKind::DmaEngine, DeviceKind::Generic] {
+            assert!((0..300).all(|seed| !generate_for(seed, device).render(None).contains("self-test:")));
         }
     }
 

@@ -134,6 +134,9 @@ pub struct ServerModel {
     /// Dirty logging (its protocol side; the truth of writes is the runner's).
     dirty: DirtyModel,
     maps: Vec<(u64, u64)>,
+    /// The same mappings as a table whose first free entry each new one takes (see
+    /// [`ServerModel::map_table`]).
+    table: Vec<Option<(u64, u64)>>,
     device: Option<(u32, u32, u32)>,
     regions: BTreeMap<u32, RegionSeen>,
     irqs: BTreeMap<u32, (u32, u32)>,
@@ -171,6 +174,7 @@ impl ServerModel {
             mig_known: true,
             dirty: DirtyModel::default(),
             maps: Vec::new(),
+            table: Vec::new(),
             device: None,
             regions: BTreeMap::new(),
             irqs: BTreeMap::new(),
@@ -222,6 +226,13 @@ impl ServerModel {
     /// The DMA mappings the server must hold.
     pub fn mappings(&self) -> &[(u64, u64)] {
         &self.maps
+    }
+
+    /// The DMA mappings the server must hold, in a table whose first free entry each new
+    /// mapping takes and that an unmap leaves empty: where a device that keeps its DMA
+    /// regions so (libvfio-user's sample server) holds each.
+    pub fn map_table(&self) -> &[Option<(u64, u64)>] {
+        &self.table
     }
 
     /// Whether the server must be logging, and the ranges it logs.
@@ -298,6 +309,7 @@ impl ServerModel {
                 self.pending.clear();
                 self.negotiated = false;
                 self.maps.clear();
+                self.table.clear();
                 self.dirty.forget_all();
                 // A device caught anywhere but RUNNING is reset to RUNNING, and one that was
                 // RUNNING stays: RUNNING either way, whatever the damaged messages did.

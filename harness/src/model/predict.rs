@@ -438,13 +438,25 @@ impl ServerModel {
             }
             Effect::Map(addr, size) => {
                 self.maps.push((*addr, *size));
+                // An identical mapping made again (the reference accepts it) takes no new entry.
+                let entry = Some((*addr, *size));
+                if !self.table.contains(&entry) {
+                    match self.table.iter_mut().find(|e| e.is_none()) {
+                        Some(free) => *free = entry,
+                        None => self.table.push(entry),
+                    }
+                }
                 self.dirty.mapped(*addr, *size);
             }
             Effect::Unmap(addr, size) => {
                 self.maps.retain(|&r| r != (*addr, *size));
+                for e in self.table.iter_mut().filter(|e| **e == Some((*addr, *size))) {
+                    *e = None;
+                }
                 self.dirty.unmapped(*addr, *size);
             }
             Effect::UnmapAll => {
+                self.table.clear();
                 for (addr, size) in std::mem::take(&mut self.maps) {
                     self.dirty.unmapped(addr, size);
                 }

@@ -23,6 +23,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use mock_qemu::Client;
+use mock_qemu::guest::Guest;
 
 pub use generic::Generic;
 pub use lvu_sample::LvuSample;
@@ -49,6 +50,51 @@ pub trait Profile: fmt::Debug + Send + Sync {
 
     /// The device state a migration must carry, read through the client.
     fn snapshot(&self, client: &mut Client) -> Result<Snapshot, String>;
+
+    /// Whether the profile knows how to make the device run a test of its own (a `self-test`
+    /// step).
+    fn has_self_test(&self) -> bool {
+        false
+    }
+
+    /// Why the device cannot run its test now, with these DMA mappings (in
+    /// [`SelfTest::table`]'s order) and those of them mapped with their fd; `None` when it
+    /// can. The runner has seen the device RUNNING.
+    fn self_test_unready(&self, table: &[Option<(u64, u64)>], fd_mapped: &[(u64, u64)]) -> Option<String> {
+        let _ = (table, fd_mapped);
+        Some(format!("the {} profile knows no test of the device's own", self.name()))
+    }
+
+    /// Makes the device run its own test now, as its driver would, and checks what the test
+    /// must leave behind; returns what the oracle must know of it.
+    fn self_test(&self, test: SelfTest<'_>) -> Result<SelfTestDone, String> {
+        let _ = test;
+        Err(format!("the {} profile knows no test of the device's own", self.name()))
+    }
+}
+
+/// What a device's own test is given.
+pub struct SelfTest<'a> {
+    /// The side's client.
+    pub client: &'a mut Client,
+    /// The side's guest, whose RAM the client mapped.
+    pub guest: &'a Guest,
+    /// The server's DMA mappings in the order of a table whose first free entry each new
+    /// mapping takes ([`crate::model::ServerModel::map_table`]).
+    pub table: Vec<Option<(u64, u64)>>,
+    /// The guest RAM ranges mapped with their fd (the device reaches the others only by
+    /// message).
+    pub fd_mapped: Vec<(u64, u64)>,
+    /// The run's seed.
+    pub seed: u64,
+}
+
+/// What a device's own test did that the oracle must know.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SelfTestDone {
+    /// The guest pages (4 KiB addresses) the device wrote through its mappings: a dirty log
+    /// running over them owes their bits.
+    pub device_pages: Vec<u64>,
 }
 
 /// The profile of a scenario's device.

@@ -539,6 +539,7 @@ fn step_side(step: &Step) -> Option<Side> {
         Step::Program(s) => s.side,
         Step::StartLogging(s) => s.side,
         Step::StopLogging(s) | Step::Reset(s) | Step::GuestReset(s) => s.side,
+        Step::SelfTest(t) => t.side,
         Step::Sweep(s) => s.side,
         Step::SetState(s) => s.side,
         Step::ReadData(s) => s.side,

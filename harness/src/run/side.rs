@@ -281,9 +281,9 @@ impl SideCtx {
             self.dev.dirty.mapped(r.iova, r.len);
             self.dev.mapped.insert(i, backing);
         }
-        if backing == Backing::Message {
-            client.set_dma_service(guest.dma_service());
-        }
+        // Like QEMU, the client serves the server's DMA_READ / DMA_WRITE over all of guest RAM,
+        // whether the region was mapped with its fd or not.
+        client.set_dma_service(guest.dma_service());
         Ok(())
     }
 

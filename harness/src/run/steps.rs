@@ -166,6 +166,7 @@ impl Run<'_> {
                 ctx.after_reset()?;
                 Ok(None)
             }
+            Step::SelfTest(t) => self.self_test(t),
             Step::GuestReset(s) => {
                 let ctx = self.side(s.side);
                 let want = ctx.dev.model.region_write();
@@ -183,6 +184,39 @@ impl Run<'_> {
                 Ok(out)
             }
         }
+    }
+
+    /// The device's own test (see [`crate::profile::Profile::self_test`]); the pages it wrote
+    /// join the dirty log's truth.
+    fn self_test(&mut self, t: &m::SelfTestStep) -> StepOutcome {
+        let (seed, side) = (self.seed, t.side);
+        let ctx = &mut self.sides[index(side)];
+        let guest = ctx.dev.guest.as_ref().ok_or("a self-test needs guest RAM mapped")?;
+        let table = ctx.tap.with_model(|m| m.map_table().to_vec());
+        let fd_mapped: Vec<(u64, u64)> = ctx
+            .dev
+            .mapped
+            .iter()
+            .filter(|(_, b)| **b == Backing::Fd)
+            .filter_map(|(&i, _)| guest.regions().get(i).map(|r| (r.iova, r.len)))
+            .collect();
+        let unready = match ctx.tap.with_model(|m| m.state()) {
+            Some(MigState::Running) => self.profile.self_test_unready(&table, &fd_mapped),
+            state => Some(format!("it runs in RUNNING; the device is in {state:?}")),
+        };
+        if let Some(why) = unready {
+            let why = format!("the {} device cannot run its self-test now: {why}", side.name());
+            if t.if_ready {
+                tracing::info!("{why}; skipped");
+                return Ok(None);
+            }
+            return Err(why);
+        }
+        let client = ctx.client.as_mut().ok_or("no client")?;
+        let test = crate::profile::SelfTest { client, guest, table, fd_mapped, seed };
+        let done = self.profile.self_test(test).map_err(|e| format!("the {} self-test: {e}", self.profile.name()))?;
+        ctx.dev.dirty.device_wrote(done.device_pages);
+        Ok(None)
     }
 
     /// The side's context.

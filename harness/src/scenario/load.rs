@@ -360,6 +360,23 @@ fn check(s: &Scenario, file: &str) -> Vec<Problem> {
                 }
             }
             Step::Reset(r) | Step::GuestReset(r) => need_connected(&sides, r.side, &mut problem),
+            Step::SelfTest(t) => {
+                need_connected(&sides, t.side, &mut problem);
+                if !sides[&t.side].mapped {
+                    problem(at, format!("expected a `map` on the {} before `self-test`", t.side.name()));
+                }
+                let profile = crate::profile::for_device(&s.device);
+                if !profile.has_self_test() {
+                    problem(
+                        at,
+                        format!(
+                            "expected a device with a test of its own for `self-test` (libvfio-user-sample); the {} \
+                             profile knows none",
+                            profile.name()
+                        ),
+                    );
+                }
+            }
             Step::Sweep(w) => need_connected(&sides, w.side, &mut problem),
             Step::Unmap(u) => {
                 need_connected(&sides, u.side, &mut problem);

@@ -511,6 +511,11 @@ pub enum Step {
     GuestReset(SideStep),
     /// DMA_UNMAP of guest RAM regions.
     Unmap(UnmapStep),
+    /// The device runs a test of its own, as its profile makes it (the libvfio-user-sample: its
+    /// timer fires a second from now, it raises INTx and writes a pattern at its first two DMA
+    /// regions, one through the mapping, one by messages); what the test must leave in guest
+    /// RAM is checked, and the pages the device wrote join the dirty log's truth.
+    SelfTest(SelfTestStep),
     /// Every operation of the protocol once, valid and malformed, in the device's current
     /// state, each reply judged by the protocol model; what the model says must hold (state,
     /// mappings, logging) is asked of the server.
@@ -553,10 +558,25 @@ impl Step {
             Step::DirtyReport(_) => "dirty-report",
             Step::Reset(_) => "reset",
             Step::GuestReset(_) => "guest-reset",
+            Step::SelfTest(_) => "self-test",
             Step::Unmap(_) => "unmap",
             Step::Sweep(_) => "sweep",
         }
     }
+}
+
+/// `self-test`.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SelfTestStep {
+    /// The side whose device runs its test.
+    #[serde(default)]
+    pub side: Side,
+    /// When the device cannot run its test now (it is not RUNNING, or its DMA regions are not
+    /// where the test needs them), say so and go on instead of failing: generated scenarios
+    /// draw the step without knowing.
+    #[serde(default)]
+    pub if_ready: bool,
 }
 
 /// A step that names only a side.

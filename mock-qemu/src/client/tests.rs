@@ -553,3 +553,28 @@ fn a_request_the_relay_says_is_unanswered_ends_as_a_timeout_without_waiting_for_
     assert_eq!(c.region_read(0, 8, 4).unwrap(), [1, 2, 3, 4], "the next request is answered as usual");
     server.join().unwrap();
 }
+
+#[test]
+fn a_dma_write_with_nothing_outstanding_is_served_and_a_quiet_server_ends_the_wait() {
+    let (done, wait) = std::sync::mpsc::channel::<()>();
+    let step: Step = Box::new(move |m, conn, _| {
+        conn.send(&m.header.reply(16), &[&m.payload[..16]], &[]).unwrap();
+        let acc = DmaAccess { addr: 2, count: 3 };
+        conn.send(&Header::request(90, Command::DmaWrite, 19), &[acc.as_bytes(), &[4, 5, 6]], &[]).unwrap();
+        let r = conn.recv().unwrap();
+        assert_eq!((r.header.msg_id, r.header.flags, r.payload.as_slice()), (90, 1, acc.as_bytes()));
+        // Quiet, the connection open, until the client has waited in vain.
+        wait.recv().unwrap();
+    });
+    let (mut c, server) = fake(opts(true), vec![step]);
+    let ram = Ram(Arc::new(Mutex::new(vec![0; 8])));
+    c.set_dma_service(Box::new(ram.clone()));
+    c.write_u32(0, 0x48, 1).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let served = c.serve_one(deadline).unwrap().expect("the server's DMA_WRITE");
+    assert_eq!(served, super::Served { cmd: Some(Command::DmaWrite), addr: 2, count: 3, refused: None });
+    assert_eq!(*ram.0.lock().unwrap(), [0, 0, 4, 5, 6, 0, 0, 0]);
+    assert_eq!(c.serve_one(std::time::Instant::now() + Duration::from_millis(20)).unwrap(), None);
+    done.send(()).unwrap();
+    server.join().unwrap();
+}

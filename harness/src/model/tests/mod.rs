@@ -182,6 +182,21 @@ fn mappings_are_exclusive_and_unmapped_exactly() {
 }
 
 #[test]
+fn a_new_mapping_takes_the_first_entry_an_unmap_left_free() {
+    let mut t = Talk::new();
+    for at in [0x1000, 0x3000, 0x5000] {
+        assert!(t.ok(Command::DmaMap, &map(at, 0x1000), 1, &[]).is_empty());
+    }
+    let unmap = DmaUnmap { argsz: 24, flags: 0, addr: 0x1000, size: 0x1000 };
+    assert!(t.ok(Command::DmaUnmap, unmap.as_bytes(), 0, unmap.as_bytes()).is_empty());
+    assert_eq!(t.model.map_table(), [None, Some((0x3000, 0x1000)), Some((0x5000, 0x1000))]);
+    assert!(t.ok(Command::DmaMap, &map(0x8000, 0x1000), 1, &[]).is_empty());
+    assert_eq!(t.model.map_table()[0], Some((0x8000, 0x1000)));
+    t.model.event(Event::Disconnected);
+    assert!(t.model.map_table().is_empty());
+}
+
+#[test]
 fn a_disconnect_drops_what_the_client_set_up_and_leaves_the_device_running() {
     let mut t = Talk::new();
     assert!(t.ok(Command::DmaMap, &map(0, 0x10000), 1, &[]).is_empty());

@@ -7,13 +7,14 @@
 //! the message test's pages are not: the client wrote them and tracks them itself);
 //! the message test sends DMA_WRITE and DMA_READ even though the region has an fd, which is
 //! what the reference's `vfu_sgl_write`/`vfu_sgl_read` do and what its client waits for: four
-//! DMA_WRITEs, then four DMA_READs when the client takes 1 KiB per message. A failure is logged
-//! and the device goes on serving (the reference exits).
+//! DMA_WRITEs, then four DMA_READs when the client takes 1 KiB per message. A failed test is
+//! logged and signalled on the ERR interrupt, the device's way of telling its VMM it is broken
+//! (QEMU stops the guest on it); the device goes on serving (the reference exits).
 
 use super::LvuSample;
 use crate::device::DeviceContext;
 use crate::dma::DmaError;
-use crate::wire::IRQ_INDEX_INTX;
+use crate::wire::{IRQ_INDEX_ERR, IRQ_INDEX_INTX};
 
 /// Bytes per write of the test.
 const CHUNK: usize = 1024;
@@ -30,21 +31,30 @@ pub(super) enum Path {
 }
 
 impl LvuSample {
-    /// INTx, then the direct test on slot 1 and the message test on slot 0.
+    /// INTx, then the direct test on slot 1 and the message test on slot 0; ERR if either
+    /// failed.
     pub(super) fn timer_fired(&mut self, ctx: &mut DeviceContext<'_>) {
         match ctx.trigger_irq(IRQ_INDEX_INTX, 0) {
             Ok(delivery) => tracing::info!(?delivery, "libvfio-user-sample: timer fired, INTx raised"),
             Err(errno) => tracing::error!(%errno, "libvfio-user-sample: INTx trigger failed"),
         }
+        let mut failed = false;
         for (slot, path) in [(1, Path::Direct), (0, Path::Messages)] {
             let Some((iova, _)) = self.slot(slot) else {
                 tracing::error!(slot, ?path, "libvfio-user-sample: no DMA region in slot {slot}; DMA test skipped");
+                failed = true;
                 continue;
             };
             match dma_test(ctx, iova, path) {
                 Ok(()) => tracing::info!(iova, ?path, "libvfio-user-sample: DMA test passed"),
-                Err(e) => tracing::error!(iova, ?path, error = %e, "libvfio-user-sample: DMA test failed"),
+                Err(e) => {
+                    tracing::error!(iova, ?path, error = %e, "libvfio-user-sample: DMA test failed");
+                    failed = true;
+                }
             }
+        }
+        if failed && let Err(errno) = ctx.trigger_irq(IRQ_INDEX_ERR, 0) {
+            tracing::error!(%errno, "libvfio-user-sample: the ERR interrupt could not be raised");
         }
     }
 }

@@ -50,7 +50,7 @@ mod tests;
 use std::collections::BTreeMap;
 use std::collections::BTreeSet;
 
-use vfu_server::wire::MigState;
+use vfu_server::wire::{Command, DMA_MAP_READ, DMA_MAP_WRITE, MigState};
 
 pub use matrix::Matrix;
 pub use msg::{Dir, Msg};
@@ -137,6 +137,8 @@ pub struct ServerModel {
     /// The same mappings as a table whose first free entry each new one takes (see
     /// [`ServerModel::map_table`]).
     table: Vec<Option<(u64, u64)>>,
+    /// Each mapping's DMA_MAP flags (READ, WRITE): what the server may do there by message.
+    map_flags: BTreeMap<(u64, u64), u32>,
     device: Option<(u32, u32, u32)>,
     regions: BTreeMap<u32, RegionSeen>,
     irqs: BTreeMap<u32, (u32, u32)>,
@@ -175,6 +177,7 @@ impl ServerModel {
             dirty: DirtyModel::default(),
             maps: Vec::new(),
             table: Vec::new(),
+            map_flags: BTreeMap::new(),
             device: None,
             regions: BTreeMap::new(),
             irqs: BTreeMap::new(),
@@ -310,6 +313,7 @@ impl ServerModel {
                 self.negotiated = false;
                 self.maps.clear();
                 self.table.clear();
+                self.map_flags.clear();
                 self.dirty.forget_all();
                 // A device caught anywhere but RUNNING is reset to RUNNING, and one that was
                 // RUNNING stays: RUNNING either way, whatever the damaged messages did.
@@ -432,19 +436,35 @@ impl ServerModel {
         }
     }
 
-    /// A DMA request of the server's: it may only reach memory the client mapped.
+    /// A DMA request of the server's: it may only reach memory the client mapped, and only as
+    /// the mapping allows (DMA_WRITE where it was mapped WRITE, DMA_READ where READ).
     fn server_request(&mut self, m: &Msg) {
         let (Some(addr), Some(count)) = (m.u64_at(0), m.u64_at(8)) else {
             self.finding(format!("server request cmd {} msg_id {}: payload too short", m.cmd, m.msg_id));
             return;
         };
-        let inside = self.maps.iter().any(|&(iova, len)| {
+        let inside = self.maps.iter().copied().find(|&(iova, len)| {
             addr >= iova && addr.checked_add(count).is_some_and(|end| end <= iova.saturating_add(len))
         });
-        if !inside {
+        let Some(mapping) = inside else {
             self.finding(format!(
                 "the server asked for DMA (cmd {}) of {addr:#x}+{count:#x}, outside every mapped region",
                 m.cmd
+            ));
+            return;
+        };
+        let flags = self.map_flags.get(&mapping).copied().unwrap_or(DMA_MAP_READ | DMA_MAP_WRITE);
+        let (what, need) = match Command::from_u16(m.cmd) {
+            Some(Command::DmaWrite) => ("DMA_WRITE", DMA_MAP_WRITE),
+            Some(Command::DmaRead) => ("DMA_READ", DMA_MAP_READ),
+            _ => return,
+        };
+        if flags & need == 0 {
+            let (iova, len) = mapping;
+            self.finding(format!(
+                "the server sent {what} of {addr:#x}+{count:#x} into {iova:#x}+{len:#x}, which the client mapped \
+                 without {}",
+                if need == DMA_MAP_WRITE { "WRITE" } else { "READ" }
             ));
         }
     }

@@ -27,7 +27,7 @@ const STREAM_REFUSALS: &[Errno] = crate::oracle::DATA_REFUSALS;
 pub(super) enum Effect {
     None,
     Negotiate,
-    Map(u64, u64),
+    Map(u64, u64, u32),
     Unmap(u64, u64),
     UnmapAll,
     Reset,
@@ -175,9 +175,9 @@ impl ServerModel {
         }
         if self.dirty.logging() && size > 1 << 40 {
             // Logging everything cannot take a mapping of any size: the server may refuse it.
-            return (Expected::Either(&[Errno::ENOMEM, Errno::E2BIG]), Effect::Map(addr, size));
+            return (Expected::Either(&[Errno::ENOMEM, Errno::E2BIG]), Effect::Map(addr, size, flags));
         }
-        (Expected::Ok, Effect::Map(addr, size))
+        (Expected::Ok, Effect::Map(addr, size, flags))
     }
 
     fn dma_unmap(&self, m: &Msg) -> (Expected, Effect) {
@@ -436,8 +436,9 @@ impl ServerModel {
                 }
                 self.write_multiple = server.write_multiple == Some(true);
             }
-            Effect::Map(addr, size) => {
+            Effect::Map(addr, size, flags) => {
                 self.maps.push((*addr, *size));
+                self.map_flags.insert((*addr, *size), *flags);
                 // An identical mapping made again (the reference accepts it) takes no new entry.
                 let entry = Some((*addr, *size));
                 if !self.table.contains(&entry) {
@@ -450,6 +451,7 @@ impl ServerModel {
             }
             Effect::Unmap(addr, size) => {
                 self.maps.retain(|&r| r != (*addr, *size));
+                self.map_flags.remove(&(*addr, *size));
                 for e in self.table.iter_mut().filter(|e| **e == Some((*addr, *size))) {
                     *e = None;
                 }
@@ -457,6 +459,7 @@ impl ServerModel {
             }
             Effect::UnmapAll => {
                 self.table.clear();
+                self.map_flags.clear();
                 for (addr, size) in std::mem::take(&mut self.maps) {
                     self.dirty.unmapped(addr, size);
                 }

@@ -10,7 +10,7 @@ use mock_qemu::guest::dmae::{DmaCommand, DmaEngineDriver, DmaOp, DriverError, St
 use mock_qemu::guest::{Backing, Guest};
 use mock_qemu::{Client, ClientError};
 use nix::errno::Errno;
-use vfu_server::wire::MigState;
+use vfu_server::wire::{DMA_MAP_READ, DMA_MAP_WRITE, MigState};
 
 use super::hosted::HostedServer;
 use super::server::{Hooks, ServerCommand, connect};
@@ -268,7 +268,14 @@ impl SideCtx {
     }
 
     /// DMA_MAP of guest regions (all not mapped yet when `regions` is `None`).
-    pub fn map(&mut self, layout: &[(u64, u64)], backing: Backing, regions: Option<&[u32]>) -> Result<(), String> {
+    pub fn map(
+        &mut self,
+        layout: &[(u64, u64)],
+        backing: Backing,
+        regions: Option<&[u32]>,
+        read_only: bool,
+    ) -> Result<(), String> {
+        let flags = if read_only { DMA_MAP_READ } else { DMA_MAP_READ | DMA_MAP_WRITE };
         let guest = self.guest(layout)?;
         let wanted: Vec<usize> = match regions {
             Some(r) => r.iter().map(|&i| i as usize).collect(),
@@ -276,7 +283,7 @@ impl SideCtx {
         };
         let client = self.client.as_mut().ok_or("no client")?;
         for i in wanted {
-            guest.map_region(client, i, backing).map_err(|e| format!("DMA_MAP of region {i}: {e}"))?;
+            guest.map_region_as(client, i, backing, flags).map_err(|e| format!("DMA_MAP of region {i}: {e}"))?;
             let r = &guest.regions()[i];
             self.dev.dirty.mapped(r.iova, r.len);
             self.dev.mapped.insert(i, backing);

@@ -92,7 +92,7 @@ impl Run<'_> {
                     m::Backing::Message => Backing::Message,
                 };
                 let layout = self.layout.clone();
-                self.side(mp.side).map(&layout, backing, mp.regions.as_deref())?;
+                self.side(mp.side).map(&layout, backing, mp.regions.as_deref(), mp.read_only)?;
                 if mp.side == Side::Source && mp.regions.is_none() {
                     // A driver sets the device up once guest memory is there for it to use.
                     let seed = self.seed;

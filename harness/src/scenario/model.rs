@@ -629,6 +629,10 @@ pub struct MapStep {
     /// absent.
     #[serde(default)]
     pub regions: Option<Vec<u32>>,
+    /// Map them READ only: the server may read them but never write them, by message or
+    /// through the mapping.
+    #[serde(default)]
+    pub read_only: bool,
 }
 
 /// `unmap`.

@@ -255,12 +255,24 @@ impl Guest {
     /// DMA_MAP of region `index` (READ | WRITE) with the given backing. An index past the
     /// regions maps nothing.
     pub fn map_region(&self, client: &mut Client, index: usize, backing: Backing) -> Result<(), ClientError> {
+        self.map_region_as(client, index, backing, DMA_MAP_READ | DMA_MAP_WRITE)
+    }
+
+    /// DMA_MAP of region `index` with the given backing and DMA_MAP `flags` (READ only: the
+    /// server may read it, never write it). An index past the regions maps nothing.
+    pub fn map_region_as(
+        &self,
+        client: &mut Client,
+        index: usize,
+        backing: Backing,
+        flags: u32,
+    ) -> Result<(), ClientError> {
         let Some(r) = self.regions().get(index) else { return Ok(()) };
         let fd = match backing {
             Backing::Fd => Some((r.fd(), r.file_offset())),
             Backing::Message => None,
         };
-        client.dma_map(r.iova, r.len, DMA_MAP_READ | DMA_MAP_WRITE, fd)
+        client.dma_map(r.iova, r.len, flags, fd)
     }
 
     /// DMA_UNMAP of every region.

@@ -4,8 +4,8 @@ use nix::errno::Errno;
 use pretty_assertions::assert_eq;
 use rstest::rstest;
 use vfu_server::wire::{
-    Command, DmaLoggingReport, DmaMap, DmaUnmap, FEATURE_DMA_LOGGING_REPORT, FEATURE_DMA_LOGGING_START, FEATURE_GET,
-    FEATURE_MIG_DEVICE_STATE, FEATURE_SET, FLAG_ERROR, FLAG_NO_REPLY, MigState, RegionAccess, TYPE_REPLY,
+    Command, DMA_MAP_READ, DmaLoggingReport, DmaMap, DmaUnmap, FEATURE_DMA_LOGGING_REPORT, FEATURE_DMA_LOGGING_START,
+    FEATURE_GET, FEATURE_MIG_DEVICE_STATE, FEATURE_SET, FLAG_ERROR, FLAG_NO_REPLY, MigState, RegionAccess, TYPE_REPLY,
 };
 use zerocopy::IntoBytes;
 
@@ -252,6 +252,21 @@ fn the_server_may_dma_only_into_mapped_memory() {
     let outside = [0x10ff8u64.to_le_bytes(), 16u64.to_le_bytes()].concat();
     t.model.message(msg(Dir::ToClient, 2, Command::DmaRead as u16, 0, 0, 0, &outside));
     assert_eq!(t.model.take_findings().len(), 1);
+}
+
+#[test]
+fn the_server_may_not_dma_write_into_a_mapping_without_write() {
+    let mut t = Talk::new();
+    let read_only = DmaMap { argsz: 32, flags: DMA_MAP_READ, offset: 0, addr: 0x10000, size: 0x1000 };
+    assert!(t.ok(Command::DmaMap, read_only.as_bytes(), 0, &[]).is_empty());
+    let access = [0x10000u64.to_le_bytes(), 16u64.to_le_bytes()].concat();
+    t.model.message(msg(Dir::ToClient, 1, Command::DmaRead as u16, 0, 0, 0, &access));
+    assert!(t.model.take_findings().is_empty());
+    let write = [access.clone(), vec![0; 16]].concat();
+    t.model.message(msg(Dir::ToClient, 2, Command::DmaWrite as u16, 0, 0, 0, &write));
+    let found = t.model.take_findings();
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(found[0].contains("without WRITE"), "{found:?}");
 }
 
 #[test]

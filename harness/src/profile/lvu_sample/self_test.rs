@@ -30,6 +30,8 @@ const CHUNK: usize = 1024;
 /// How long past its second the timer may take to fire: the sample arms it for whole seconds
 /// (`setitimer` of the difference), so a second and a little.
 const TIMER_SLACK: Duration = Duration::from_secs(3);
+/// How often the wait for the message test looks at ERR.
+const ERR_LOOK: Duration = Duration::from_millis(20);
 /// Attempts at arming the timer: a write that lands as the server's clock turns to the second
 /// it names disarms the timer instead, and is made again.
 const ARM_ATTEMPTS: usize = 3;
@@ -51,7 +53,7 @@ pub(in crate::profile) fn run(t: SelfTest<'_>) -> Result<SelfTestDone, String> {
     let err = attach(client, IRQ_INDEX_ERR, "ERR")?;
     arm(client)?;
     wait_intx(&intx, Instant::now() + TIMER_SLACK + client.timeout())?;
-    serve_messages(client, messages)?;
+    serve_messages(client, messages, &err)?;
     // Back to a second that never comes: the sample re-arms its timer from BAR0 whenever it
     // returns to RUNNING, and refuses the arc (EINVAL) when that second has passed.
     client.write_u64(BAR0, 0, TIMER_AT).map_err(|e| format!("arming the BAR0 timer again for {TIMER_AT:#x}: {e}"))?;
@@ -92,6 +94,15 @@ pub(super) fn places(table: &[Option<(u64, u64)>], fd_mapped: &[(u64, u64)]) -> 
         ));
     }
     Ok((direct, messages))
+}
+
+/// Fails if the device raised ERR.
+fn raised_err(err: &EventFd) -> Result<(), String> {
+    match err.read() {
+        Err(Errno::EAGAIN) => Ok(()),
+        Ok(n) => Err(format!("the device raised its ERR interrupt ({n}) in its own DMA test: it found it failed")),
+        Err(e) => Err(format!("reading the ERR eventfd: {e}")),
+    }
 }
 
 /// A new eventfd, attached to the first vector of IRQ `index`.
@@ -143,21 +154,24 @@ fn wait_intx(fd: &EventFd, deadline: Instant) -> Result<(), String> {
 }
 
 /// Answers the message test's DMA_WRITEs and DMA_READs at `at`: each byte of the test written
-/// once, then read back.
-fn serve_messages(client: &mut Client, at: u64) -> Result<(), String> {
+/// once, then read back. A device that raises ERR meanwhile has given its test up.
+fn serve_messages(client: &mut Client, at: u64, err: &EventFd) -> Result<(), String> {
     let deadline = Instant::now() + client.timeout();
     let (mut written, mut read) = (0u64, 0u64);
     while written < TEST_LEN || read < TEST_LEN {
-        let served = client
-            .serve_one(deadline)
-            .map_err(|e| format!("serving the sample's DMA messages: {e}"))?
-            .ok_or_else(|| {
-                format!(
+        let slice = (Instant::now() + ERR_LOOK).min(deadline);
+        let Some(served) = client.serve_one(slice).map_err(|e| format!("serving the sample's DMA messages: {e}"))?
+        else {
+            raised_err(err)?;
+            if Instant::now() >= deadline {
+                return Err(format!(
                     "the sample's message test stopped: {written:#x} of {TEST_LEN:#x} bytes written and {read:#x} read \
                      by message within {:?}",
                     client.timeout()
-                )
-            })?;
+                ));
+            }
+            continue;
+        };
         let (start, end) = (served.addr, served.addr.saturating_add(served.count));
         let (done, what) = match served.cmd {
             Some(Command::DmaWrite) if read == 0 => (&mut written, "DMA_WRITE"),

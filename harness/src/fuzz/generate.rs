@@ -571,7 +571,23 @@ pub fn generate_for(seed: u64, device: DeviceKind) -> Generated {
     if device == DeviceKind::LibvfioUserSample {
         draw_self_test(&mut g);
     }
+    draw_twin_sockets(&mut g);
     g
+}
+
+/// A quarter of the connections ask for a twin socket (the server's own requests, DMA_READ
+/// and DMA_WRITE, then come on a socket of their own, if the server offers one). Drawn from a
+/// stream of its own, so the rest of a seed's scenario is what it was without it.
+fn draw_twin_sockets(g: &mut Generated) {
+    let mut rng = ChaCha8Rng::seed_from_u64(g.seed ^ 0x7477_696e);
+    for step in &mut g.steps {
+        if let GenStep::Raw(r) = step
+            && r.starts_with("connect:")
+            && rng.random_bool(0.25)
+        {
+            *r = r.replacen('}', ", twin_socket: true}", 1);
+        }
+    }
 }
 
 /// Some of the libvfio-user-sample's scenarios with two or more guest RAM regions also make the
@@ -657,7 +673,7 @@ mod tests {
                 len += 1;
             }
         }
-        assert_eq!((hash, len), (0xa49d_0bee_3cdd_a239, 444_837));
+        assert_eq!((hash, len), (0x109e_e2ee_4b23_d08d, 449_910));
     }
 
     #[test]

@@ -162,6 +162,13 @@ impl ServerModel {
             problems.push(format!("the reply describes region {index}"));
             return;
         }
+        // A region the client may map comes with its fd, in every reply with room for all of
+        // it (a smaller one states the room needed in argsz and may leave the fd out).
+        let fits = reply.u32_at(0).zip(req.u32_at(0)).is_some_and(|(need, room)| need <= room);
+        if fits && flags & REGION_FLAG_MMAP != 0 && reply.nfds != 1 {
+            problems
+                .push(format!("region {index} can be mapped (MMAP) but the reply carries {} fds, not 1", reply.nfds));
+        }
         // CAPS comes and goes with the room the request gave; the rest must not change.
         let seen = RegionSeen { size, flags: flags & (REGION_FLAG_READ | REGION_FLAG_WRITE | REGION_FLAG_MMAP) };
         match self.regions.get(&index) {

@@ -5,7 +5,8 @@ use pretty_assertions::assert_eq;
 use rstest::rstest;
 use vfu_server::wire::{
     Command, DMA_MAP_READ, DmaLoggingReport, DmaMap, DmaUnmap, FEATURE_DMA_LOGGING_REPORT, FEATURE_DMA_LOGGING_START,
-    FEATURE_GET, FEATURE_MIG_DEVICE_STATE, FEATURE_SET, FLAG_ERROR, FLAG_NO_REPLY, MigState, RegionAccess, TYPE_REPLY,
+    FEATURE_GET, FEATURE_MIG_DEVICE_STATE, FEATURE_SET, FLAG_ERROR, FLAG_NO_REPLY, MigState, REGION_FLAG_MMAP,
+    REGION_FLAG_READ, REGION_FLAG_WRITE, RegionAccess, TYPE_REPLY,
 };
 use zerocopy::IntoBytes;
 
@@ -267,6 +268,30 @@ fn the_server_may_not_dma_write_into_a_mapping_without_write() {
     let found = t.model.take_findings();
     assert_eq!(found.len(), 1, "{found:?}");
     assert!(found[0].contains("without WRITE"), "{found:?}");
+}
+
+#[test]
+fn a_mappable_region_comes_with_its_fd_when_the_reply_has_room() {
+    let mut req = [0u8; 32];
+    req[0] = 32;
+    req[8] = 1;
+    let mut reply = req;
+    reply[4] = (REGION_FLAG_READ | REGION_FLAG_WRITE | REGION_FLAG_MMAP) as u8;
+    reply[16..24].copy_from_slice(&0x3000u64.to_le_bytes());
+    for (nfds, findings) in [(1, 0), (0, 1)] {
+        let mut t = Talk::new();
+        let id = t.send(Command::DeviceGetRegionInfo as u16, &req, 0, 0);
+        t.model.message(msg(Dir::ToClient, id, Command::DeviceGetRegionInfo as u16, TYPE_REPLY, 0, nfds, &reply));
+        let found = t.model.take_findings();
+        assert_eq!(found.len(), findings, "{nfds} fds: {found:?}");
+    }
+    // A reply without room for the whole description may leave the fd out.
+    let mut t = Talk::new();
+    let mut small = reply;
+    small[0] = 48;
+    let id = t.send(Command::DeviceGetRegionInfo as u16, &req, 0, 0);
+    t.model.message(msg(Dir::ToClient, id, Command::DeviceGetRegionInfo as u16, TYPE_REPLY, 0, 0, &small));
+    assert!(t.model.take_findings().is_empty());
 }
 
 #[test]

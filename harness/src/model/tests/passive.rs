@@ -124,7 +124,7 @@ fn regions_are_learnt_from_the_replies_that_pass_by() {
     req[0] = 32;
     req[8] = 2;
     let mut reply = req;
-    reply[4] = 7;
+    reply[4] = 3;
     reply[16..24].copy_from_slice(&0x1000u64.to_le_bytes());
     assert!(t.ok(Command::DeviceGetRegionInfo, &req, 0, &reply).is_empty());
     let found = t.ok(Command::RegionRead, &read, 0, &answer);

@@ -6,7 +6,7 @@ use std::time::Duration;
 use mock_qemu::guest::Backing;
 use mock_qemu::guest::dmae::DmaCommand;
 use nix::errno::Errno;
-use rand::RngCore;
+use rand::{Rng, RngCore};
 use vfu_server::devices::dma_engine::REGION_REGS;
 use vfu_server::devices::dma_engine::regs::REG_CTRL;
 use vfu_server::wire::MigState;
@@ -395,6 +395,9 @@ impl Run<'_> {
 
     pub(super) fn dirty_report(&mut self, d: &m::DirtyReportStep) -> StepOutcome {
         let ps = d.page_size.bytes();
+        // A quarter of the reports offer more room than the bitmap needs, as a client may: the
+        // reply's argsz must still state the reply's own size.
+        let mut room = super::rng_for(self.seed, self.step, 6);
         let ctx = &mut self.sides[index(d.side)];
         let ranges: Vec<(u64, u64)> = match (d.iova, d.length) {
             (Some(i), Some(l)) => vec![(i.bytes(), l.bytes())],
@@ -408,7 +411,8 @@ impl Run<'_> {
         ctx.dev.look_at_memory(state)?;
         for (iova, length) in ranges {
             let want = ctx.dev.dirty.predict_report(iova, length, ps);
-            match ctx.client()?.dma_logging_report(iova, length, ps) {
+            let spare = if room.random_bool(0.25) { 64 } else { 0 };
+            match ctx.client()?.dma_logging_report_with_room(iova, length, ps, spare) {
                 Ok(bitmap) => {
                     judge("DMA_LOGGING_REPORT", &want, None)?;
                     let check = ctx.dev.dirty.take_report(iova, length, ps, &bitmap);

@@ -64,7 +64,18 @@ impl Client {
     /// GET of a feature whose data is `reply_len` bytes; returns the reply data (at least
     /// `reply_len` bytes, checked).
     fn feature_get(&mut self, feature: u32, data: &[u8], reply_len: usize) -> Result<Vec<u8>, ClientError> {
-        let room = data.len().max(reply_len);
+        self.feature_get_in(feature, data, reply_len, reply_len)
+    }
+
+    /// GET of `feature`, offering `room` data bytes for a reply of at least `reply_len`.
+    fn feature_get_in(
+        &mut self,
+        feature: u32,
+        data: &[u8],
+        reply_len: usize,
+        room: usize,
+    ) -> Result<Vec<u8>, ClientError> {
+        let room = data.len().max(room);
         let argsz = u32::try_from(HEAD + room).map_err(|_| too_big(FEATURE))?;
         let (head, out) = self.device_feature(feature | FEATURE_GET, data, Some(argsz))?;
         if out.len() < reply_len {
@@ -150,11 +161,24 @@ impl Client {
     /// u64 words (page i is bit i % 64 of word i / 64). The request gives room for the whole
     /// bitmap; the reply must echo the range and carry at least that many words.
     pub fn dma_logging_report(&mut self, iova: u64, length: u64, page_size: u64) -> Result<Vec<u64>, ClientError> {
+        self.dma_logging_report_with_room(iova, length, page_size, 0)
+    }
+
+    /// [`dma_logging_report`](Self::dma_logging_report) offering `spare` bytes of room past the
+    /// bitmap: the reply's argsz must still state the reply's own size.
+    pub fn dma_logging_report_with_room(
+        &mut self,
+        iova: u64,
+        length: u64,
+        page_size: u64,
+        spare: usize,
+    ) -> Result<Vec<u64>, ClientError> {
         let words = report_bitmap_words(length, page_size);
         let bitmap_len = usize::try_from(words).ok().and_then(|w| w.checked_mul(8)).ok_or_else(|| too_big(FEATURE))?;
         let req = DmaLoggingReport { iova, length, page_size };
         let reply_len = size_of::<DmaLoggingReport>().checked_add(bitmap_len).ok_or_else(|| too_big(FEATURE))?;
-        let out = self.feature_get(FEATURE_DMA_LOGGING_REPORT, req.as_bytes(), reply_len)?;
+        let room = reply_len.checked_add(spare).ok_or_else(|| too_big(FEATURE))?;
+        let out = self.feature_get_in(FEATURE_DMA_LOGGING_REPORT, req.as_bytes(), reply_len, room)?;
         let (echo, bitmap) = parse_prefix::<DmaLoggingReport>(&out).map_err(|e| bad(FEATURE, e))?;
         if echo != req {
             return Err(bad_reply(FEATURE, format!("DMA_LOGGING_REPORT of {req:?} answered for {echo:?}")));

@@ -139,7 +139,8 @@ fn queries(ctx: &mut SideCtx, rng: &mut ChaCha8Rng) -> Result<(), String> {
 }
 
 /// Each mapping the model holds must still be there (an identical or overlapping map is
-/// EEXIST); a spare range maps and unmaps; unmapping what is not mapped is ENOENT.
+/// EEXIST); a spare range maps and unmaps, and so do the pages touching it on either side;
+/// unmapping what is not mapped is ENOENT.
 fn mappings(ctx: &mut SideCtx, impossible: bool) -> Result<(), String> {
     let held = ctx.tap.with_model(|m| m.mappings().to_vec());
     let client = ctx.client()?;
@@ -158,6 +159,18 @@ fn mappings(ctx: &mut SideCtx, impossible: bool) -> Result<(), String> {
         ask(client, Command::DmaMap, map(u64::MAX - 4095, 8192).as_bytes())?;
     }
     let mapped = ask(client, Command::DmaMap, map(SPARE_IOVA, 4096).as_bytes())?.is_some();
+    // Pages touching the spare one, below and above: mappings of their own, not overlaps.
+    let mut touching = Vec::new();
+    if mapped {
+        for at in [SPARE_IOVA - 4096, SPARE_IOVA + 4096] {
+            if ask(client, Command::DmaMap, map(at, 4096).as_bytes())?.is_some() {
+                touching.push(at);
+            }
+        }
+        for &at in &touching {
+            ask(client, Command::DmaUnmap, DmaUnmap { argsz: 24, flags: 0, addr: at, size: 4096 }.as_bytes())?;
+        }
+    }
     let unmap = DmaUnmap { argsz: 24, flags: 0, addr: SPARE_IOVA, size: 4096 };
     let unmapped = ask(client, Command::DmaUnmap, unmap.as_bytes())?.is_some();
     ask(client, Command::DmaUnmap, DmaUnmap { addr: SPARE_IOVA * 2, ..unmap }.as_bytes())?;

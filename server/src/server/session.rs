@@ -174,7 +174,10 @@ impl<'s> Session<'s> {
                 let mut fds = [PollFd::new(self.peer.conn.stream().as_fd(), PollFlags::POLLIN)];
                 match poll(&mut fds, timeout) {
                     Ok(0) | Err(Errno::EINTR) => continue,
-                    Ok(_) => return Ok(()),
+                    // A request that came after the deadline waits for the device's turn: the
+                    // thread may have slept between the clock and the poll.
+                    Ok(_) if Instant::now() < deadline => return Ok(()),
+                    Ok(_) => {}
                     Err(e) => return Err(e.into()),
                 }
             }

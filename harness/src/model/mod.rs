@@ -52,6 +52,9 @@ use std::collections::BTreeSet;
 
 use vfu_server::wire::{Command, DMA_MAP_READ, DMA_MAP_WRITE, MigState};
 
+/// `max_dma_maps` when VERSION does not say (the specification's default).
+const DEFAULT_MAX_DMA_MAPS: u32 = 65535;
+
 pub use matrix::Matrix;
 pub use msg::{Dir, Msg};
 use predict::{Effect, Prediction};
@@ -139,6 +142,8 @@ pub struct ServerModel {
     table: Vec<Option<(u64, u64)>>,
     /// Each mapping's DMA_MAP flags (READ, WRITE): what the server may do there by message.
     map_flags: BTreeMap<(u64, u64), u32>,
+    /// The mappings the server takes at most (`max_dma_maps` of its VERSION reply).
+    max_dma_maps: u32,
     device: Option<(u32, u32, u32)>,
     regions: BTreeMap<u32, RegionSeen>,
     irqs: BTreeMap<u32, (u32, u32)>,
@@ -178,6 +183,7 @@ impl ServerModel {
             maps: Vec::new(),
             table: Vec::new(),
             map_flags: BTreeMap::new(),
+            max_dma_maps: DEFAULT_MAX_DMA_MAPS,
             device: None,
             regions: BTreeMap::new(),
             irqs: BTreeMap::new(),
@@ -229,6 +235,12 @@ impl ServerModel {
     /// The DMA mappings the server must hold.
     pub fn mappings(&self) -> &[(u64, u64)] {
         &self.maps
+    }
+
+    /// The mappings the server promised to take at most (`max_dma_maps` in VERSION, else the
+    /// specification's default).
+    pub fn max_dma_maps(&self) -> u32 {
+        self.max_dma_maps
     }
 
     /// The DMA mappings the server must hold, in a table whose first free entry each new

@@ -173,6 +173,10 @@ impl ServerModel {
         if self.maps.iter().any(|&(a, l)| addr < a.saturating_add(l) && a < addr + size) {
             return (Expected::Errno(Errno::EEXIST), Effect::None);
         }
+        // Past the count the server gave in VERSION; the specification names no errno.
+        if self.maps.len() >= self.max_dma_maps as usize {
+            return (Expected::Errno(Errno::ENOSPC), Effect::None);
+        }
         if self.dirty.logging() && size > 1 << 40 {
             // Logging everything cannot take a mapping of any size: the server may refuse it.
             return (Expected::Either(&[Errno::ENOMEM, Errno::E2BIG]), Effect::Map(addr, size, flags));
@@ -435,6 +439,7 @@ impl ServerModel {
                     self.migratable = Some(server.migration.is_some());
                 }
                 self.write_multiple = server.write_multiple == Some(true);
+                self.max_dma_maps = server.max_dma_maps.unwrap_or(super::DEFAULT_MAX_DMA_MAPS);
             }
             Effect::Map(addr, size, flags) => {
                 self.maps.push((*addr, *size));

@@ -7,6 +7,9 @@ use crate::model::deviation::{Deviation, Seen};
 use crate::report::{Finding, Severity};
 use crate::scenario::model::Side;
 
+/// Findings of one rule a step's report keeps, before it says how many more there were.
+const RECORDED_PER_STEP: usize = 32;
+
 /// What a model finding breaks: its message says what the model predicted.
 const MODEL_PREDICTS: &str = "the reply the specification's model predicts (see the message)";
 /// What a client's strict-mode finding breaks.
@@ -101,8 +104,14 @@ impl Run<'_> {
             for (rule, text) in client_violations {
                 self.record(Severity::Violation, rule, side, text, CLIENT_RULES);
             }
-            for text in &found {
+            // A step that sends thousands of requests can break a rule thousands of times: the
+            // report keeps the first few, and says how many more.
+            for text in found.iter().take(RECORDED_PER_STEP) {
                 self.record(Severity::Violation, "protocol-model", side, text.clone(), MODEL_PREDICTS);
+            }
+            if let Some(more) = found.len().checked_sub(RECORDED_PER_STEP).filter(|&n| n > 0) {
+                let text = format!("and {more} more replies of this step the model does not admit");
+                self.record(Severity::Violation, "protocol-model", side, text, MODEL_PREDICTS);
             }
             model.extend(found.into_iter().map(|f| format!("{}: {f}", side.name())));
             // This project's server with the dma-engine claims the specification to the letter:

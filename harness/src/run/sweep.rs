@@ -104,6 +104,9 @@ impl Run<'_> {
         let ctx = &mut self.sides[index(w.side)];
         queries(ctx, &mut rng)?;
         mappings(ctx, w.impossible_maps)?;
+        if w.map_limit {
+            map_limit(ctx)?;
+        }
         region_access(ctx, &mut rng, w.oversized)?;
         features(ctx)?;
         data(ctx, &mut rng)?;
@@ -181,6 +184,29 @@ fn mappings(ctx: &mut SideCtx, impossible: bool) -> Result<(), String> {
     }
     if unmapped {
         ctx.dev.dirty.unmapped(SPARE_IOVA, 4096);
+    }
+    Ok(())
+}
+
+/// Spare pages (without an fd) mapped up to the server's `max_dma_maps`, all taken, then one
+/// more, refused; then unmapped.
+fn map_limit(ctx: &mut SideCtx) -> Result<(), String> {
+    let (held, max) = ctx.tap.with_model(|m| (m.mappings().len(), m.max_dma_maps() as usize));
+    let base = SPARE_IOVA * 3;
+    let mut mapped = Vec::new();
+    for i in 0..=max.saturating_sub(held) as u64 {
+        let at = base + i * 4096;
+        let m = DmaMap { argsz: 32, flags: 3, offset: 0, addr: at, size: 4096 };
+        if ask(ctx.client()?, Command::DmaMap, m.as_bytes())?.is_some() {
+            ctx.dev.dirty.mapped(at, 4096);
+            mapped.push(at);
+        }
+    }
+    for at in mapped {
+        let u = DmaUnmap { argsz: 24, flags: 0, addr: at, size: 4096 };
+        if ask(ctx.client()?, Command::DmaUnmap, u.as_bytes())?.is_some() {
+            ctx.dev.dirty.unmapped(at, 4096);
+        }
     }
     Ok(())
 }

@@ -536,6 +536,10 @@ pub struct SweepStep {
     /// address space (off: to look past a server known to accept them).
     #[serde(default = "yes")]
     pub impossible_maps: bool,
+    /// Also map spare pages up to the server's `max_dma_maps` (as VERSION gave it, or the
+    /// specification's default), then one more, which must be refused, and unmap them.
+    #[serde(default)]
+    pub map_limit: bool,
 }
 
 impl Step {

@@ -488,6 +488,17 @@ impl Guest {
         self.regions().iter().flat_map(|r| (0..r.len / PAGE_SIZE).map(move |i| r.iova + i * PAGE_SIZE))
     }
 
+    /// Every page back to zero, as an incoming QEMU's guest RAM starts (a migration's first
+    /// pass skips the source's holes, whose zeros a fresh destination already has). The logs
+    /// of what the client side wrote are cleared with it.
+    pub fn discard(&self) -> Result<(), GuestError> {
+        self.regions().iter().try_for_each(|r| r.discard())?;
+        self.take_vcpu_dirty();
+        self.take_message_dirty();
+        self.take_client_writes();
+        Ok(())
+    }
+
     /// The pages that hold data (the rest are holes never written, which read as zeros):
     /// sorted guest addresses. A migration's first pass sends these and skips the holes, whose
     /// zeros a fresh destination already has, so a large, mostly idle guest costs little.

@@ -19,6 +19,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::FileExt;
 
 use nix::errno::Errno;
+use nix::fcntl::{FallocateFlags, fallocate};
 use nix::sys::uio::pwritev;
 use nix::unistd::{Whence, lseek};
 use vfu_server::mmap::MappedRegion;
@@ -116,6 +117,17 @@ impl RamRegion {
         self.map
             .write_at(FILE_OFFSET + offset, data)
             .ok_or(GuestError::OutOfRange { iova: self.iova.saturating_add(offset), len: data.len() as u64 })
+    }
+
+    /// Gives every page back to the kernel (a hole punched over the whole region): the region
+    /// reads zero again, for this process and for a server that mapped it alike.
+    pub(super) fn discard(&self) -> Result<(), GuestError> {
+        let (at, len) = (i64::try_from(FILE_OFFSET), i64::try_from(self.len));
+        let (Ok(at), Ok(len)) = (at, len) else {
+            return Err(self.io_error(self.iova, self.len, std::io::ErrorKind::InvalidInput.into()));
+        };
+        let flags = FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE;
+        fallocate(self.file.as_fd(), flags, at, len).map_err(|e| self.io_error(self.iova, self.len, e.into()))
     }
 
     /// The ranges of region offsets `[start, end)` that hold data (everything else is a hole,

@@ -68,6 +68,9 @@ impl Destination<'_> {
     }
 
     fn load<R: Read>(&mut self, input: &mut StreamReader<R>, done: &mut DestinationDone) -> Result<(), MigrationError> {
+        // An incoming QEMU's guest RAM starts zero: whatever this guest held before (a device of
+        // its own writing it, an earlier migration) is not the source's.
+        self.guest.discard().map_err(MigrationError::Guest)?;
         let client = &mut *self.client;
         let max = client.server_caps().max_data_xfer_size_or_default() as usize;
         loop {

@@ -191,7 +191,9 @@ impl Run<'_> {
     fn self_test(&mut self, t: &m::SelfTestStep) -> StepOutcome {
         let (seed, side) = (self.seed, t.side);
         let ctx = &mut self.sides[index(side)];
-        let guest = ctx.dev.guest.as_ref().ok_or("a self-test needs guest RAM mapped")?;
+        let (Some(guest), Some(client)) = (ctx.dev.guest.as_ref(), ctx.client.as_mut()) else {
+            return not_ready(t, "it needs a client connected and guest RAM mapped".into());
+        };
         let table = ctx.tap.with_model(|m| m.map_table().to_vec());
         let fd_mapped: Vec<(u64, u64)> = ctx
             .dev
@@ -205,14 +207,8 @@ impl Run<'_> {
             state => Some(format!("it runs in RUNNING; the device is in {state:?}")),
         };
         if let Some(why) = unready {
-            let why = format!("the {} device cannot run its self-test now: {why}", side.name());
-            if t.if_ready {
-                tracing::info!("{why}; skipped");
-                return Ok(None);
-            }
-            return Err(why);
+            return not_ready(t, why);
         }
-        let client = ctx.client.as_mut().ok_or("no client")?;
         let test = crate::profile::SelfTest { client, guest, table, fd_mapped, seed };
         let done = self.profile.self_test(test).map_err(|e| format!("the {} self-test: {e}", self.profile.name()))?;
         ctx.dev.dirty.device_wrote(done.device_pages);
@@ -449,4 +445,15 @@ impl Run<'_> {
         }
         Ok(out)
     }
+}
+
+/// A `self-test` the device cannot run now: skipped when the step says `if_ready`, else a
+/// failure saying `why`.
+fn not_ready(t: &m::SelfTestStep, why: String) -> StepOutcome {
+    let why = format!("the {} device cannot run its self-test now: {why}", t.side.name());
+    if t.if_ready {
+        tracing::info!("{why}; skipped");
+        return Ok(None);
+    }
+    Err(why)
 }

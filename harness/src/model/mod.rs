@@ -136,8 +136,7 @@ pub struct ServerModel {
     pre_copy_known: bool,
     /// Dirty logging (its protocol side; the truth of writes is the runner's).
     dirty: DirtyModel,
-    maps: Vec<(u64, u64)>,
-    /// The same mappings as a table whose first free entry each new one takes (see
+    /// The DMA mappings, as a table whose first free entry each new one takes (see
     /// [`ServerModel::map_table`]).
     table: Vec<Option<(u64, u64)>>,
     /// Each mapping's DMA_MAP flags (READ, WRITE): what the server may do there by message.
@@ -180,7 +179,6 @@ impl ServerModel {
             pre_copy_known: true,
             mig_known: true,
             dirty: DirtyModel::default(),
-            maps: Vec::new(),
             table: Vec::new(),
             map_flags: BTreeMap::new(),
             max_dma_maps: DEFAULT_MAX_DMA_MAPS,
@@ -233,8 +231,13 @@ impl ServerModel {
     }
 
     /// The DMA mappings the server must hold.
-    pub fn mappings(&self) -> &[(u64, u64)] {
-        &self.maps
+    pub fn mappings(&self) -> Vec<(u64, u64)> {
+        self.maps().collect()
+    }
+
+    /// The DMA mappings the server must hold, `(iova, len)` each.
+    fn maps(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.table.iter().flatten().copied()
     }
 
     /// The mappings the server promised to take at most (`max_dma_maps` in VERSION, else the
@@ -323,7 +326,6 @@ impl ServerModel {
             Event::Disconnected => {
                 self.pending.clear();
                 self.negotiated = false;
-                self.maps.clear();
                 self.table.clear();
                 self.map_flags.clear();
                 self.dirty.forget_all();
@@ -438,7 +440,7 @@ impl ServerModel {
     fn is_identical_remap(&self, req: &Msg, prediction: &Prediction) -> bool {
         req.cmd == vfu_server::wire::Command::DmaMap as u16
             && prediction.expected == crate::oracle::Expected::Errno(nix::errno::Errno::EEXIST)
-            && matches!((req.u64_at(16), req.u64_at(24)), (Some(a), Some(l)) if self.maps.contains(&(a, l)))
+            && matches!((req.u64_at(16), req.u64_at(24)), (Some(a), Some(l)) if self.maps().any(|m| m == (a, l)))
     }
 
     /// After a reply the model did not admit, what the request touched is no longer known.
@@ -455,7 +457,7 @@ impl ServerModel {
             self.finding(format!("server request cmd {} msg_id {}: payload too short", m.cmd, m.msg_id));
             return;
         };
-        let inside = self.maps.iter().copied().find(|&(iova, len)| {
+        let inside = self.maps().find(|&(iova, len)| {
             addr >= iova && addr.checked_add(count).is_some_and(|end| end <= iova.saturating_add(len))
         });
         let Some(mapping) = inside else {

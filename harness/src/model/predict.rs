@@ -170,11 +170,11 @@ impl ServerModel {
         if size == 0 || addr.checked_add(size).is_none() {
             return (EINVAL, Effect::None);
         }
-        if self.maps.iter().any(|&(a, l)| addr < a.saturating_add(l) && a < addr + size) {
+        if self.maps().any(|(a, l)| addr < a.saturating_add(l) && a < addr + size) {
             return (Expected::Errno(Errno::EEXIST), Effect::None);
         }
         // Past the count the server gave in VERSION; the specification names no errno.
-        if self.maps.len() >= self.max_dma_maps as usize {
+        if self.maps().count() >= self.max_dma_maps as usize {
             return (Expected::Errno(Errno::ENOSPC), Effect::None);
         }
         if self.dirty.logging() && size > 1 << 40 {
@@ -195,7 +195,7 @@ impl ServerModel {
         if flags & DMA_UNMAP_ALL != 0 {
             return if addr != 0 || size != 0 { (EINVAL, Effect::None) } else { (Expected::Ok, Effect::UnmapAll) };
         }
-        if self.maps.contains(&(addr, size)) {
+        if self.maps().any(|m| m == (addr, size)) {
             (Expected::Ok, Effect::Unmap(addr, size))
         } else {
             (Expected::Errno(Errno::ENOENT), Effect::None)
@@ -442,7 +442,6 @@ impl ServerModel {
                 self.max_dma_maps = server.max_dma_maps.unwrap_or(super::DEFAULT_MAX_DMA_MAPS);
             }
             Effect::Map(addr, size, flags) => {
-                self.maps.push((*addr, *size));
                 self.map_flags.insert((*addr, *size), *flags);
                 // An identical mapping made again (the reference accepts it) takes no new entry.
                 let entry = Some((*addr, *size));
@@ -455,7 +454,6 @@ impl ServerModel {
                 self.dirty.mapped(*addr, *size);
             }
             Effect::Unmap(addr, size) => {
-                self.maps.retain(|&r| r != (*addr, *size));
                 self.map_flags.remove(&(*addr, *size));
                 for e in self.table.iter_mut().filter(|e| **e == Some((*addr, *size))) {
                     *e = None;
@@ -463,9 +461,8 @@ impl ServerModel {
                 self.dirty.unmapped(*addr, *size);
             }
             Effect::UnmapAll => {
-                self.table.clear();
                 self.map_flags.clear();
-                for (addr, size) in std::mem::take(&mut self.maps) {
+                for (addr, size) in std::mem::take(&mut self.table).into_iter().flatten() {
                     self.dirty.unmapped(addr, size);
                 }
             }

@@ -194,7 +194,7 @@ impl Run<'_> {
         let (Some(guest), Some(client)) = (ctx.dev.guest.as_ref(), ctx.client.as_mut()) else {
             return not_ready(t, "it needs a client connected and guest RAM mapped".into());
         };
-        let table = ctx.tap.with_model(|m| m.map_table().to_vec());
+        let (table, state) = ctx.tap.with_model(|m| (m.map_table().to_vec(), m.state()));
         let fd_mapped: Vec<(u64, u64)> = ctx
             .dev
             .mapped
@@ -202,7 +202,7 @@ impl Run<'_> {
             .filter(|(_, b)| **b == Backing::Fd)
             .filter_map(|(&i, _)| guest.regions().get(i).map(|r| (r.iova, r.len)))
             .collect();
-        let unready = match ctx.tap.with_model(|m| m.state()) {
+        let unready = match state {
             Some(MigState::Running) => self.profile.self_test_unready(&table, &fd_mapped),
             state => Some(format!("it runs in RUNNING; the device is in {state:?}")),
         };

@@ -141,13 +141,22 @@ fn queries(ctx: &mut SideCtx, rng: &mut ChaCha8Rng) -> Result<(), String> {
     Ok(())
 }
 
+/// A read-write DMA_MAP of `addr`+`size` without an fd.
+fn map(addr: u64, size: u64) -> DmaMap {
+    DmaMap { argsz: 32, flags: 3, offset: 0, addr, size }
+}
+
+/// A DMA_UNMAP of exactly `addr`+`size`.
+fn unmap_req(addr: u64, size: u64) -> DmaUnmap {
+    DmaUnmap { argsz: 24, flags: 0, addr, size }
+}
+
 /// Each mapping the model holds must still be there (an identical or overlapping map is
 /// EEXIST); a spare range maps and unmaps, and so do the pages touching it on either side;
 /// unmapping what is not mapped is ENOENT.
 fn mappings(ctx: &mut SideCtx, impossible: bool) -> Result<(), String> {
-    let held = ctx.tap.with_model(|m| m.mappings().to_vec());
+    let held = ctx.tap.with_model(|m| m.mappings());
     let client = ctx.client()?;
-    let map = |addr, size| DmaMap { argsz: 32, flags: 3, offset: 0, addr, size };
     for &(addr, size) in held.iter().take(4) {
         ask(client, Command::DmaMap, map(addr, size).as_bytes())?;
     }
@@ -171,10 +180,10 @@ fn mappings(ctx: &mut SideCtx, impossible: bool) -> Result<(), String> {
             }
         }
         for &at in &touching {
-            ask(client, Command::DmaUnmap, DmaUnmap { argsz: 24, flags: 0, addr: at, size: 4096 }.as_bytes())?;
+            ask(client, Command::DmaUnmap, unmap_req(at, 4096).as_bytes())?;
         }
     }
-    let unmap = DmaUnmap { argsz: 24, flags: 0, addr: SPARE_IOVA, size: 4096 };
+    let unmap = unmap_req(SPARE_IOVA, 4096);
     let unmapped = ask(client, Command::DmaUnmap, unmap.as_bytes())?.is_some();
     ask(client, Command::DmaUnmap, DmaUnmap { addr: SPARE_IOVA * 2, ..unmap }.as_bytes())?;
     ask(client, Command::DmaUnmap, DmaUnmap { flags: 4, ..unmap }.as_bytes())?;
@@ -196,15 +205,13 @@ fn map_limit(ctx: &mut SideCtx) -> Result<(), String> {
     let mut mapped = Vec::new();
     for i in 0..=max.saturating_sub(held) as u64 {
         let at = base + i * 4096;
-        let m = DmaMap { argsz: 32, flags: 3, offset: 0, addr: at, size: 4096 };
-        if ask(ctx.client()?, Command::DmaMap, m.as_bytes())?.is_some() {
+        if ask(ctx.client()?, Command::DmaMap, map(at, 4096).as_bytes())?.is_some() {
             ctx.dev.dirty.mapped(at, 4096);
             mapped.push(at);
         }
     }
     for at in mapped {
-        let u = DmaUnmap { argsz: 24, flags: 0, addr: at, size: 4096 };
-        if ask(ctx.client()?, Command::DmaUnmap, u.as_bytes())?.is_some() {
+        if ask(ctx.client()?, Command::DmaUnmap, unmap_req(at, 4096).as_bytes())?.is_some() {
             ctx.dev.dirty.unmapped(at, 4096);
         }
     }

@@ -148,6 +148,9 @@ pub struct ServerModel {
     irqs: BTreeMap<u32, (u32, u32)>,
     /// Bytes read of the current outgoing data stream.
     out_offset: u64,
+    /// Whether a read of the current outgoing stream failed with EIO past the device's
+    /// planted failure mark: the device fails every later read of that stream too.
+    out_failed: bool,
     pending: BTreeMap<u16, Pending>,
     suspended: Option<&'static str>,
     findings: Vec<String>,
@@ -186,6 +189,7 @@ impl ServerModel {
             regions: BTreeMap::new(),
             irqs: BTreeMap::new(),
             out_offset: 0,
+            out_failed: false,
             pending: BTreeMap::new(),
             suspended: Some("no server started yet"),
             findings: Vec::new(),
@@ -335,7 +339,7 @@ impl ServerModel {
                 // What a server does to its device when the client leaves is its own choice:
                 // a model that only watches learns the state again from the next replies.
                 self.mig_known = !self.passive;
-                self.out_offset = 0;
+                self.new_stream();
             }
             Event::ServerKilled => self.suspended = Some("the server is not running"),
             Event::GuestReset => {}

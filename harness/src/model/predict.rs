@@ -387,7 +387,12 @@ impl ServerModel {
         if size == 0 || size > self.xfer || (argsz as u64) < 8 + u64::from(size) {
             return (EINVAL, Effect::None);
         }
-        (self.mig.data_read_at(self.out_offset, u64::from(size)), Effect::DataRead { ask: size })
+        let expected = if self.out_failed {
+            Expected::Errno(Errno::EIO)
+        } else {
+            self.mig.data_read_at(self.out_offset, u64::from(size))
+        };
+        (expected, Effect::DataRead { ask: size })
     }
 
     fn data_write(&self, m: &Msg) -> (Expected, Effect) {
@@ -423,7 +428,12 @@ impl ServerModel {
             }
             return;
         }
-        if got.is_some() {
+        if let Some(errno) = got {
+            // A read that went past the planted mark failed the whole stream.
+            if matches!(p.effect, Effect::DataRead { .. }) && errno == Errno::EIO && self.mig.fail_read_after.is_some()
+            {
+                self.out_failed = true;
+            }
             return;
         }
         match &p.effect {
@@ -472,7 +482,7 @@ impl ServerModel {
                 }
                 self.mig.reset();
                 self.mig_known = true;
-                self.out_offset = 0;
+                self.new_stream();
             }
             Effect::LogStart { hint, ranges } => {
                 let chosen = reply.and_then(|r| r.u64_at(8)).unwrap_or(*hint);
@@ -499,12 +509,18 @@ impl ServerModel {
         }
     }
 
+    /// A new outgoing stream begins: nothing of it read, nothing failed.
+    pub(super) fn new_stream(&mut self) {
+        self.out_offset = 0;
+        self.out_failed = false;
+    }
+
     fn after_set(&mut self, target: u32, set: &SetPrediction, ok: bool) {
         for &(from, to) in &set.arcs {
             if (from, to) == (MigState::Running, MigState::PreCopy)
                 || (from, to) == (MigState::Stop, MigState::StopCopy)
             {
-                self.out_offset = 0;
+                self.new_stream();
             }
         }
         self.mig.apply_set(target, set, ok);

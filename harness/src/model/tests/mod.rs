@@ -41,11 +41,16 @@ impl Talk {
 
     /// As [`Talk::new`], the device's PRE_COPY offer told to the model (or not).
     fn with_pre_copy(pre_copy: Option<bool>) -> Self {
+        Self::started(pre_copy, None)
+    }
+
+    /// As [`Talk::new`], the device's outgoing streams planted to fail after `fail_read_after`.
+    fn started(pre_copy: Option<bool>, fail_read_after: Option<u64>) -> Self {
         let mut t = Talk { model: ServerModel::new(), next_id: 0 };
         t.model.event(Event::ServerStarted {
             pre_copy,
             failing_arcs: Default::default(),
-            fail_read_after: None,
+            fail_read_after,
             device_judges: false,
         });
         t.model.event(Event::Connected);
@@ -150,6 +155,30 @@ fn stop_copy_to_pre_copy_is_refused_and_a_server_that_accepts_it_is_a_finding() 
     let found = t.set_state(MigState::PreCopy);
     assert_eq!(found.len(), 1);
     assert!(found[0].contains("predicts EINVAL"), "{found:?}");
+}
+
+#[test]
+fn a_stream_that_failed_past_its_mark_fails_every_later_read_until_a_new_stream() {
+    let mut t = Talk::started(Some(true), Some(100));
+    assert!(t.set_state(MigState::StopCopy).is_empty());
+    let read = |size: u32| [8u32.saturating_add(size).to_le_bytes(), size.to_le_bytes()].concat();
+    let mut got = read(64);
+    got[4..8].copy_from_slice(&64u32.to_le_bytes());
+    got.extend_from_slice(&[0; 64]);
+    assert!(t.ok(Command::MigDataRead, &read(64), 0, &got).is_empty());
+    // 64 + 64 passes the mark: EIO is admitted, and the stream is failed from then on.
+    assert!(t.err(Command::MigDataRead, &read(64), Errno::EIO).is_empty());
+    let mut later = t.fork();
+    let mut short = read(8)[..8].to_vec();
+    short[4..8].copy_from_slice(&8u32.to_le_bytes());
+    short.extend_from_slice(&[0; 8]);
+    let found = later.ok(Command::MigDataRead, &read(8), 0, &short);
+    assert_eq!(found.len(), 1, "a read below the mark of a failed stream must fail: {found:?}");
+    assert!(t.err(Command::MigDataRead, &read(8), Errno::EIO).is_empty());
+    // STOP, then STOP_COPY again: a new stream, read from its start.
+    assert!(t.set_state(MigState::Stop).is_empty());
+    assert!(t.set_state(MigState::StopCopy).is_empty());
+    assert!(t.ok(Command::MigDataRead, &read(8), 0, &short).is_empty());
 }
 
 #[test]

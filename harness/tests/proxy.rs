@@ -272,6 +272,22 @@ fn a_dropped_request_times_out() {
 }
 
 #[test]
+fn after_a_grown_msg_size_no_request_of_the_connection_is_waited_for() {
+    let grow = FaultAction::CorruptHeader { field: HeaderField::MsgSize, xor: 8 };
+    let mut rig = Rig::new(vec![fault(Direction::ToServer, Command::DeviceGetInfo, grow)]);
+    rig.client.set_unanswered(rig.proxy.unanswered().unwrap());
+    let started = std::time::Instant::now();
+    // The server waits for 8 bytes more of DEVICE_GET_INFO; the next request's bytes complete
+    // it, and the server frames the rest of the connection differently from the client: the
+    // proxy says so, and neither request costs the client its whole reply timeout.
+    for _ in 0..2 {
+        let err = rig.client.device_info().unwrap_err();
+        assert!(matches!(err, ClientError::Timeout { cmd: Command::DeviceGetInfo, .. }), "{err:?}");
+    }
+    assert!(started.elapsed() < DEADLINE, "the client waited for a reply the proxy knew would not come");
+}
+
+#[test]
 fn disconnect_closes_both_connections() {
     let mut rig = Rig::new(vec![fault(Direction::ToServer, Command::RegionRead, FaultAction::Disconnect)]);
     let err = rig.client.read_u32(BAR0, REG_MAGIC).unwrap_err();

@@ -283,7 +283,8 @@ impl Acceptor {
         ];
         let mut threads = Vec::with_capacity(2);
         for (dir, src, dst) in pumps {
-            let pump = Pump { dir, connection, src, dst, ends: ends.clone(), shared: self.shared.clone() };
+            let pump =
+                Pump { dir, connection, src, dst, ends: ends.clone(), shared: self.shared.clone(), misframed: false };
             match std::thread::Builder::new()
                 .name(format!("proxy-{connection}-{}", dir.name()))
                 .spawn(move || pump.run())

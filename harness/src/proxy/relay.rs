@@ -98,6 +98,10 @@ pub(crate) struct Pump {
     pub(crate) dst: Connection,
     pub(crate) ends: Arc<Ends>,
     pub(crate) shared: Arc<Shared>,
+    /// Whether a message this pump forwarded announced another `msg_size` than the bytes it
+    /// carried: the receiver's framing of this connection is lost from then on, so no later
+    /// request can be answered as itself.
+    pub(crate) misframed: bool,
 }
 
 impl Pump {
@@ -241,6 +245,9 @@ impl Pump {
         if truncate.is_none() && self.unanswered(&sent, &out.header, drop || hold) {
             self.tell_unanswered(sent.msg_id);
         }
+        // The receiver takes `msg_size` bytes (a header alone when that is below 16).
+        let takes = (out.header.msg_size as usize).max(HEADER_SIZE);
+        self.misframed |= truncate.is_none() && !drop && takes != HEADER_SIZE + out.payload.len();
         if let Some(keep) = truncate {
             if let Err(e) = self.counted(|| self.send_prefix(&out, keep)) {
                 tracing::debug!(dir = self.dir.name(), error = %e, "proxy: sending a truncated message failed");
@@ -276,7 +283,9 @@ impl Pump {
                     renamed.retain(|&(id, _)| id != sent.msg_id);
                     renamed.push((sent.msg_id, out.cmd));
                 }
-                lost || out.msg_size > sent.msg_size || out.no_reply()
+                // Once the server's framing is lost, it reads this request's bytes as part of
+                // another message: whatever it answers, it is not this request's reply.
+                lost || self.misframed || out.msg_size > sent.msg_size || out.no_reply()
             }
             Direction::ToServer => false,
             Direction::ToClient if sent.is_request() => false,

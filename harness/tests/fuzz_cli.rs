@@ -84,3 +84,19 @@ fn merge_names_a_file_that_is_not_a_summary() {
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out).contains(&format!("{}: not a campaign summary", path.display())), "{}", text(&out));
 }
+
+#[test]
+fn print_shows_the_scenario_each_seed_draws_without_running_it() {
+    let out = miglab(&["fuzz", "--seeds", "7..9", "--print"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let docs: Vec<&str> = stdout.split("---\n").filter(|d| !d.trim().is_empty()).collect();
+    assert_eq!(docs.len(), 2, "{stdout}");
+    for (doc, seed) in docs.iter().zip(7..) {
+        assert_eq!(*doc, harness::fuzz::generate::generate(seed).render(None), "seed {seed}");
+        harness::scenario::load_str(doc, &format!("fuzz-{seed}.yaml")).expect("a printed scenario loads");
+    }
+    let without_range = miglab(&["fuzz", "--print", "--time", "1s"]);
+    assert!(!without_range.status.success());
+    assert!(text(&without_range).contains("give --seeds A..B"), "{}", text(&without_range));
+}

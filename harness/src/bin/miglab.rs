@@ -249,6 +249,9 @@ struct FuzzArgs {
     /// Write the campaign's summary here as JSON, for `miglab merge`.
     #[arg(long)]
     summary_json: Option<PathBuf>,
+    /// Print the scenario each seed of --seeds draws (YAML, one document each) and run none.
+    #[arg(long)]
+    print: bool,
     /// The device profile the scenarios are drawn for: dma-engine (shadowed by the harness),
     /// libvfio-user-sample (the reference library's sample device, ours or theirs), or
     /// generic (vfu-server's dma-engine judged as a device the harness does not know).
@@ -509,8 +512,19 @@ fn fuzz(args: FuzzArgs) -> ExitCode {
         device,
         require_coverage,
         summary_json,
+        print,
         server,
     } = args;
+    if print {
+        let Some(seeds) = seeds.filter(|s| s.end != u64::MAX) else {
+            eprintln!("miglab fuzz --print: give --seeds A..B");
+            return ExitCode::FAILURE;
+        };
+        for seed in seeds {
+            print!("---\n{}", harness::fuzz::generate::generate_for(seed, device).render(None));
+        }
+        return ExitCode::SUCCESS;
+    }
     let shrink = !no_shrink;
     let seeds = seeds.unwrap_or_else(|| {
         // A fresh seed, printed below so the campaign can be run again.

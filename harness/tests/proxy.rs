@@ -287,6 +287,21 @@ fn after_a_grown_msg_size_no_request_of_the_connection_is_waited_for() {
     assert!(started.elapsed() < DEADLINE, "the client waited for a reply the proxy knew would not come");
 }
 
+#[rstest::rstest]
+#[case::reply_renamed(Direction::ToClient, HeaderField::Cmd)]
+#[case::reply_made_a_request(Direction::ToClient, HeaderField::Flags)]
+fn a_reply_the_client_will_not_take_is_not_waited_for(#[case] dir: Direction, #[case] field: HeaderField) {
+    let action = FaultAction::CorruptHeader { field, xor: 1 };
+    let mut rig = Rig::new(vec![fault(dir, Command::DeviceGetInfo, action)]);
+    rig.client.set_unanswered(rig.proxy.unanswered().unwrap());
+    let started = std::time::Instant::now();
+    let err = rig.client.device_info().unwrap_err();
+    assert!(matches!(err, ClientError::Timeout { cmd: Command::DeviceGetInfo, .. }), "{err:?}");
+    assert!(started.elapsed() < DEADLINE, "the client waited for a reply the proxy knew it would drop");
+    // The framing is intact: the next request is answered.
+    assert!(rig.client.device_info().is_ok());
+}
+
 #[test]
 fn disconnect_closes_both_connections() {
     let mut rig = Rig::new(vec![fault(Direction::ToServer, Command::RegionRead, FaultAction::Disconnect)]);

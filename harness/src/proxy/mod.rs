@@ -351,9 +351,10 @@ impl ProxyHandle {
     /// A pipe on which the proxy writes, from now on, the msg_id (16 bits little-endian) of
     /// each request whose reply it knows the client will never take: a request it dropped or
     /// held, made the server wait for bytes that never come (a larger `msg_size`), turned
-    /// into NO_REPLY or into another command; a reply it dropped, held or made the client
-    /// wait for bytes of. For the client's `set_unanswered`: a fault only the proxy sees
-    /// does not cost a reply timeout.
+    /// into NO_REPLY or into another command, or sent after the server's framing of the
+    /// connection was lost; a reply it dropped, held, made the client wait for bytes of, or
+    /// gave another command or type. For the client's `set_unanswered`:
+    /// a fault only the proxy sees does not cost a reply timeout.
     /// A new call replaces the previous pipe (a new client numbers its requests from 1 again).
     pub fn unanswered(&self) -> io::Result<OwnedFd> {
         use nix::fcntl::OFlag;

@@ -272,8 +272,9 @@ impl Pump {
     /// Whether the faults that made `out` of the message `sent` leave the request it is, or
     /// answers, without a reply the client takes: by the protocol's rules, not by waiting. A
     /// dropped or held message (`lost`: the client sends nothing more while it waits); a
-    /// request the server must wait for more bytes of, or turned into NO_REPLY; a reply the
-    /// client must wait for more bytes of, or that answers a request whose command was changed.
+    /// request the server must wait for more bytes of, turned into NO_REPLY, or sent after
+    /// the server's framing was lost; a reply the client must wait for more bytes of, given
+    /// another command or type, or that answers a request whose command was changed.
     /// A truncated message is not among them: the proxy closes the connection then.
     fn unanswered(&self, sent: &Header, out: &Header, lost: bool) -> bool {
         match self.dir {
@@ -293,7 +294,12 @@ impl Pump {
                 let mut renamed = self.shared.renamed.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                 let answers_renamed = renamed.contains(&(sent.msg_id, sent.cmd));
                 renamed.retain(|&(id, _)| id != sent.msg_id);
-                lost || out.msg_size > sent.msg_size || answers_renamed
+                // The client takes a reply only with its request's command, and answers what
+                // looks like a request instead. (A reply given another msg_id is not told: the
+                // client must drop it while it waits, or it may take it for the next
+                // request's, whose msg_id it may have.)
+                let misaddressed = out.cmd != sent.cmd || out.is_request();
+                lost || out.msg_size > sent.msg_size || answers_renamed || misaddressed
             }
         }
     }

@@ -139,10 +139,23 @@ impl DmaEngineState {
         page >= self.written.len() || self.written.contains(page)
     }
 
-    /// Zeroes the device memory (with a fresh zero allocation, so untouched pages stay
-    /// uncommitted).
+    /// Zeroes the device memory: the written pages in place when they are few (a reset after
+    /// a little work costs what the work wrote), else with a fresh zero allocation, so that
+    /// untouched pages stay uncommitted.
     pub fn clear_devmem(&mut self) {
-        self.devmem = vec![0; self.devmem.len()];
+        if self.written.count() <= self.written.len() / 8 {
+            let (page, size) = (PAGE_SIZE as usize, self.devmem.len());
+            let mut from = 0;
+            // `next` wraps around: a page before `from` means every written page was seen.
+            while let Some(p) = self.written.next(from).filter(|&p| p >= from) {
+                if let Some(bytes) = self.devmem.get_mut(p * page..((p + 1) * page).min(size)) {
+                    bytes.fill(0);
+                }
+                from = p + 1;
+            }
+        } else {
+            self.devmem = vec![0; self.devmem.len()];
+        }
         self.written = PageSet::for_bytes(self.devmem_size(), false);
         if let Some(dirty) = &mut self.dirty {
             dirty.insert_all();
@@ -275,6 +288,22 @@ mod tests {
         assert_eq!(s.dirty_pages().map(|d| d.count()), Some(1));
         s.clear_devmem();
         assert!(!s.page_is_written(0));
+    }
+
+    #[rstest::rstest]
+    #[case::few_pages_zeroed_in_place(&[0, 5, 63][..])]
+    #[case::many_pages_reallocated(&[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 63][..])]
+    fn clearing_device_memory_leaves_power_on_memory(#[case] pages: &[u64]) {
+        let mut s = DmaEngineState::power_on(64 * 4096);
+        for &p in pages {
+            s.write_devmem(p * 4096 + 7, &[0xa5; 4096 - 7]).unwrap();
+        }
+        s.start_dirty_tracking(false);
+        s.clear_devmem();
+        assert_eq!(s, DmaEngineState::power_on(64 * 4096));
+        assert!(s.devmem().iter().all(|&b| b == 0));
+        assert!((0..64).all(|p| !s.page_is_written(p)));
+        assert_eq!(s.dirty_pages().map(|d| d.count()), Some(64), "every page is dirty after a clear");
     }
 
     #[test]

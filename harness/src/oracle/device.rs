@@ -43,8 +43,11 @@ pub struct Counters {
 /// The shadow of one dma-engine.
 #[derive(Debug, Clone)]
 pub struct DeviceShadow {
-    /// Device memory (BAR2).
-    pub devmem: Vec<u8>,
+    /// Device memory (BAR2), allocated at its first write: empty while it is all zero, so a
+    /// run that never writes it (or resets it) does not zero megabytes.
+    devmem: Vec<u8>,
+    /// Its size.
+    devmem_size: u64,
     /// The counters.
     pub counters: Counters,
     /// The SCRATCH register.
@@ -64,15 +67,25 @@ impl DeviceShadow {
     /// A device at power-on.
     pub fn new(devmem_size: u64) -> Self {
         Self {
-            devmem: vec![0; usize::try_from(devmem_size).unwrap_or(0)],
+            devmem: Vec::new(),
+            devmem_size: usize::try_from(devmem_size).map_or(0, |_| devmem_size),
             counters: Counters::default(),
             scratch_reg: 0,
             writer: None,
         }
     }
 
-    fn devmem_size(&self) -> u64 {
-        self.devmem.len() as u64
+    /// The size of device memory.
+    pub fn devmem_size(&self) -> u64 {
+        self.devmem_size
+    }
+
+    /// `len` bytes of device memory at `offset`, if inside it.
+    pub fn devmem_bytes(&self, offset: u64, len: u64) -> Option<Vec<u8>> {
+        if offset.checked_add(len).is_none_or(|end| end > self.devmem_size) {
+            return None;
+        }
+        Some(self.devmem_range(offset, len).map_or_else(|| vec![0; len as usize], <[u8]>::to_vec))
     }
 
     /// The STATUS `cmd` must end with, given whether its guest range is wholly mapped with
@@ -97,11 +110,12 @@ impl DeviceShadow {
     pub fn guest_bytes(&self, cmd: &DmaCommand) -> Option<Vec<u8>> {
         match cmd.op {
             DmaOp::Fill => Some(fill_bytes(cmd.seed, cmd.len)),
-            DmaOp::CopyToGuest => self.devmem_range(cmd.dev_offset, cmd.len).map(<[u8]>::to_vec),
+            DmaOp::CopyToGuest => self.devmem_bytes(cmd.dev_offset, cmd.len),
             DmaOp::CopyToDevice => None,
         }
     }
 
+    /// The bytes once device memory is allocated.
     fn devmem_range(&self, offset: u64, len: u64) -> Option<&[u8]> {
         let start = usize::try_from(offset).ok()?;
         let end = start.checked_add(usize::try_from(len).ok()?)?;
@@ -130,6 +144,12 @@ impl DeviceShadow {
     /// A write into device memory (BAR2 region write or COPY to the device).
     pub fn write_devmem(&mut self, offset: u64, bytes: &[u8]) {
         let Ok(start) = usize::try_from(offset) else { return };
+        if offset.checked_add(bytes.len() as u64).is_none_or(|end| end > self.devmem_size) {
+            return;
+        }
+        if self.devmem.is_empty() {
+            self.devmem = vec![0; self.devmem_size as usize];
+        }
         if let Some(dst) = start.checked_add(bytes.len()).and_then(|end| self.devmem.get_mut(start..end)) {
             dst.copy_from_slice(bytes);
         }
@@ -138,7 +158,7 @@ impl DeviceShadow {
     /// A guest reset or DEVICE_RESET: power-on values, device memory zeroed, the writer
     /// disabled.
     pub fn reset(&mut self) {
-        self.devmem.fill(0);
+        self.devmem = Vec::new();
         self.counters = Counters::default();
         self.scratch_reg = 0;
         self.writer = None;
@@ -155,7 +175,7 @@ impl DeviceShadow {
             from_guest: reg("BYTES_FROM_GUEST"),
         };
         self.scratch_reg = reg("SCRATCH");
-        if snapshot.devmem.len() == self.devmem.len() {
+        if snapshot.devmem.len() as u64 == self.devmem_size {
             self.devmem.clone_from(&snapshot.devmem);
         }
     }
@@ -177,14 +197,20 @@ impl DeviceShadow {
                 None => out.push(format!("{name}: missing from the snapshot")),
             }
         }
-        if snapshot.devmem != self.devmem {
-            let differing = snapshot.devmem.iter().zip(&self.devmem).filter(|(a, b)| a != b).count();
-            let first = snapshot.devmem.iter().zip(&self.devmem).position(|(a, b)| a != b);
+        let same = if self.devmem.is_empty() {
+            snapshot.devmem.len() as u64 == self.devmem_size && snapshot.devmem.iter().all(|&b| b == 0)
+        } else {
+            snapshot.devmem == self.devmem
+        };
+        if !same {
+            let mine = |i: usize| self.devmem.get(i).copied().unwrap_or(0);
+            let differs = |(i, b): &(usize, &u8)| **b != mine(*i);
+            let differing = snapshot.devmem.iter().enumerate().filter(differs).count();
+            let first = snapshot.devmem.iter().enumerate().find(differs).map_or(0, |(i, _)| i);
             out.push(format!(
-                "devmem: {differing} bytes differ from the model (first at {:#x}; {} bytes against {})",
-                first.unwrap_or(0),
+                "devmem: {differing} bytes differ from the model (first at {first:#x}; {} bytes against {})",
                 snapshot.devmem.len(),
-                self.devmem.len()
+                self.devmem_size
             ));
         }
         out
@@ -220,5 +246,31 @@ mod tests {
         s.apply(&cmd, Status::Ok, Some(&[7; 16]));
         assert_eq!(s.guest_bytes(&DmaCommand::copy_to_guest(4096, 0, 16)), Some(vec![7; 16]));
         assert_eq!(s.counters, Counters { completed: 1, from_guest: 16, ..Default::default() });
+    }
+
+    fn snapshot(devmem: Vec<u8>) -> DeviceSnapshot {
+        let registers = ["CMDS_COMPLETED", "CMDS_FAILED", "BYTES_TO_GUEST", "BYTES_FROM_GUEST", "SCRATCH"];
+        DeviceSnapshot { registers: registers.map(|r| (r, 0)).to_vec(), config: vec![], devmem, scratch: vec![] }
+    }
+
+    #[test]
+    fn device_memory_never_written_is_zero_until_written_and_again_after_a_reset() {
+        let mut s = DeviceShadow::new(3 * 4096);
+        assert_eq!(s.devmem_bytes(4095, 2), Some(vec![0, 0]));
+        assert_eq!(s.devmem_bytes(2 * 4096, 4097), None, "past the end");
+        assert_eq!(s.differences(&snapshot(vec![0; 3 * 4096])), Vec::<String>::new());
+        let mut written = vec![0; 3 * 4096];
+        written[5000] = 9;
+        assert_eq!(
+            s.differences(&snapshot(written.clone())),
+            ["devmem: 1 bytes differ from the model (first at 0x1388; 12288 bytes against 12288)"]
+        );
+        s.write_devmem(5000, &[9]);
+        s.write_devmem(3 * 4096, &[1]);
+        assert_eq!(s.differences(&snapshot(written)), Vec::<String>::new(), "a write past the end is dropped");
+        assert_eq!(s.devmem_bytes(4999, 2), Some(vec![0, 9]));
+        s.reset();
+        assert_eq!(s.devmem_bytes(4999, 2), Some(vec![0, 0]));
+        assert_eq!(s.differences(&snapshot(vec![0; 2 * 4096])).len(), 1, "a snapshot of another size differs");
     }
 }

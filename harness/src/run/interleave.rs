@@ -136,7 +136,7 @@ impl Run<'_> {
 
 /// A command the device must refuse: zero length, past its memory, or to unmapped memory.
 fn invalid_command(ctx: &SideCtx, ram_end: u64, rng: &mut ChaCha8Rng) -> Option<DmaCommand> {
-    let devmem = ctx.dev.shadow.devmem.len() as u64;
+    let devmem = ctx.dev.shadow.devmem_size();
     Some(match rng.random_range(0..3) {
         0 => DmaCommand::fill(0, 0, 1),
         1 => DmaCommand::copy_to_guest(devmem.saturating_sub(8), 0, 4096),
@@ -149,7 +149,7 @@ fn invalid_command(ctx: &SideCtx, ram_end: u64, rng: &mut ChaCha8Rng) -> Option<
 }
 
 fn region_op(ctx: &mut SideCtx, invalid: bool, rng: &mut ChaCha8Rng) -> Result<Option<String>, String> {
-    let devmem = ctx.dev.shadow.devmem.len() as u64;
+    let devmem = ctx.dev.shadow.devmem_size();
     let model = &ctx.dev.model;
     let client = ctx.client.as_mut().ok_or("no client")?;
     if invalid {
@@ -193,9 +193,9 @@ fn region_op(ctx: &mut SideCtx, invalid: bool, rng: &mut ChaCha8Rng) -> Result<O
             let offset = rng.random_range(0..=devmem - len);
             match client.region_read(REGION_DEVMEM, offset, len as u32) {
                 Ok(bytes) => {
-                    let model_bytes = &ctx.dev.shadow.devmem[offset as usize..(offset + len) as usize];
+                    let model_bytes = ctx.dev.shadow.devmem_bytes(offset, len).unwrap_or_default();
                     if bytes != model_bytes {
-                        let at = bytes.iter().zip(model_bytes).position(|(a, b)| a != b).unwrap_or(0);
+                        let at = bytes.iter().zip(&model_bytes).position(|(a, b)| a != b).unwrap_or(0);
                         Some(format!(
                             "BAR2 byte {:#x} reads {:#04x}; the model says {:#04x}",
                             offset + at as u64,

@@ -125,7 +125,7 @@ pub fn random_command(dev: &Dev, ops: &[DmaOpKind], max_len: u64, rng: &mut ChaC
         })
         .collect();
     let &(iova, region_len) = regions.choose(rng)?;
-    let devmem = dev.shadow.devmem.len() as u64;
+    let devmem = dev.shadow.devmem_size();
     let len = rng.random_range(1..=max_len.min(devmem).min(region_len).max(1));
     let at = iova + rng.random_range(0..=region_len - len);
     let dev_offset = rng.random_range(0..=devmem.saturating_sub(len));

@@ -125,8 +125,8 @@ fuzz *args="--time 600s":
 # a fresh seed whose findings are printed with their seed and shrunk file but do not fail the run.
 fuzz-ci:
     cargo build --release --locked -p harness
-    target/release/miglab fuzz --seeds 0..1500 --no-shrink --require-coverage
-    target/release/miglab fuzz --concurrent --seeds 0..1500 --no-shrink
+    target/release/miglab fuzz --seeds 0..6000 --no-shrink --require-coverage
+    target/release/miglab fuzz --concurrent --seeds 0..3000 --no-shrink
     target/release/miglab fuzz --device libvfio-user-sample --seeds 0..200 --no-shrink
     target/release/miglab fuzz --device generic --seeds 0..200 --no-shrink
     target/release/miglab fuzz --time 30s || echo "fuzz-ci: the fresh-seed campaign found the failures above (reported, not fatal)"

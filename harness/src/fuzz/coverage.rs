@@ -43,7 +43,8 @@ const ARCS: [&str; 9] = [
 
 const STATES: [&str; 5] = ["RUNNING", "STOP", "STOP_COPY", "RESUMING", "PRE_COPY"];
 
-/// The errnos the model predicts somewhere: each should come up in a campaign.
+/// The errnos of error replies, the server's and the client's (EFAULT to a DMA it cannot serve):
+/// each should come up in a campaign.
 const ERRNOS: [&str; 9] = ["EINVAL", "EBUSY", "EIO", "EBADMSG", "ENODATA", "E2BIG", "ENOSYS", "EFAULT", "ENOTTY"];
 
 impl Coverage {
@@ -55,7 +56,7 @@ impl Coverage {
                 let rest = &line[at..];
                 Some(rest[..rest.find([',', '}']).unwrap_or(rest.len())].trim().trim_matches('"'))
             };
-            let (Some(dir), Some(cmd)) = (field("\"dir\": "), field("\"cmd\": ").and_then(|c| c.parse::<u16>().ok()))
+            let (Some(_), Some(cmd)) = (field("\"dir\": "), field("\"cmd\": ").and_then(|c| c.parse::<u16>().ok()))
             else {
                 continue;
             };
@@ -64,7 +65,9 @@ impl Coverage {
             if flags & 0xf == 0 {
                 *self.commands.entry(name.into()).or_default() += 1;
             }
-            if dir == "s2c" && flags & 0x20 != 0 {
+            // Error replies both ways: the server's, and the client's to the server's own
+            // requests (EFAULT to a DMA_READ or DMA_WRITE it cannot serve).
+            if flags & 0xf == 1 && flags & 0x20 != 0 {
                 let errno = field("\"error_no\": ").and_then(|e| e.parse::<i32>().ok()).unwrap_or(0);
                 let e = format!("{:?}", nix::errno::Errno::from_raw(errno));
                 *self.errnos.entry(e).or_default() += 1;
@@ -148,12 +151,16 @@ mod tests {
         let trace = concat!(
             "{\"session\": \"source\", \"dir\": \"c2s\", \"msg_id\": 1, \"cmd\": 9, \"size\": 32, \"flags\": 0, \"error_no\": 0, \"nfds\": 0, \"payload\": \"\"}\n",
             "{\"session\": \"source\", \"dir\": \"s2c\", \"msg_id\": 1, \"cmd\": 9, \"size\": 16, \"flags\": 33, \"error_no\": 22, \"nfds\": 0, \"payload\": \"\"}\n",
+            "{\"session\": \"source\", \"dir\": \"s2c\", \"msg_id\": 1, \"cmd\": 12, \"size\": 40, \"flags\": 0, \"error_no\": 0, \"nfds\": 0, \"payload\": \"\"}\n",
+            "{\"session\": \"source\", \"dir\": \"c2s\", \"msg_id\": 1, \"cmd\": 12, \"size\": 16, \"flags\": 33, \"error_no\": 14, \"nfds\": 0, \"payload\": \"\"}\n",
             "{\"event\": \"step\", \"index\": 0}\n",
         );
         let mut c = Coverage::default();
         c.add_run(trace.as_bytes(), &[(MigState::Running, MigState::Stop)], &["proxy"]);
         assert_eq!(c.commands.get("REGION_READ"), Some(&1));
         assert_eq!(c.errnos.get("EINVAL"), Some(&1));
+        assert_eq!(c.commands.get("DMA_WRITE"), Some(&1), "the server's own request");
+        assert_eq!(c.errnos.get("EFAULT"), Some(&1), "the client's refusal of it");
         assert_eq!(c.arcs.get("RUNNING->STOP"), Some(&1));
         assert_eq!(c.faults.get("proxy"), Some(&1));
         let missing = c.missing();

@@ -572,20 +572,33 @@ pub fn generate_for(seed: u64, device: DeviceKind) -> Generated {
         draw_self_test(&mut g);
     }
     draw_twin_sockets(&mut g);
+    draw_dma_by_message(&mut g);
     g
 }
 
+/// Half the DMA commands to an unmapped address go to a range the client maps with no memory
+/// behind it, so that the device's DMA goes by message and the client refuses it with EFAULT.
+fn draw_dma_by_message(g: &mut Generated) {
+    add_to_some(g, 0x6566_6175, "fault: {dma-unmapped:", 0.5, "by_message: true");
+}
+
 /// A quarter of the connections ask for a twin socket (the server's own requests, DMA_READ
-/// and DMA_WRITE, then come on a socket of their own, if the server offers one). Drawn from a
-/// stream of its own, so the rest of a seed's scenario is what it was without it.
+/// and DMA_WRITE, then come on a socket of their own, if the server offers one).
 fn draw_twin_sockets(g: &mut Generated) {
-    let mut rng = ChaCha8Rng::seed_from_u64(g.seed ^ 0x7477_696e);
+    add_to_some(g, 0x7477_696e, "connect:", 0.25, "twin_socket: true");
+}
+
+/// Adds `field` to the first mapping of each step starting with `prefix`, with probability
+/// `p`, drawn from a stream of its own (`salt`), so the rest of a seed's scenario is what it
+/// was without it.
+fn add_to_some(g: &mut Generated, salt: u64, prefix: &str, p: f64, field: &str) {
+    let mut rng = ChaCha8Rng::seed_from_u64(g.seed ^ salt);
     for step in &mut g.steps {
         if let GenStep::Raw(r) = step
-            && r.starts_with("connect:")
-            && rng.random_bool(0.25)
+            && r.starts_with(prefix)
+            && rng.random_bool(p)
         {
-            *r = r.replacen('}', ", twin_socket: true}", 1);
+            *r = r.replacen('}', &format!(", {field}}}"), 1);
         }
     }
 }
@@ -673,7 +686,7 @@ mod tests {
                 len += 1;
             }
         }
-        assert_eq!((hash, len), (0x109e_e2ee_4b23_d08d, 449_910));
+        assert_eq!((hash, len), (0x9bd4_6c34_7a99_4a52, 450_360));
     }
 
     #[test]

@@ -6,7 +6,7 @@
 
 use vfu_server::devices::dma_engine::REGION_REGS;
 use vfu_server::devices::dma_engine::regs::REG_CMDS_FAILED;
-use vfu_server::wire::MigState;
+use vfu_server::wire::{DMA_MAP_READ, DMA_MAP_WRITE, MigState};
 
 use super::hosted::HostedServer;
 
@@ -17,6 +17,9 @@ use crate::report::EventKind;
 use crate::scenario::model::{self as m, Fault, ProxyAction, Side, StreamFaultSpec, Trigger};
 use mock_qemu::guest::dmae::DmaCommand;
 use mock_qemu::stream::StreamFault;
+
+/// The page size of DMA mappings.
+const PAGE: u64 = 4096;
 
 const KILL_RESTART: &str = "server-kill (restarted)";
 const KILL: &str = "server-kill";
@@ -95,13 +98,29 @@ impl Run<'_> {
                     StreamFaultSpec::DuplicateChunk { index } => StreamFault::DuplicateSection { index },
                 });
             }
-            Fault::DmaUnmapped { side, guest_addr, len } => {
+            Fault::DmaUnmapped { side, guest_addr, len, by_message } => {
                 self.event(Some(*side), EventKind::Fault { name });
                 let cmd = DmaCommand::fill(guest_addr.bytes(), len.bytes(), 0);
                 if self.side(*side).dev.is_mapped(cmd.guest_addr, cmd.len) {
                     return Err(format!("{:#x}+{:#x} is mapped: no fault to inject", cmd.guest_addr, cmd.len));
                 }
-                self.command(*side, &cmd)?;
+                if !*by_message {
+                    self.command(*side, &cmd)?;
+                    return Ok(None);
+                }
+                // The pages of the range, mapped with no memory behind them in the guest.
+                let start = cmd.guest_addr & !(PAGE - 1);
+                let size =
+                    cmd.guest_addr.checked_add(cmd.len.max(1)).ok_or("the range overflows")?.next_multiple_of(PAGE)
+                        - start;
+                let client = self.side(*side).client.as_mut().ok_or("no client")?;
+                client
+                    .dma_map(start, size, DMA_MAP_READ | DMA_MAP_WRITE, None)
+                    .map_err(|e| format!("DMA_MAP of {start:#x}+{size:#x} with no fd: {e}"))?;
+                let ran = self.command(*side, &cmd);
+                let client = self.side(*side).client.as_mut().ok_or("no client")?;
+                client.dma_unmap(start, size, 0).map_err(|e| format!("DMA_UNMAP of {start:#x}+{size:#x}: {e}"))?;
+                ran?;
             }
             Fault::UnmapWhileLogging { side, region } => {
                 self.event(Some(*side), EventKind::Fault { name });

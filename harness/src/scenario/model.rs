@@ -1212,6 +1212,12 @@ pub enum Fault {
         /// Bytes of the command.
         #[serde(default = "page_size")]
         len: Size,
+        /// The client first maps the pages of that range without an fd, as QEMU maps a range
+        /// that is not guest RAM, and unmaps them after: the device's DMA then goes by message,
+        /// the client refuses it with EFAULT, and the server must turn that into the
+        /// command's failure.
+        #[serde(default)]
+        by_message: bool,
     },
     /// DMA_UNMAP of a guest RAM region while dirty-page logging runs (the server must refuse it
     /// or keep the log consistent).

@@ -283,6 +283,11 @@ impl ServerModel {
             .map(|(&i, _)| i)
     }
 
+    /// The IRQ indexes the server described: `(index, vectors, IRQ_INFO flags)`.
+    pub fn irq_indexes(&self) -> Vec<(u32, u32, u32)> {
+        self.irqs.iter().map(|(&i, &(count, flags))| (i, count, flags)).collect()
+    }
+
     /// The page size the server logs at, while it logs.
     pub fn logging_page_size(&self) -> Option<u64> {
         self.dirty.page_size()

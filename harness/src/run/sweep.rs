@@ -17,9 +17,9 @@ use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use vfu_server::wire::{
     Command, DmaMap, DmaUnmap, FEATURE_DMA_LOGGING_REPORT, FEATURE_DMA_LOGGING_START, FEATURE_DMA_LOGGING_STOP,
-    FEATURE_GET, FEATURE_MIG_DEVICE_STATE, FEATURE_MIGRATION, FEATURE_PROBE, FEATURE_SET, Header, IRQ_SET_ACTION_MASK,
-    IRQ_SET_ACTION_TRIGGER, IRQ_SET_ACTION_UNMASK, IRQ_SET_DATA_BOOL, IRQ_SET_DATA_NONE, MigState,
-    PCI_CONFIG_REGION_INDEX, TYPE_COMMAND,
+    FEATURE_GET, FEATURE_MIG_DEVICE_STATE, FEATURE_MIGRATION, FEATURE_PROBE, FEATURE_SET, Header, IRQ_INDEX_ERR,
+    IRQ_INDEX_REQ, IRQ_INFO_MASKABLE, IRQ_SET_ACTION_MASK, IRQ_SET_ACTION_TRIGGER, IRQ_SET_ACTION_UNMASK,
+    IRQ_SET_DATA_BOOL, IRQ_SET_DATA_NONE, MigState, PCI_CONFIG_REGION_INDEX, TYPE_COMMAND,
 };
 use zerocopy::IntoBytes;
 
@@ -137,6 +137,49 @@ fn queries(ctx: &mut SideCtx, rng: &mut ChaCha8Rng) -> Result<(), String> {
     if let Some(i) = maskable {
         ask(client, Command::DeviceSetIrqs, &set_irqs(IRQ_SET_DATA_NONE | IRQ_SET_ACTION_MASK, i, 0, 1, &[]))?;
         ask(client, Command::DeviceSetIrqs, &set_irqs(IRQ_SET_DATA_NONE | IRQ_SET_ACTION_UNMASK, i, 0, 1, &[]))?;
+    }
+    irq_arguments(ctx)
+}
+
+/// DEVICE_SET_IRQS on each side of each argument check, on every index the server described:
+/// requests the specification refuses (each leaves the interrupts as they were), and masks of
+/// the last vector, undone at once.
+fn irq_arguments(ctx: &mut SideCtx) -> Result<(), String> {
+    const NONE_TRIGGER: u32 = IRQ_SET_DATA_NONE | IRQ_SET_ACTION_TRIGGER;
+    const UNKNOWN_FLAG: u32 = 1 << 6;
+    let indexes = ctx.tap.with_model(|m| m.irq_indexes());
+    let client = ctx.client()?;
+    for (i, vectors, flags) in indexes {
+        let maskable = flags & IRQ_INFO_MASKABLE != 0;
+        let mut refused = vec![
+            set_irqs(NONE_TRIGGER | UNKNOWN_FLAG, i, 0, 1, &[]),
+            set_irqs(IRQ_SET_DATA_NONE | IRQ_SET_ACTION_MASK | IRQ_SET_ACTION_UNMASK, i, 0, 1, &[]),
+            // Past the last vector: starting there, and one vector too many.
+            set_irqs(NONE_TRIGGER, i, vectors, 1, &[]),
+            set_irqs(NONE_TRIGGER, i, vectors.saturating_sub(1), 2, &[]),
+            // No vectors: only TRIGGER without data from the first (which tears the
+            // eventfds down, so it is not sent).
+            set_irqs(IRQ_SET_DATA_BOOL | IRQ_SET_ACTION_TRIGGER, i, 0, 0, &[]),
+            set_irqs(NONE_TRIGGER, i, 1, 0, &[]),
+            // BOOL data shorter than its count.
+            set_irqs(IRQ_SET_DATA_BOOL | IRQ_SET_ACTION_TRIGGER, i, 0, 2, &[0]),
+        ];
+        if maskable {
+            refused.push(set_irqs(IRQ_SET_DATA_NONE | IRQ_SET_ACTION_MASK, i, 0, 0, &[]));
+        } else {
+            refused.push(set_irqs(IRQ_SET_DATA_NONE | IRQ_SET_ACTION_MASK, i, 0, 1, &[]));
+        }
+        if matches!(i, IRQ_INDEX_ERR | IRQ_INDEX_REQ) {
+            refused.push(set_irqs(NONE_TRIGGER, i, 0, 2, &[]));
+        }
+        for req in refused {
+            ask(client, Command::DeviceSetIrqs, &req)?;
+        }
+        if maskable && vectors > 0 && !matches!(i, IRQ_INDEX_ERR | IRQ_INDEX_REQ) {
+            let last = vectors - 1;
+            ask(client, Command::DeviceSetIrqs, &set_irqs(IRQ_SET_DATA_NONE | IRQ_SET_ACTION_MASK, i, last, 1, &[]))?;
+            ask(client, Command::DeviceSetIrqs, &set_irqs(IRQ_SET_DATA_NONE | IRQ_SET_ACTION_UNMASK, i, last, 1, &[]))?;
+        }
     }
     Ok(())
 }

@@ -22,11 +22,14 @@ pub enum Deviation {
     OtherErrno,
     /// A request that takes no fds served with fds, which were ignored.
     UnexpectedFdsAccepted,
+    /// A DEVICE_SET_IRQS served with a flag the specification does not define (ignored), or
+    /// masking an index whose IRQ_INFO does not say MASKABLE.
+    SetIrqsLenient,
 }
 
 impl Deviation {
     /// Every known deviation.
-    pub const ALL: [Deviation; 7] = [
+    pub const ALL: [Deviation; 8] = [
         Deviation::MigDataReadPadded,
         Deviation::ReportBitsPastLength,
         Deviation::DmaRemapAccepted,
@@ -34,6 +37,7 @@ impl Deviation {
         Deviation::MigStateSetReplyMismatch,
         Deviation::OtherErrno,
         Deviation::UnexpectedFdsAccepted,
+        Deviation::SetIrqsLenient,
     ];
 
     /// Its kind in reports: the client's strict-mode rule id where it has one.
@@ -46,6 +50,7 @@ impl Deviation {
             Deviation::MigStateSetReplyMismatch => strict::MIG_STATE_SET_REPLY_MISMATCH,
             Deviation::OtherErrno => "other-errno",
             Deviation::UnexpectedFdsAccepted => "unexpected-fds-accepted",
+            Deviation::SetIrqsLenient => "set-irqs-lenient",
         }
     }
 
@@ -63,6 +68,7 @@ impl Deviation {
                 | Deviation::DmaRemapAccepted
                 | Deviation::OtherErrno
                 | Deviation::UnexpectedFdsAccepted
+                | Deviation::SetIrqsLenient
         )
     }
 
@@ -86,6 +92,9 @@ impl Deviation {
             Deviation::UnexpectedFdsAccepted => {
                 "fds travel with DMA_MAP (0 or 1) and DEVICE_SET_IRQS (eventfds) only; a request with others is refused (the project's documented choice)"
             }
+            Deviation::SetIrqsLenient => {
+                "DEVICE_SET_IRQS: flags outside DATA_NONE/BOOL/EVENTFD and TRIGGER/MASK/UNMASK, or MASK/UNMASK of an index that is not MASKABLE, are refused with EINVAL (as VFIO refuses them)"
+            }
         }
     }
 }
@@ -105,7 +114,7 @@ mod tests {
 
     #[test]
     fn every_known_deviation_is_a_rule_of_the_clients_strict_mode() {
-        let own = [Deviation::OtherErrno, Deviation::UnexpectedFdsAccepted];
+        let own = [Deviation::OtherErrno, Deviation::UnexpectedFdsAccepted, Deviation::SetIrqsLenient];
         for d in Deviation::ALL.into_iter().filter(|d| !own.contains(d)) {
             assert!(strict::RULES.contains(&d.kind()), "{d:?}");
             assert_eq!(Deviation::from_rule(d.kind()), Some(d));

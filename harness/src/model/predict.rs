@@ -211,6 +211,19 @@ impl ServerModel {
     }
 
     fn set_irqs(&self, m: &Msg) -> (Expected, Effect) {
+        self.set_irqs_as(m, false)
+    }
+
+    /// Whether a DEVICE_SET_IRQS the specification refuses is one a lenient server serves
+    /// (see [`Deviation::SetIrqsLenient`](super::deviation::Deviation::SetIrqsLenient)): it
+    /// would be admitted with its undefined flags ignored and every index maskable.
+    pub(super) fn set_irqs_lenient(&self, m: &Msg) -> bool {
+        m.cmd == Command::DeviceSetIrqs as u16 && self.set_irqs_as(m, true).0 == Expected::Ok
+    }
+
+    /// DEVICE_SET_IRQS's reply; `lenient`: as a server that ignores the flags the
+    /// specification does not define and lets every index mask.
+    fn set_irqs_as(&self, m: &Msg, lenient: bool) -> (Expected, Effect) {
         let (Some(argsz), Some(flags), Some(index), Some(start), Some(count)) =
             (m.u32_at(0), m.u32_at(4), m.u32_at(8), m.u32_at(12), m.u32_at(16))
         else {
@@ -218,6 +231,7 @@ impl ServerModel {
         };
         let (data, action) = (flags & IRQ_SET_DATA_MASK, flags & IRQ_SET_ACTION_MASK_ALL);
         let effect = Effect::None;
+        let flags = if lenient { flags & (IRQ_SET_DATA_MASK | IRQ_SET_ACTION_MASK_ALL) } else { flags };
         let Some(&(vectors, irq_flags)) = self.irqs.get(&index) else {
             // Not asked about yet: the server knows its indexes, the model does not.
             let known_bad = argsz < 20 || self.device.is_some_and(|d| index >= d.2);
@@ -232,7 +246,7 @@ impl ServerModel {
             || u64::from(start) + u64::from(count) > u64::from(vectors)
             || (count == 0 && (action != IRQ_SET_ACTION_TRIGGER || data != IRQ_SET_DATA_NONE || start != 0))
             || (matches!(index, 3 | 4) && (action != IRQ_SET_ACTION_TRIGGER || count > 1))
-            || (action != IRQ_SET_ACTION_TRIGGER && irq_flags & IRQ_INFO_MASKABLE == 0)
+            || (action != IRQ_SET_ACTION_TRIGGER && irq_flags & IRQ_INFO_MASKABLE == 0 && !lenient)
             || (m.nfds > 0 && data != IRQ_SET_DATA_EVENTFD)
             || (data == IRQ_SET_DATA_BOOL && (argsz - 20 < count || m.payload_len < 20 + count as usize))
             || (data == IRQ_SET_DATA_EVENTFD && (action != IRQ_SET_ACTION_TRIGGER || (m.nfds > 0 && m.nfds != count)));

@@ -419,3 +419,24 @@ fn region_write_multi_not_offered_in_version_is_answered_as_the_server_likes() {
 }
 
 mod passive;
+
+#[test]
+fn set_irqs_served_with_an_undefined_flag_or_an_unmaskable_mask_is_a_known_deviation_and_no_more() {
+    use vfu_server::wire::{IRQ_SET_ACTION_MASK, IRQ_SET_ACTION_TRIGGER, IRQ_SET_ACTION_UNMASK, IRQ_SET_DATA_NONE};
+    let mut t = Talk::new();
+    // INTx: one vector, eventfds, not MASKABLE.
+    let info = |flags: u32| [16u32, flags, 0, 1].iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>();
+    assert!(t.ok(Command::DeviceGetIrqInfo, &info(0), 0, &info(1)).is_empty());
+    let set = |flags: u32| [20u32, flags, 0, 0, 1].iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>();
+    for lenient in [IRQ_SET_DATA_NONE | IRQ_SET_ACTION_MASK, IRQ_SET_DATA_NONE | IRQ_SET_ACTION_TRIGGER | 1 << 6] {
+        assert!(t.ok(Command::DeviceSetIrqs, &set(lenient), 0, &[]).is_empty(), "{lenient:#x}");
+        let seen = t.model.take_deviations();
+        assert_eq!(seen.len(), 1, "{lenient:#x}");
+        assert_eq!(seen[0].deviation, super::deviation::Deviation::SetIrqsLenient);
+    }
+    // Two actions: no lenient reading admits it.
+    let found =
+        t.ok(Command::DeviceSetIrqs, &set(IRQ_SET_DATA_NONE | IRQ_SET_ACTION_MASK | IRQ_SET_ACTION_UNMASK), 0, &[]);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(t.model.take_deviations().is_empty());
+}

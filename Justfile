@@ -134,8 +134,9 @@ fuzz-ci:
 # Mutation testing of the server, judged by the harness alone (scenarios + a fixed fuzz range).
 # Each mutant is one change to the server's migration, dirty-log, DMA, IRQ or session code
 # (.cargo/mutants.toml); survivors are listed in mutants.out/missed.txt. cargo-mutants is
-# installed first if missing. E.g. `just mutants --shard 3/40`, `just mutants --file
-# server/src/irq.rs`. `just mutants-all` judges them with every test of the workspace.
+# installed first if missing. E.g. `just mutants --shard 3/40`, `just mutants --no-config --file
+# server/src/irq.rs` (without --no-config, --file adds to the configured files instead of
+# narrowing them). `just mutants-all` judges them with every test of the workspace.
 mutants *args="":
     command -v cargo-mutants >/dev/null || cargo install cargo-mutants --locked
     # The baseline is skipped: cargo-mutants would test only the mutated package there; the

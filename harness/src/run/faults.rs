@@ -15,11 +15,9 @@ use super::{PhaseTrigger, Run, StepOutcome, index};
 use crate::proxy::{self, FaultAction, ProxyFault};
 use crate::report::EventKind;
 use crate::scenario::model::{self as m, Fault, ProxyAction, Side, StreamFaultSpec, Trigger};
+use mock_qemu::guest::PAGE_SIZE as PAGE;
 use mock_qemu::guest::dmae::DmaCommand;
 use mock_qemu::stream::StreamFault;
-
-/// The page size of DMA mappings.
-const PAGE: u64 = 4096;
 
 const KILL_RESTART: &str = "server-kill (restarted)";
 const KILL: &str = "server-kill";

@@ -144,15 +144,9 @@ impl DmaEngineState {
     /// untouched pages stay uncommitted.
     pub fn clear_devmem(&mut self) {
         if self.written.count() <= self.written.len() / 8 {
-            let (page, size) = (PAGE_SIZE as usize, self.devmem.len());
-            let mut from = 0;
-            // `next` wraps around: a page before `from` means every written page was seen.
-            while let Some(p) = self.written.next(from).filter(|&p| p >= from) {
-                if let Some(bytes) = self.devmem.get_mut(p * page..((p + 1) * page).min(size)) {
-                    bytes.fill(0);
-                }
-                from = p + 1;
-            }
+            // Device memory is whole pages (its size a power of two from 4 KiB), so every
+            // page is inside it.
+            let _ = self.zero_devmem(0, self.written.len());
         } else {
             self.devmem = vec![0; self.devmem.len()];
         }

@@ -10,7 +10,7 @@
 
 use std::io::{BufReader, BufWriter};
 use std::net::{TcpListener, TcpStream};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 
 use xxhash_rust::xxh3::Xxh3;
@@ -105,7 +105,9 @@ pub struct OutgoingReport {
 /// a destination that is not listening yet fails this before the source is touched.
 pub fn outgoing(source: &Path, to: &StreamAddr, options: &PairOptions) -> Result<OutgoingReport, PairError> {
     let stream: Box<dyn std::io::Write> = match to {
-        StreamAddr::Unix(path) => Box::new(UnixStream::connect(path).map_err(|e| setup("stream")(e.to_string()))?),
+        StreamAddr::Unix(path) => {
+            Box::new(crate::stream::transport::unix_connect(path).map_err(|e| setup("stream")(e.to_string()))?)
+        }
         StreamAddr::Tcp(addr) => {
             let s = TcpStream::connect(addr).map_err(|e| setup("stream")(e.to_string()))?;
             let _ = s.set_nodelay(true);

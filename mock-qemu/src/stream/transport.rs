@@ -13,6 +13,8 @@ use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use vfu_server::codec::enlarge_send_buffer;
+
 /// The source's end of a connected transport.
 pub type BoxedWrite = Box<dyn Write + Send>;
 /// The destination's end of a connected transport.
@@ -39,6 +41,7 @@ pub fn pipe() -> io::Result<(UnixStream, UnixStream)> {
     // Each end is used one way only.
     source.shutdown(std::net::Shutdown::Read)?;
     destination.shutdown(std::net::Shutdown::Write)?;
+    enlarge_send_buffer(&source);
     Ok((source, destination))
 }
 
@@ -84,7 +87,9 @@ impl Drop for UnixIncoming {
 
 /// Connects the source to a destination listening at `path`.
 pub fn unix_connect(path: impl AsRef<Path>) -> io::Result<UnixStream> {
-    UnixStream::connect(path)
+    let stream = UnixStream::connect(path)?;
+    enlarge_send_buffer(&stream);
+    Ok(stream)
 }
 
 /// The destination's listening TCP socket on 127.0.0.1.

@@ -662,6 +662,28 @@ mod tests {
     }
 
     #[test]
+    fn a_listing_tells_which_regions_have_an_fd_and_their_permissions() {
+        let space = DmaSpace::new(16);
+        let fd = memfd(0x1000);
+        space.map(0x10000, 0x1000, true, true, Some((&fd, 0))).unwrap();
+        space.map(0x11000, 0x1000, true, false, None).unwrap();
+        let listed: Vec<(u64, bool, bool)> = space.regions().iter().map(|r| (r.iova, r.writable, r.has_fd)).collect();
+        assert_eq!(listed, [(0x10000, true, true), (0x11000, false, false)]);
+    }
+
+    #[test]
+    fn logging_is_on_from_its_start_to_its_stop() {
+        let space = DmaSpace::new(16);
+        space.map(0, 0x10000, true, true, None).unwrap();
+        assert!(!space.is_logging());
+        space.start_logging(4096, &[]).unwrap();
+        assert!(space.is_logging());
+        assert!(space.stop_logging());
+        assert!(!space.is_logging());
+        assert!(!space.stop_logging(), "a second stop finds it off");
+    }
+
+    #[test]
     fn unaligned_file_offset_is_honoured() {
         let space = DmaSpace::new(16);
         let (m, fd) = MappedRegion::memfd(c"g", 0x2000).unwrap();

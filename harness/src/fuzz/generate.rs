@@ -119,6 +119,8 @@ pub enum GenStep {
         side: &'static str,
         /// The commands.
         commands: Vec<String>,
+        /// Where the driver moves its completion interrupt first, if anywhere.
+        interrupt: Option<&'static str>,
     },
     /// `migrate`.
     Migrate(MigrateGen),
@@ -137,8 +139,12 @@ impl GenStep {
                     "  - interleave: {{side: {side}, ops: {ops}, invalid_percent: {invalid}, weights: {weights}}}"
                 );
             }
-            GenStep::Program { side, commands } => {
-                let _ = writeln!(out, "  - program:\n      side: {side}\n      commands:");
+            GenStep::Program { side, commands, interrupt } => {
+                let _ = writeln!(out, "  - program:\n      side: {side}");
+                if let Some(i) = interrupt {
+                    let _ = writeln!(out, "      interrupt: {i}");
+                }
+                let _ = writeln!(out, "      commands:");
                 for c in commands {
                     let _ = writeln!(out, "        - {c}");
                 }
@@ -415,7 +421,7 @@ impl Builder<'_> {
                 self.raw(format!("expect: {{side: {name}, next_may_fail: true}}"));
                 if self.rng.random_bool(0.5) && self.g.shadowed() {
                     let c = self.command();
-                    self.g.steps.push(GenStep::Program { side: name, commands: vec![c] });
+                    self.g.steps.push(GenStep::Program { side: name, commands: vec![c], interrupt: None });
                 } else {
                     let state = *STATES[..5].choose(&mut self.rng).unwrap_or(&"running");
                     self.raw(format!("set-state: {{side: {name}, state: {state}}}"));
@@ -439,7 +445,7 @@ impl Builder<'_> {
             Action::Program => {
                 let n = self.rng.random_range(1..=3);
                 let commands = (0..n).map(|_| self.command()).collect();
-                self.g.steps.push(GenStep::Program { side: "source", commands });
+                self.g.steps.push(GenStep::Program { side: "source", commands, interrupt: None });
             }
             Action::SetState => {
                 let side = side_name(usize::from(self.rng.random_bool(0.25)));
@@ -573,7 +579,21 @@ pub fn generate_for(seed: u64, device: DeviceKind) -> Generated {
     }
     draw_twin_sockets(&mut g);
     draw_dma_by_message(&mut g);
+    draw_interrupts(&mut g);
     g
+}
+
+/// A third of the `program` steps first move the driver's completion interrupt to MSI-X, MSI
+/// or INTx (where the server is held to INTx masking itself), drawn from a stream of its own.
+fn draw_interrupts(g: &mut Generated) {
+    let mut rng = ChaCha8Rng::seed_from_u64(g.seed ^ 0x6972_7173);
+    for step in &mut g.steps {
+        if let GenStep::Program { interrupt, .. } = step
+            && rng.random_bool(1.0 / 3.0)
+        {
+            *interrupt = ["msi-x", "msi", "intx"].choose(&mut rng).copied();
+        }
+    }
 }
 
 /// Half the DMA commands to an unmapped address go to a range the client maps with no memory
@@ -686,7 +706,7 @@ mod tests {
                 len += 1;
             }
         }
-        assert_eq!((hash, len), (0x9bd4_6c34_7a99_4a52, 450_360));
+        assert_eq!((hash, len), (0xefab_61b4_b58a_f9f7, 451_806));
     }
 
     #[test]

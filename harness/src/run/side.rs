@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use mock_qemu::client::{ClientOptions, TraceOptions};
-use mock_qemu::guest::dmae::{DmaCommand, DmaEngineDriver, DmaOp, DriverError, Status};
+use mock_qemu::guest::dmae::{DmaCommand, DmaEngineDriver, DmaOp, DriverError, IrqRoute, Status};
 use mock_qemu::guest::{Backing, Guest};
 use mock_qemu::{Client, ClientError};
 use nix::errno::Errno;
@@ -43,6 +43,8 @@ pub struct Dev {
     pub mapped: BTreeMap<usize, Backing>,
     /// The dma-engine driver, attached on first use.
     pub driver: Option<DmaEngineDriver>,
+    /// Where the driver takes its completion interrupts (a `program` step's `interrupt`).
+    pub route: IrqRoute,
     /// The protocol model of its device.
     pub model: DeviceModel,
     /// The dirty-page model of its server.
@@ -231,7 +233,7 @@ impl SideCtx {
     /// function reset, and keeps its interrupt eventfd: it is not quietly attached again, so
     /// the next command's completion interrupt proves the server kept it.
     pub fn after_reset(&mut self) -> Result<(), String> {
-        let (Some(driver), Some(client)) = (self.dev.driver.as_ref(), self.client.as_mut()) else { return Ok(()) };
+        let (Some(driver), Some(client)) = (self.dev.driver.as_mut(), self.client.as_mut()) else { return Ok(()) };
         driver.after_reset(client).map_err(|e| format!("after the reset: {e}"))
     }
 
@@ -490,12 +492,25 @@ impl Dev {
         at >= end
     }
 
-    /// The driver, attached now if it is not.
+    /// The driver, attached now (on [`route`](Self::route)) if it is not.
     pub fn driver(&mut self, client: &mut Client) -> Result<&mut DmaEngineDriver, String> {
         if self.driver.is_none() {
-            self.driver = Some(DmaEngineDriver::attach(client).map_err(|e| format!("attaching the driver: {e}"))?);
+            let driver = DmaEngineDriver::attach_on(client, self.route);
+            self.driver = Some(driver.map_err(|e| format!("attaching the driver: {e}"))?);
         }
         self.driver.as_mut().ok_or_else(|| "no driver".into())
+    }
+
+    /// Moves the completion interrupts to `route`: now if the driver is attached, else when it
+    /// is.
+    pub fn set_route(&mut self, client: &mut Client, route: IrqRoute) -> Result<(), String> {
+        self.route = route;
+        match self.driver.as_mut() {
+            Some(d) => {
+                d.reroute(client, route).map_err(|e| format!("moving the completion interrupt to {route:?}: {e}"))
+            }
+            None => Ok(()),
+        }
     }
 
     /// Runs one dma-engine command and holds it against the oracle: the STATUS the shadow

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use mock_qemu::guest::Backing;
-use mock_qemu::guest::dmae::DmaCommand;
+use mock_qemu::guest::dmae::{DmaCommand, IrqRoute};
 use nix::errno::Errno;
 use rand::{Rng, RngCore};
 use vfu_server::devices::dma_engine::REGION_REGS;
@@ -106,6 +106,9 @@ impl Run<'_> {
             }
             Step::Unmap(u) => self.side(u.side).unmap(u.regions.as_deref()).map(|()| None),
             Step::Program(p) => {
+                if let Some(interrupt) = p.interrupt {
+                    self.route(p.side, interrupt)?;
+                }
                 for spec in &p.commands {
                     let cmd = match *spec {
                         DmaCommandSpec::Fill { guest_addr, len, seed } => {
@@ -221,6 +224,28 @@ impl Run<'_> {
     }
 
     /// Runs one command on `side`'s device against the oracle.
+    /// Moves the side's completion interrupts to `interrupt`. Where the device's state refuses
+    /// the driver's register accesses, a failed move is no finding: the driver starts again at
+    /// its next command.
+    fn route(&mut self, side: Side, interrupt: m::Interrupt) -> Result<(), String> {
+        let route = match interrupt {
+            m::Interrupt::MsiX => IrqRoute::MsiX,
+            m::Interrupt::Msi => IrqRoute::Msi,
+            m::Interrupt::Intx => IrqRoute::Intx,
+        };
+        let ctx = self.side(side);
+        let allowed = ctx.dev.model.region_write();
+        let client = ctx.client.as_mut().ok_or("no client")?;
+        match ctx.dev.set_route(client, route) {
+            Ok(()) => Ok(()),
+            Err(_) if allowed != Expected::Ok => {
+                ctx.dev.driver = None;
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     pub(super) fn command(&mut self, side: Side, cmd: &DmaCommand) -> Result<(), String> {
         let ctx = self.side(side);
         let client = ctx.client.as_mut().ok_or("no client")?;

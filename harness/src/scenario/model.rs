@@ -695,6 +695,26 @@ pub struct ProgramStep {
     /// The commands, run one after the other.
     #[schemars(length(min = 1))]
     pub commands: Vec<DmaCommandSpec>,
+    /// Where the driver takes the completion interrupts, from this step on (MSI-X until a step
+    /// says otherwise).
+    #[serde(default)]
+    pub interrupt: Option<Interrupt>,
+}
+
+/// Which interrupt the dma-engine driver listens on. The device raises MSI-X vector 0 if it has
+/// an eventfd, else MSI's, else INTx (unless the command register disables it): the driver
+/// disables the indexes the device would prefer to its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Interrupt {
+    /// MSI-X vector 0.
+    MsiX,
+    /// MSI vector 0.
+    Msi,
+    /// INTx, which IRQ_INFO says masks itself when it fires (AUTOMASKED): the driver holds the
+    /// server to it. The next command's interrupt must pend until the driver unmasks the line,
+    /// and come then; a DEVICE_RESET unmasks it.
+    Intx,
 }
 
 /// One dma-engine command.

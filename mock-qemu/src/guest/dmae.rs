@@ -1,11 +1,16 @@
 //! A guest driver for the `dma-engine` device (its register map is in
 //! `vfu_server::devices::dma_engine`'s documentation): programs commands through BAR0 register
 //! writes, rings DOORBELL and waits for the completion interrupt on an eventfd attached to
-//! MSI-X vector 0, as a guest driver waits for its MSI-X interrupt.
+//! vector 0 of MSI-X (by default), MSI or INTx ([`IrqRoute`]), as a guest driver waits for its
+//! interrupt. The device raises MSI-X if it has an eventfd, else MSI, else INTx; the driver
+//! takes the others' eventfds away to be sent where it listens.
 //!
 //! The device runs a command inside the DOORBELL write, so by the time that write's reply
 //! arrives the interrupt has been signalled; the driver still waits for it by polling the
-//! eventfd with the client's reply timeout (no sleeps), and fails if it does not come.
+//! eventfd with the client's reply timeout (no sleeps), and fails if it does not come. On INTx,
+//! whose IRQ_INFO says AUTOMASKED, the line masks itself when it fires: the driver leaves it
+//! masked until the next command, whose interrupt must then pend (the eventfd stays silent)
+//! until the driver UNMASKs it, and a device reset unmasks it.
 //!
 //! [`DmaCommand::guest_pages_written`] is the truth about which guest pages a command wrote,
 //! for comparing with dirty reports. [`DmaEngineDriver::snapshot`] reads everything a client
@@ -20,7 +25,6 @@ use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use vfu_server::devices::dma_engine::engine::MAX_COMMAND_LEN;
-use vfu_server::devices::dma_engine::pci_config::{COMMAND_BUS_MASTER, COMMAND_MEMORY};
 use vfu_server::devices::dma_engine::regs::{
     CMD_FLAG_IRQ, DOORBELL_RING, MAGIC, OP_COPY_TO_DEVICE, OP_COPY_TO_GUEST, OP_FILL, REG_BYTES_FROM_GUEST,
     REG_BYTES_TO_GUEST, REG_CMD_DEV_OFFSET, REG_CMD_FLAGS, REG_CMD_GUEST_ADDR, REG_CMD_LEN, REG_CMD_OP, REG_CMD_SEED,
@@ -30,9 +34,17 @@ use vfu_server::devices::dma_engine::regs::{
 use vfu_server::devices::dma_engine::{
     BAR0_SIZE, CONFIG_SPACE_SIZE, REGION_CONFIG, REGION_DEVMEM, REGION_REGS, REGION_SCRATCH, SCRATCH_SIZE, fnv1a64,
 };
-use vfu_server::wire::{Command, IRQ_INDEX_MSIX, IRQ_SET_ACTION_TRIGGER, IRQ_SET_DATA_EVENTFD, IRQ_SET_DATA_NONE};
+use vfu_server::wire::{
+    Command, IRQ_INDEX_INTX, IRQ_INFO_AUTOMASKED, IRQ_SET_ACTION_TRIGGER, IRQ_SET_ACTION_UNMASK, IRQ_SET_DATA_EVENTFD,
+    IRQ_SET_DATA_NONE,
+};
 
 pub use vfu_server::devices::dma_engine::Status;
+
+mod irq;
+
+pub use irq::IrqRoute;
+use irq::{disable, enable};
 
 use super::PAGE_SIZE;
 use crate::client::{Client, ClientError};
@@ -102,6 +114,17 @@ pub enum DriverError {
     /// The eventfd counted more than one interrupt for one command.
     #[error("{count} completion interrupts for {cmd:?}, expected one")]
     ExtraInterrupts {
+        /// The command.
+        cmd: DmaCommand,
+        /// The eventfd's count.
+        count: u64,
+    },
+    /// INTx fired again before the driver unmasked it, though IRQ_INFO says it masks itself.
+    #[error(
+        "INTx fired ({count}) for {cmd:?} while masked since its last interrupt: IRQ_INFO says AUTOMASKED, so it must \
+         pend until the unmask"
+    )]
+    IntxNotMasked {
         /// The command.
         cmd: DmaCommand,
         /// The eventfd's count.
@@ -202,27 +225,28 @@ impl DmaCommand {
 }
 
 /// A driver bound to one dma-engine through a [`Client`], with the completion interrupt on an
-/// eventfd attached to MSI-X vector 0.
+/// eventfd attached to vector 0 of its [`IrqRoute`].
 #[derive(Debug)]
 pub struct DmaEngineDriver {
     irq: EventFd,
+    route: IrqRoute,
+    /// INTx masks itself when it fires (IRQ_INFO's AUTOMASKED), on this route.
+    automask: bool,
+    /// The line masked itself at the last interrupt and has not been unmasked since.
+    masked: bool,
     devmem_size: u64,
     interrupts: u64,
-}
-
-/// Sets memory space and bus master in the PCI command register.
-fn enable(client: &mut Client) -> Result<(), DriverError> {
-    let cmd = client.region_read(REGION_CONFIG, PCI_COMMAND, 2).map_err(client_err("reading the command register"))?;
-    let cmd = u16::from_le_bytes([cmd.first().copied().unwrap_or(0), cmd.get(1).copied().unwrap_or(0)]);
-    client
-        .region_write(REGION_CONFIG, PCI_COMMAND, &(cmd | COMMAND_MEMORY | COMMAND_BUS_MASTER).to_le_bytes())
-        .map_err(client_err("enabling memory space and bus master"))
 }
 
 impl DmaEngineDriver {
     /// Checks MAGIC, attaches an eventfd to MSI-X vector 0 (DEVICE_SET_IRQS) and enables memory
     /// space and bus master in the PCI command register.
     pub fn attach(client: &mut Client) -> Result<DmaEngineDriver, DriverError> {
+        Self::attach_on(client, IrqRoute::MsiX)
+    }
+
+    /// [`attach`](Self::attach) with the completion interrupt on `route`.
+    pub fn attach_on(client: &mut Client, route: IrqRoute) -> Result<DmaEngineDriver, DriverError> {
         let magic = client.read_u32(REGION_REGS, REG_MAGIC).map_err(client_err("reading MAGIC"))?;
         if magic != MAGIC {
             return Err(DriverError::NotDmaEngine { magic });
@@ -230,25 +254,56 @@ impl DmaEngineDriver {
         let devmem_size = client.read_u64(REGION_REGS, REG_DEVMEM_SIZE).map_err(client_err("reading DEVMEM_SIZE"))?;
         let irq = EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
             .map_err(|source| DriverError::EventFd { step: "creating", source })?;
+        let mut driver =
+            DmaEngineDriver { irq, route: IrqRoute::MsiX, automask: false, masked: false, devmem_size, interrupts: 0 };
+        driver.listen_on(client, route)?;
+        Ok(driver)
+    }
+
+    /// Where the completion interrupts come.
+    pub fn route(&self) -> IrqRoute {
+        self.route
+    }
+
+    /// Moves the completion interrupt to `route`: the current index is disabled, and so are
+    /// those the device would prefer to `route`; the eventfd goes to `route`'s vector 0 (after
+    /// disabling INTx, so nothing is left masked or pending there).
+    pub fn reroute(&mut self, client: &mut Client, route: IrqRoute) -> Result<(), DriverError> {
+        if route != self.route {
+            disable(client, self.route.index())?;
+            self.listen_on(client, route)?;
+        }
+        Ok(())
+    }
+
+    fn listen_on(&mut self, client: &mut Client, route: IrqRoute) -> Result<(), DriverError> {
+        for &index in route.preferred() {
+            disable(client, index)?;
+        }
+        self.automask = false;
+        if route == IrqRoute::Intx {
+            let info = client.irq_info(IRQ_INDEX_INTX).map_err(client_err("asking INTx's IRQ_INFO"))?;
+            self.automask = info.flags & IRQ_INFO_AUTOMASKED != 0;
+            disable(client, IRQ_INDEX_INTX)?;
+        }
         client
-            .set_irqs(IRQ_INDEX_MSIX, IRQ_SET_DATA_EVENTFD | IRQ_SET_ACTION_TRIGGER, 0, 1, &[], &[irq.as_fd()])
-            .map_err(client_err("attaching the eventfd to MSI-X vector 0"))?;
-        enable(client)?;
-        Ok(DmaEngineDriver { irq, devmem_size, interrupts: 0 })
+            .set_irqs(route.index(), IRQ_SET_DATA_EVENTFD | IRQ_SET_ACTION_TRIGGER, 0, 1, &[], &[self.irq.as_fd()])
+            .map_err(client_err("attaching the eventfd to the interrupt's vector 0"))?;
+        (self.route, self.masked) = (route, false);
+        enable(client, route)
     }
 
-    /// After a device reset: memory space and bus master on again, as a driver does after a
-    /// function reset. The eventfd is not attached again: the server keeps the client's
-    /// eventfds across a reset, and the next completion interrupt must come on this one.
-    pub fn after_reset(&self, client: &mut Client) -> Result<(), DriverError> {
-        enable(client)
+    /// After a device reset: the device on again, as a driver does after a function reset. The
+    /// eventfd is not attached again: the server keeps the client's eventfds across a reset,
+    /// and the next completion interrupt must come on this one. The reset unmasked INTx.
+    pub fn after_reset(&mut self, client: &mut Client) -> Result<(), DriverError> {
+        self.masked = false;
+        enable(client, self.route)
     }
 
-    /// Detaches the eventfd (disables the MSI-X index), ending the driver.
+    /// Detaches the eventfd (disables its index), ending the driver.
     pub fn detach(self, client: &mut Client) -> Result<(), DriverError> {
-        client
-            .set_irqs(IRQ_INDEX_MSIX, IRQ_SET_DATA_NONE | IRQ_SET_ACTION_TRIGGER, 0, 0, &[], &[])
-            .map_err(client_err("disabling MSI-X"))
+        disable(client, self.route.index())
     }
 
     /// The device memory size (DEVMEM_SIZE) read at attach time.
@@ -308,7 +363,18 @@ impl DmaEngineDriver {
         w(client, REG_CMD_LEN, cmd.len, "writing CMD_LEN")?;
         w(client, REG_CMD_SEED, cmd.seed, "writing CMD_SEED")?;
         client.write_u32(REGION_REGS, REG_DOORBELL, DOORBELL_RING).map_err(client_err("ringing DOORBELL"))?;
+        if self.masked {
+            // The device raised INTx inside the DOORBELL write; masked, it must have pended.
+            let count = self.drain()?;
+            if count != 0 {
+                return Err(DriverError::IntxNotMasked { cmd: *cmd, count });
+            }
+            client
+                .set_irqs(IRQ_INDEX_INTX, IRQ_SET_DATA_NONE | IRQ_SET_ACTION_UNMASK, 0, 1, &[], &[])
+                .map_err(client_err("unmasking INTx"))?;
+        }
         self.wait_interrupt(cmd, client.timeout())?;
+        self.masked = self.automask;
         let raw = client.read_u32(REGION_REGS, REG_STATUS).map_err(client_err("reading STATUS"))?;
         Status::from_raw(raw).ok_or(DriverError::BadStatus { cmd: *cmd, raw })
     }

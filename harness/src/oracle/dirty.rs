@@ -72,6 +72,9 @@ pub struct ReportCheck {
     pub lost: Vec<u64>,
     /// 4 KiB pages of the range reported dirty without a write (addresses).
     pub over: Vec<u64>,
+    /// Those of `over` under a bit with no write in any logging page it touches: not the
+    /// coarseness of the logging page size, a bit the server set for nothing.
+    pub unexplained: Vec<u64>,
     /// 4 KiB pages written and reported (addresses).
     pub matched: Vec<u64>,
     /// Bits set past the end of the range.
@@ -313,6 +316,12 @@ impl DirtyModel {
                 watch.reported.extend(&pages);
             }
             if !pages.iter().any(|p| truth.contains(p)) {
+                // The logging pages under the bit, which the server tracks whole.
+                let (from, to) = (lo / log_page * log_page, hi.div_ceil(log_page).saturating_mul(log_page));
+                let coarse = truth.range(from..to).next().is_some() || self.truth.range(from..to).next().is_some();
+                if !coarse {
+                    check.unexplained.extend(&pages);
+                }
                 check.over.extend(pages);
             }
         }
@@ -359,7 +368,20 @@ mod tests {
     fn a_bit_without_a_write_is_over_reported_not_lost() {
         let mut m = logging_everything();
         let check = m.take_report(0, 1 << 20, PAGE, &[1 << 7]);
-        assert_eq!((check.lost, check.over), (Vec::<u64>::new(), vec![0x7000]));
+        assert_eq!((check.lost, check.over, check.unexplained), (Vec::<u64>::new(), vec![0x7000], vec![0x7000]));
+    }
+
+    #[test]
+    fn a_bit_beside_a_write_in_its_logging_page_is_coarse_and_one_elsewhere_unexplained() {
+        let mut m = DirtyModel::default();
+        m.mapped(0, 1 << 20);
+        m.started(64 << 10, 64 << 10, &[]);
+        m.device_wrote([0x21000]);
+        // At 4 KiB: the sixteen bits of the logging page 0x20000, and one at 0x40000.
+        let check = m.take_report(0, 1 << 20, PAGE, &[0xffff_0000_0000, 0b1]);
+        assert_eq!(check.matched, vec![0x21000]);
+        assert_eq!(check.over.len(), 16);
+        assert_eq!(check.unexplained, vec![0x40000]);
     }
 
     #[test]

@@ -88,6 +88,7 @@ impl Run<'_> {
                 .map(Start::New),
             None => None,
         };
+        let exact = self.sides[fi].exact_reports(self.commands[fi].exact_reports && !self.options.concurrent);
         let mut dev = std::mem::take(&mut self.sides[fi].dev);
         let ranges = src_guest.logging_ranges();
         if dev.dirty.predict_start(mock_qemu::guest::PAGE_SIZE, &ranges) == crate::oracle::Expected::Ok {
@@ -97,6 +98,7 @@ impl Run<'_> {
         let mut workload = HarnessWorkload::new(dev, self.scenario.workload.clone(), rng_for(self.seed, self.step, 2))?;
         workload.background_start = background;
         workload.tap = Some(self.sides[fi].tap.clone());
+        workload.exact = exact;
         let cancel = CancelToken::default();
         if let Some(n) = mg.cancel_after_rounds {
             workload.cancel_after(n, cancel.clone());

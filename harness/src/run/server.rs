@@ -39,6 +39,9 @@ pub struct ServerCommand {
     /// Whether it is this project's own server as linked into `miglab`, which the runner may
     /// serve on a thread of its own instead of a process ([`super::hosted`]).
     pub threadable: bool,
+    /// Whether its dirty reports are exact at its logging page size (this project's own
+    /// server): no bit over a logging page the device did not write.
+    pub exact_reports: bool,
 }
 
 /// What serves each side of a run: the scenario's choice, unless overridden.
@@ -121,13 +124,13 @@ impl ServerCommand {
     /// `miglab serve`, from a path to the `miglab` executable.
     pub fn miglab(exe: impl Into<PathBuf>) -> Self {
         let args = ServerArgs::Flags { prefix: vec!["serve".into()], device: None };
-        Self { program: exe.into(), args, logs_arcs: true, threadable: true }
+        Self { program: exe.into(), args, logs_arcs: true, threadable: true, exact_reports: true }
     }
 
     /// A `vfu-server`-compatible executable.
     pub fn external(program: impl Into<PathBuf>) -> Self {
         let args = ServerArgs::Flags { prefix: Vec::new(), device: None };
-        Self { program: program.into(), args, logs_arcs: false, threadable: false }
+        Self { program: program.into(), args, logs_arcs: false, threadable: false, exact_reports: false }
     }
 
     /// Another server's command, program first, with `{socket}` where its socket path goes.
@@ -136,7 +139,13 @@ impl ServerCommand {
             return Err(format!("{why}: {argv:?}"));
         }
         let program = PathBuf::from(&argv[0]);
-        Ok(Self { program, args: ServerArgs::Template(argv[1..].to_vec()), logs_arcs: false, threadable: false })
+        Ok(Self {
+            program,
+            args: ServerArgs::Template(argv[1..].to_vec()),
+            logs_arcs: false,
+            threadable: false,
+            exact_reports: false,
+        })
     }
 
     /// A command line as a shell would split it: another server's command when it holds
@@ -148,7 +157,7 @@ impl ServerCommand {
             return Self::template(argv);
         }
         let args = ServerArgs::Flags { prefix: argv[1..].iter().map(OsString::from).collect(), device: None };
-        Ok(Self { program: PathBuf::from(first), args, logs_arcs: false, threadable: false })
+        Ok(Self { program: PathBuf::from(first), args, logs_arcs: false, threadable: false, exact_reports: false })
     }
 
     /// The same command serving the device its server calls `name`.

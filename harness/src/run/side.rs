@@ -16,7 +16,7 @@ use super::hosted::HostedServer;
 use super::server::{Hooks, ServerCommand, connect};
 use super::tap::Tap;
 use crate::model::Event;
-use crate::oracle::{DeviceModel, DeviceShadow, DirtyModel, Expected};
+use crate::oracle::{DeviceModel, DeviceShadow, DirtyModel, Expected, ReportCheck};
 use crate::proxy::{Proxy, ProxyHandle};
 use crate::scenario::model::{DmaEngineOptions, Side};
 
@@ -100,6 +100,21 @@ pub struct SideCtx {
     pub learns: bool,
     socket: PathBuf,
     log: PathBuf,
+}
+
+/// The finding for the pages a report set bits over with no write in any logging page they
+/// touch; `None` when there are none.
+pub fn unexplained_bits(check: &ReportCheck, what: &str) -> Option<String> {
+    let pages = &check.unexplained;
+    if pages.is_empty() {
+        return None;
+    }
+    let shown: Vec<String> = pages.iter().take(8).map(|a| format!("{a:#x}")).collect();
+    Some(format!(
+        "{} page(s) reported dirty in {what} that the device never wrote, nor any page of their logging page: {}",
+        pages.len(),
+        shown.join(", ")
+    ))
 }
 
 /// A request's result as the oracle judges it: success (`None`) or the errno of a refusal.
@@ -253,6 +268,15 @@ impl SideCtx {
         self.dev.shadow.adopt(&snap);
         self.dev.uncertain = false;
         Ok(())
+    }
+
+    /// Whether this side's dirty reports are held to exactness: its server's are exact
+    /// (`server_exact`; not in concurrent mode, whose background writer's pages the truth does
+    /// not follow one by one), the harness shadows the device (so the truth holds every page
+    /// the device wrote), and no proxy stands in front of it (a damaged message may have run a
+    /// command the shadow never saw).
+    pub fn exact_reports(&self, server_exact: bool) -> bool {
+        server_exact && self.shadowed && !self.dev.watch_memory && self.proxy.is_none()
     }
 
     /// The client, or why there is none.

@@ -11,7 +11,7 @@ use vfu_server::devices::dma_engine::REGION_REGS;
 use vfu_server::devices::dma_engine::regs::REG_CTRL;
 use vfu_server::wire::MigState;
 
-use super::side::{refused, refused_err};
+use super::side::{refused, refused_err, unexplained_bits};
 use super::{Buffer, Run, StepOutcome, index};
 
 /// How long a server whose client left may take to exit, when a new client finds it gone.
@@ -419,7 +419,9 @@ impl Run<'_> {
         // A quarter of the reports offer more room than the bitmap needs, as a client may: the
         // reply's argsz must still state the reply's own size.
         let mut room = super::rng_for(self.seed, self.step, 6);
+        let server_exact = self.commands[index(d.side)].exact_reports && !self.options.concurrent;
         let ctx = &mut self.sides[index(d.side)];
+        let exact = ctx.exact_reports(server_exact);
         let ranges: Vec<(u64, u64)> = match (d.iova, d.length) {
             (Some(i), Some(l)) => vec![(i.bytes(), l.bytes())],
             _ => {
@@ -450,6 +452,10 @@ impl Run<'_> {
                     }
                     if check.stray_bits > 0 && problem.is_none() {
                         problem = Some(format!("{} bit(s) set past the range {iova:#x}+{length:#x}", check.stray_bits));
+                    }
+                    if exact && problem.is_none() {
+                        let what = format!("the report of {iova:#x}+{length:#x} at page size {ps}");
+                        problem = unexplained_bits(&check, &what);
                     }
                 }
                 Err(e) => {

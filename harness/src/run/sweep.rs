@@ -103,6 +103,10 @@ impl Run<'_> {
         }
         let ctx = &mut self.sides[index(w.side)];
         queries(ctx, &mut rng)?;
+        if let Some(driver) = ctx.dev.driver.as_mut() {
+            // The queries masked and unmasked INTx, with nothing pending.
+            driver.unmasked_by_another();
+        }
         mappings(ctx, w.impossible_maps)?;
         if w.map_limit {
             map_limit(ctx)?;

@@ -170,6 +170,9 @@ pub struct HarnessWorkload {
     pub background: Option<Background>,
     /// The source's trace tap: the states the migration puts the device in.
     pub tap: Option<Tap>,
+    /// Whether the source's reports are held to exactness (see
+    /// [`SideCtx::exact_reports`](super::side::SideCtx::exact_reports)).
+    pub exact: bool,
 }
 
 impl HarnessWorkload {
@@ -194,6 +197,7 @@ impl HarnessWorkload {
             background_start: None,
             background: None,
             tap: None,
+            exact: false,
         })
     }
 
@@ -300,6 +304,10 @@ impl Workload for HarnessWorkload {
                     "the dirty report over {:#x}+{:#x} has {} bit(s) set past its range",
                     r.iova, r.length, check.stray_bits
                 ));
+            }
+            if self.exact {
+                let what = format!("the report of round {round} over {:#x}+{:#x}", r.iova, r.length);
+                self.findings.extend(super::side::unexplained_bits(&check, &what));
             }
             self.over_reported += check.over.len() as u64;
             written.extend(check.lost.iter().chain(&check.matched));

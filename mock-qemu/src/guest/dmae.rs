@@ -301,6 +301,12 @@ impl DmaEngineDriver {
         enable(client, self.route)
     }
 
+    /// The client unmasked the driver's interrupt line by a request of its own (INTx, as the
+    /// line's automask left it masked): the next interrupt comes at once.
+    pub fn unmasked_by_another(&mut self) {
+        self.masked = false;
+    }
+
     /// Detaches the eventfd (disables its index), ending the driver.
     pub fn detach(self, client: &mut Client) -> Result<(), DriverError> {
         disable(client, self.route.index())

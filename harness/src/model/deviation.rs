@@ -22,8 +22,9 @@ pub enum Deviation {
     OtherErrno,
     /// A request that takes no fds served with fds, which were ignored.
     UnexpectedFdsAccepted,
-    /// A DEVICE_SET_IRQS served with a flag the specification does not define (ignored), or
-    /// masking an index whose IRQ_INFO does not say MASKABLE.
+    /// A DEVICE_SET_IRQS served with a flag the specification does not define (ignored),
+    /// masking an index whose IRQ_INFO does not say MASKABLE, or a MASK/UNMASK with eventfds
+    /// (ignored).
     SetIrqsLenient,
 }
 
@@ -93,7 +94,7 @@ impl Deviation {
                 "fds travel with DMA_MAP (0 or 1) and DEVICE_SET_IRQS (eventfds) only; a request with others is refused (the project's documented choice)"
             }
             Deviation::SetIrqsLenient => {
-                "DEVICE_SET_IRQS: flags outside DATA_NONE/BOOL/EVENTFD and TRIGGER/MASK/UNMASK, or MASK/UNMASK of an index that is not MASKABLE, are refused with EINVAL (as VFIO refuses them)"
+                "DEVICE_SET_IRQS: flags outside DATA_NONE/BOOL/EVENTFD and TRIGGER/MASK/UNMASK, MASK/UNMASK of an index that is not MASKABLE, and MASK/UNMASK with eventfds are refused with EINVAL (as VFIO refuses the first two; the kernel's INTx unmask eventfd is not offered over vfio-user)"
             }
         }
     }

@@ -416,8 +416,8 @@ impl ServerModel {
         }
         if got.is_none() && !prediction.expected.admits(None) && self.set_irqs_lenient(&req) {
             self.judging = what.clone();
-            let text =
-                "served where the specification refuses it: an undefined flag, or a mask of an index without MASKABLE";
+            let text = "served where the specification refuses it: an undefined flag, a mask of an index without MASKABLE, or a \
+                 mask with eventfds";
             self.deviation(deviation::Deviation::SetIrqsLenient, text.into());
             return;
         }

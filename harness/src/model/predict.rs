@@ -216,7 +216,8 @@ impl ServerModel {
 
     /// Whether a DEVICE_SET_IRQS the specification refuses is one a lenient server serves
     /// (see [`Deviation::SetIrqsLenient`](super::deviation::Deviation::SetIrqsLenient)): it
-    /// would be admitted with its undefined flags ignored and every index maskable.
+    /// would be admitted with its undefined flags ignored, every index maskable and a MASK or
+    /// UNMASK taking (and ignoring) eventfds.
     pub(super) fn set_irqs_lenient(&self, m: &Msg) -> bool {
         m.cmd == Command::DeviceSetIrqs as u16 && self.set_irqs_as(m, true).0 == Expected::Ok
     }
@@ -249,7 +250,8 @@ impl ServerModel {
             || (action != IRQ_SET_ACTION_TRIGGER && irq_flags & IRQ_INFO_MASKABLE == 0 && !lenient)
             || (m.nfds > 0 && data != IRQ_SET_DATA_EVENTFD)
             || (data == IRQ_SET_DATA_BOOL && (argsz - 20 < count || m.payload_len < 20 + count as usize))
-            || (data == IRQ_SET_DATA_EVENTFD && (action != IRQ_SET_ACTION_TRIGGER || (m.nfds > 0 && m.nfds != count)));
+            || (data == IRQ_SET_DATA_EVENTFD
+                && ((action != IRQ_SET_ACTION_TRIGGER && !lenient) || (m.nfds > 0 && m.nfds != count)));
         (if bad { EINVAL } else { Expected::Ok }, effect)
     }
 

@@ -9,7 +9,7 @@
 //! PRE_COPY or STOP_COPY takes bytes from the stream, a write in RESUMING spoils the stream
 //! being resumed, and the models are told so.
 
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 
 use mock_qemu::Client;
 use nix::sys::eventfd::{EfdFlags, EventFd};
@@ -19,7 +19,7 @@ use vfu_server::wire::{
     Command, DmaMap, DmaUnmap, FEATURE_DMA_LOGGING_REPORT, FEATURE_DMA_LOGGING_START, FEATURE_DMA_LOGGING_STOP,
     FEATURE_GET, FEATURE_MIG_DEVICE_STATE, FEATURE_MIGRATION, FEATURE_PROBE, FEATURE_SET, Header, IRQ_INDEX_ERR,
     IRQ_INDEX_REQ, IRQ_INFO_MASKABLE, IRQ_SET_ACTION_MASK, IRQ_SET_ACTION_TRIGGER, IRQ_SET_ACTION_UNMASK,
-    IRQ_SET_DATA_BOOL, IRQ_SET_DATA_NONE, MigState, PCI_CONFIG_REGION_INDEX, TYPE_COMMAND,
+    IRQ_SET_DATA_BOOL, IRQ_SET_DATA_EVENTFD, IRQ_SET_DATA_NONE, MigState, PCI_CONFIG_REGION_INDEX, TYPE_COMMAND,
 };
 use zerocopy::IntoBytes;
 
@@ -36,7 +36,17 @@ const UNDEFINED_COMMAND: u16 = 0x7f;
 /// A request of the sweep: the reply's payload, `None` for a refusal (the protocol model
 /// judges both); any other failure (no reply, a closed connection) fails the step.
 fn ask(client: &mut Client, cmd: Command, payload: &[u8]) -> Result<Option<Vec<u8>>, String> {
-    match client.request(cmd, &[payload], &[]) {
+    ask_with_fds(client, cmd, payload, &[])
+}
+
+/// [`ask`] with `fds` passed along.
+fn ask_with_fds(
+    client: &mut Client,
+    cmd: Command,
+    payload: &[u8],
+    fds: &[BorrowedFd<'_>],
+) -> Result<Option<Vec<u8>>, String> {
+    match client.request(cmd, &[payload], fds) {
         Ok(reply) => Ok(Some(reply.payload)),
         Err(e) if e.errno().is_some() => Ok(None),
         Err(e) => Err(format!("{} in the sweep: {e}", cmd.name())),
@@ -179,6 +189,20 @@ fn irq_arguments(ctx: &mut SideCtx) -> Result<(), String> {
         for req in refused {
             ask(client, Command::DeviceSetIrqs, &req)?;
         }
+        if vectors > 0 {
+            // Eventfds where they do not belong: with MASK, one too many for the count, and
+            // with DATA_NONE.
+            let (a, b) = (eventfd()?, eventfd()?);
+            let with_fds = [
+                (set_irqs(IRQ_SET_DATA_EVENTFD | IRQ_SET_ACTION_MASK, i, 0, 1, &[]), 1),
+                (set_irqs(IRQ_SET_DATA_EVENTFD | IRQ_SET_ACTION_TRIGGER, i, 0, 1, &[]), 2),
+                (set_irqs(NONE_TRIGGER, i, 0, 1, &[]), 1),
+            ];
+            for (req, n) in with_fds {
+                let fds = [a.as_fd(), b.as_fd()];
+                ask_with_fds(client, Command::DeviceSetIrqs, &req, &fds[..n])?;
+            }
+        }
         if maskable && vectors > 0 && !matches!(i, IRQ_INDEX_ERR | IRQ_INDEX_REQ) {
             let last = vectors - 1;
             ask(client, Command::DeviceSetIrqs, &set_irqs(IRQ_SET_DATA_NONE | IRQ_SET_ACTION_MASK, i, last, 1, &[]))?;
@@ -186,6 +210,12 @@ fn irq_arguments(ctx: &mut SideCtx) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// A new eventfd, to pass where none belongs.
+fn eventfd() -> Result<EventFd, String> {
+    EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
+        .map_err(|e| format!("an eventfd for the sweep: {e}"))
 }
 
 /// A read-write DMA_MAP of `addr`+`size` without an fd.

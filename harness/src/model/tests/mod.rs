@@ -421,15 +421,23 @@ fn region_write_multi_not_offered_in_version_is_answered_as_the_server_likes() {
 mod passive;
 
 #[test]
-fn set_irqs_served_with_an_undefined_flag_or_an_unmaskable_mask_is_a_known_deviation_and_no_more() {
-    use vfu_server::wire::{IRQ_SET_ACTION_MASK, IRQ_SET_ACTION_TRIGGER, IRQ_SET_ACTION_UNMASK, IRQ_SET_DATA_NONE};
+fn set_irqs_served_with_an_undefined_flag_an_unmaskable_mask_or_a_mask_with_eventfds_is_a_known_deviation_and_no_more()
+{
+    use vfu_server::wire::{
+        IRQ_SET_ACTION_MASK, IRQ_SET_ACTION_TRIGGER, IRQ_SET_ACTION_UNMASK, IRQ_SET_DATA_EVENTFD, IRQ_SET_DATA_NONE,
+    };
     let mut t = Talk::new();
     // INTx: one vector, eventfds, not MASKABLE.
     let info = |flags: u32| [16u32, flags, 0, 1].iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>();
     assert!(t.ok(Command::DeviceGetIrqInfo, &info(0), 0, &info(1)).is_empty());
     let set = |flags: u32| [20u32, flags, 0, 0, 1].iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>();
-    for lenient in [IRQ_SET_DATA_NONE | IRQ_SET_ACTION_MASK, IRQ_SET_DATA_NONE | IRQ_SET_ACTION_TRIGGER | 1 << 6] {
-        assert!(t.ok(Command::DeviceSetIrqs, &set(lenient), 0, &[]).is_empty(), "{lenient:#x}");
+    let lenient_ones = [
+        (IRQ_SET_DATA_NONE | IRQ_SET_ACTION_MASK, 0),
+        (IRQ_SET_DATA_NONE | IRQ_SET_ACTION_TRIGGER | 1 << 6, 0),
+        (IRQ_SET_DATA_EVENTFD | IRQ_SET_ACTION_UNMASK, 1),
+    ];
+    for (lenient, nfds) in lenient_ones {
+        assert!(t.ok(Command::DeviceSetIrqs, &set(lenient), nfds, &[]).is_empty(), "{lenient:#x}");
         let seen = t.model.take_deviations();
         assert_eq!(seen.len(), 1, "{lenient:#x}");
         assert_eq!(seen[0].deviation, super::deviation::Deviation::SetIrqsLenient);
@@ -437,6 +445,10 @@ fn set_irqs_served_with_an_undefined_flag_or_an_unmaskable_mask_is_a_known_devia
     // Two actions: no lenient reading admits it.
     let found =
         t.ok(Command::DeviceSetIrqs, &set(IRQ_SET_DATA_NONE | IRQ_SET_ACTION_MASK | IRQ_SET_ACTION_UNMASK), 0, &[]);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(t.model.take_deviations().is_empty());
+    // Two eventfds for one vector: not even a lenient server takes them.
+    let found = t.ok(Command::DeviceSetIrqs, &set(IRQ_SET_DATA_EVENTFD | IRQ_SET_ACTION_MASK), 2, &[]);
     assert_eq!(found.len(), 1, "{found:?}");
     assert!(t.model.take_deviations().is_empty());
 }

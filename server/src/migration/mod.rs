@@ -92,3 +92,47 @@ pub trait Migratable {
     /// Takes the next bytes of the stream in RESUMING.
     fn write_data(&mut self, data: &[u8]) -> Result<(), Errno>;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A device whose stream is the bytes 0, 1, 2, … of `len`, and nothing else.
+    struct Counting {
+        at: usize,
+        len: usize,
+    }
+
+    impl Migratable for Counting {
+        fn transition(&mut self, _: &mut DeviceContext<'_>, _: MigState, _: MigState) -> Result<(), ArcError> {
+            Ok(())
+        }
+
+        fn read_data(&mut self, buf: &mut [u8]) -> Result<usize, Errno> {
+            let n = buf.len().min(self.len - self.at);
+            for (i, b) in buf.iter_mut().take(n).enumerate() {
+                *b = (self.at + i) as u8;
+            }
+            self.at += n;
+            Ok(n)
+        }
+
+        fn write_data(&mut self, _: &[u8]) -> Result<(), Errno> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn the_default_read_data_to_hands_over_what_read_data_produces() {
+        let mut dev = Counting { at: 0, len: 300 };
+        let (mut scratch, mut sent) = (Vec::new(), Vec::new());
+        let mut send = |parts: &[&[u8]]| {
+            parts.iter().for_each(|p| sent.extend_from_slice(p));
+            Ok(())
+        };
+        assert_eq!(dev.read_data_to(200, &mut scratch, &mut send).unwrap(), 200);
+        assert_eq!(dev.read_data_to(200, &mut scratch, &mut send).unwrap(), 100, "the stream ends at 300");
+        assert_eq!(sent, (0..300).map(|i| i as u8).collect::<Vec<u8>>());
+        assert_eq!(dev.data_ready(), 0, "a device that does not know promises nothing");
+    }
+}

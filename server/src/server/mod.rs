@@ -235,3 +235,26 @@ impl Drop for Server {
         let _ = std::fs::remove_file(&self.path);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::devices::dma_engine::{DmaEngine, DmaEngineConfig};
+
+    #[test]
+    fn a_dropped_server_removes_its_socket_file_and_a_stale_one_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vfu.sock");
+        let device = || Box::new(DmaEngine::new(DmaEngineConfig::default()).unwrap());
+        let server = Server::bind(&path, device(), ServerConfig::default()).unwrap();
+        assert!(path.exists());
+        drop(server);
+        assert!(!path.exists(), "the socket file outlived its server");
+        // A socket left by a server that died is taken over.
+        let stale = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        drop(stale);
+        let server = Server::bind(&path, device(), ServerConfig::default()).unwrap();
+        drop(server);
+        assert!(!path.exists());
+    }
+}

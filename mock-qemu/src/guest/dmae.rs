@@ -130,6 +130,18 @@ pub enum DriverError {
         /// The eventfd's count.
         count: u64,
     },
+    /// The loopback triggers of the driver's vector did not signal as VFIO's do.
+    #[error(
+        "SET_IRQS loopback on {route:?} vector 0 signalled {counts:?} (trigger, trigger[, unmask, unmask]); expected {want:?}"
+    )]
+    Loopback {
+        /// The route.
+        route: IrqRoute,
+        /// The eventfd's count after each request.
+        counts: Vec<u64>,
+        /// What VFIO's semantics give.
+        want: Vec<u64>,
+    },
     /// STATUS holds a value that is no status.
     #[error("STATUS reads {raw} after {cmd:?}, which is no status")]
     BadStatus {
@@ -290,7 +302,33 @@ impl DmaEngineDriver {
             .set_irqs(route.index(), IRQ_SET_DATA_EVENTFD | IRQ_SET_ACTION_TRIGGER, 0, 1, &[], &[self.irq.as_fd()])
             .map_err(client_err("attaching the eventfd to the interrupt's vector 0"))?;
         (self.route, self.masked) = (route, false);
+        self.loopback(client)?;
         enable(client, route)
+    }
+
+    /// Triggers the route's vector twice by SET_IRQS (DATA_NONE, TRIGGER), as VFIO's loopback
+    /// does: each must signal the eventfd at once, except on an AUTOMASKED line, where the
+    /// first masks it, the second pends, and the UNMASK then delivers it (and masks it again,
+    /// so a second UNMASK leaves the line as it was).
+    fn loopback(&mut self, client: &mut Client) -> Result<(), DriverError> {
+        let index = self.route.index();
+        let fire = |c: &mut Client, flags, step| c.set_irqs(index, flags, 0, 1, &[], &[]).map_err(client_err(step));
+        fire(client, IRQ_SET_DATA_NONE | IRQ_SET_ACTION_TRIGGER, "triggering the interrupt by SET_IRQS")?;
+        let first = self.drain()?;
+        fire(client, IRQ_SET_DATA_NONE | IRQ_SET_ACTION_TRIGGER, "triggering the interrupt by SET_IRQS")?;
+        let second = self.drain()?;
+        let mut counts = vec![first, second];
+        if self.automask {
+            for _ in 0..2 {
+                fire(client, IRQ_SET_DATA_NONE | IRQ_SET_ACTION_UNMASK, "unmasking the interrupt")?;
+                counts.push(self.drain()?);
+            }
+        }
+        let want: &[u64] = if self.automask { &[1, 0, 1, 0] } else { &[1, 1] };
+        if counts != want {
+            return Err(DriverError::Loopback { route: self.route, counts, want: want.to_vec() });
+        }
+        Ok(())
     }
 
     /// After a device reset: the device on again, as a driver does after a function reset. The

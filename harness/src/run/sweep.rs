@@ -264,7 +264,10 @@ fn mappings(ctx: &mut SideCtx, impossible: bool) -> Result<(), String> {
     let unmapped = ask(client, Command::DmaUnmap, unmap.as_bytes())?.is_some();
     ask(client, Command::DmaUnmap, DmaUnmap { addr: SPARE_IOVA * 2, ..unmap }.as_bytes())?;
     ask(client, Command::DmaUnmap, DmaUnmap { flags: 4, ..unmap }.as_bytes())?;
+    // UNMAP_ALL with an address or a size (each alone): refused, nothing unmapped.
     ask(client, Command::DmaUnmap, DmaUnmap { flags: 2, ..unmap }.as_bytes())?;
+    ask(client, Command::DmaUnmap, DmaUnmap { flags: 2, size: 0, ..unmap }.as_bytes())?;
+    ask(client, Command::DmaUnmap, DmaUnmap { flags: 2, addr: 0, ..unmap }.as_bytes())?;
     if mapped {
         ctx.dev.dirty.mapped(SPARE_IOVA, 4096);
     }

@@ -88,7 +88,7 @@ impl Run<'_> {
                 .map(Start::New),
             None => None,
         };
-        let exact = self.sides[fi].exact_reports(self.commands[fi].exact_reports && !self.options.concurrent);
+        let exact = self.exact_reports(fi);
         let mut dev = std::mem::take(&mut self.sides[fi].dev);
         let ranges = src_guest.logging_ranges();
         if dev.dirty.predict_start(mock_qemu::guest::PAGE_SIZE, &ranges) == crate::oracle::Expected::Ok {

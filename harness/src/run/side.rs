@@ -270,15 +270,6 @@ impl SideCtx {
         Ok(())
     }
 
-    /// Whether this side's dirty reports are held to exactness: its server's are exact
-    /// (`server_exact`; not in concurrent mode, whose background writer's pages the truth does
-    /// not follow one by one), the harness shadows the device (so the truth holds every page
-    /// the device wrote), and no proxy stands in front of it (a damaged message may have run a
-    /// command the shadow never saw).
-    pub fn exact_reports(&self, server_exact: bool) -> bool {
-        server_exact && self.shadowed && !self.dev.watch_memory && self.proxy.is_none()
-    }
-
     /// The client, or why there is none.
     pub fn client(&mut self) -> Result<&mut Client, String> {
         let name = self.side.name();

@@ -223,7 +223,6 @@ impl Run<'_> {
         &mut self.sides[index(side)]
     }
 
-    /// Runs one command on `side`'s device against the oracle.
     /// Moves the side's completion interrupts to `interrupt`. Where the device's state refuses
     /// the driver's register accesses, a failed move is no finding: the driver starts again at
     /// its next command.
@@ -246,6 +245,21 @@ impl Run<'_> {
         }
     }
 
+    /// Whether side `i`'s dirty reports are held to exactness: its server's are exact (this
+    /// project's own), the harness shadows the device (so the truth holds every page the
+    /// device wrote), no proxy stands in front of it (a damaged message may have run a command
+    /// the shadow never saw), and the run is not concurrent (the truth does not follow the
+    /// background writer's pages one by one).
+    pub(super) fn exact_reports(&self, i: usize) -> bool {
+        let ctx = &self.sides[i];
+        self.commands[i].exact_reports
+            && !self.options.concurrent
+            && ctx.shadowed
+            && !ctx.dev.watch_memory
+            && ctx.proxy.is_none()
+    }
+
+    /// Runs one command on `side`'s device against the oracle.
     pub(super) fn command(&mut self, side: Side, cmd: &DmaCommand) -> Result<(), String> {
         let ctx = self.side(side);
         let client = ctx.client.as_mut().ok_or("no client")?;
@@ -419,9 +433,8 @@ impl Run<'_> {
         // A quarter of the reports offer more room than the bitmap needs, as a client may: the
         // reply's argsz must still state the reply's own size.
         let mut room = super::rng_for(self.seed, self.step, 6);
-        let server_exact = self.commands[index(d.side)].exact_reports && !self.options.concurrent;
+        let exact = self.exact_reports(index(d.side));
         let ctx = &mut self.sides[index(d.side)];
-        let exact = ctx.exact_reports(server_exact);
         let ranges: Vec<(u64, u64)> = match (d.iova, d.length) {
             (Some(i), Some(l)) => vec![(i.bytes(), l.bytes())],
             _ => {

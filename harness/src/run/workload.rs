@@ -170,8 +170,7 @@ pub struct HarnessWorkload {
     pub background: Option<Background>,
     /// The source's trace tap: the states the migration puts the device in.
     pub tap: Option<Tap>,
-    /// Whether the source's reports are held to exactness (see
-    /// [`SideCtx::exact_reports`](super::side::SideCtx::exact_reports)).
+    /// Whether the source's reports are held to exactness (`Run::exact_reports`).
     pub exact: bool,
 }
 

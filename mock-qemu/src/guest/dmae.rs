@@ -272,11 +272,6 @@ impl DmaEngineDriver {
         Ok(driver)
     }
 
-    /// Where the completion interrupts come.
-    pub fn route(&self) -> IrqRoute {
-        self.route
-    }
-
     /// Moves the completion interrupt to `route`: the current index is disabled, and so are
     /// those the device would prefer to `route`; the eventfd goes to `route`'s vector 0 (after
     /// disabling INTx, so nothing is left masked or pending there).
